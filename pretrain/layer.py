@@ -1,0 +1,147 @@
+"""The contract every pretraining layer keeps, so that any layer stacks and unrolls.
+
+A layer maps visible vectors ``x`` (B, n_visible) to codes ``h`` (B, n_hidden) and back:
+
+    h = encode(x) = s_h(W x + b)          W: (n_hidden, n_visible), b: (n_hidden,)
+    r = decode(h) = s_v(W' h + c)         W': (n_visible, n_hidden), c: (n_visible,)
+
+An RBM keeps the same contract with ``encode = P(h=1|v)`` and ``decode = P(v=1|h)`` (or the
+Gaussian mean). Subclasses implement ``encode``, ``decode``, the four weight properties and
+``loss_terms``; this base class turns ``loss_terms`` into Lightning's training, validation and
+test steps, logs each term as ``stage/name`` and stops on a non-finite loss instead of writing
+NaN weights.
+"""
+from __future__ import annotations
+
+import lightning.pytorch as L
+import torch
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Raise a ValueError naming ``name`` unless ``value`` is > 0 (or >= 0 with allow_zero)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value:  # value != value catches NaN
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
+def check_probability(name: str, value: float) -> float:
+    """Raise a ValueError naming ``name`` unless ``0 <= value <= 1``."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+def batch_input(batch) -> torch.Tensor:
+    """The input ``x`` of a batch: the tensor itself, or the first item of ``(x,)``/``(x, y)``."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class Layer(L.LightningModule):
+    """Base class of all pretraining layers (autoencoders and RBMs).
+
+    Parameters
+    ----------
+    lr : learning rate of the optimizer.
+    optimizer : ``"sgd"`` or ``"adam"``.
+    momentum : SGD momentum (ignored by Adam).
+    weight_decay : L2 weight decay added by the optimizer.
+    """
+
+    #: unit of the code h (``pretrain.units`` name); sigmoid for an RBM
+    hidden_unit: str = "sigmoid"
+    #: unit of the reconstruction r; sigmoid for binary inputs, linear for real-valued ones
+    visible_unit: str = "sigmoid"
+
+    def __init__(self, *, lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__()
+        check_positive("lr", lr)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        check_probability("momentum", momentum)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        #: a name for messages and logs, set by the stack ("layer 2")
+        self.layer_name = type(self).__name__
+
+    # -- the contract ---------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, n_visible) -> (B, n_hidden)
+        raise NotImplementedError
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:  # (B, n_hidden) -> (B, n_visible)
+        raise NotImplementedError
+
+    @property
+    def encoder_weight(self) -> torch.Tensor:  # W: (n_hidden, n_visible)
+        raise NotImplementedError
+
+    @property
+    def encoder_bias(self) -> torch.Tensor:  # b: (n_hidden,)
+        raise NotImplementedError
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:  # W': (n_visible, n_hidden); W.T when tied
+        raise NotImplementedError
+
+    @property
+    def decoder_bias(self) -> torch.Tensor:  # c: (n_visible,)
+        raise NotImplementedError
+
+    @property
+    def tied(self) -> bool:
+        return True
+
+    def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
+        """The loss of a batch as named scalar terms; the key ``"loss"`` is what is minimised."""
+        raise NotImplementedError
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def n_visible(self) -> int:
+        return self.encoder_weight.shape[1]
+
+    @property
+    def n_hidden(self) -> int:
+        return self.encoder_weight.shape[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x = batch_input(batch)
+        terms = self.loss_terms(x, train=stage == "train")
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.layer_name} ({type(self).__name__}): the {stage} loss became {loss.item()} "
+                f"at epoch {self.current_epoch}, step {self.global_step}. Likely cause: a learning "
+                f"rate too high (lr={self._opt['lr']}) or inputs outside the range the loss expects; "
+                f"lower lr or check the data. No weights were written from this step.")
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True,
+                     prog_bar=name == "loss", batch_size=x.shape[0])
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
+
+    def configure_optimizers(self):
+        o = self._opt
+        if o["optimizer"] == "adam":
+            return torch.optim.Adam(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        return torch.optim.SGD(self.parameters(), lr=o["lr"], momentum=o["momentum"],
+                               weight_decay=o["weight_decay"])
