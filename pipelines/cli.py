@@ -1,0 +1,120 @@
+"""The ``layerwise`` command line. Heavy libraries are imported inside the commands, so that
+``layerwise --help`` answers at once."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="layerwise")
+def main() -> None:
+    """layerwise: greedy layer-wise pretraining and semi-supervised fine-tuning.
+
+    \b
+    layerwise run                                   quickstart on the embedded digits
+    layerwise run mnist_mtc --set finetune.labels=100 --set seed=3
+    layerwise bench semi-supervised --profile quick
+    layerwise ui                                    MLflow UI over ./mlruns
+    """
+
+
+@main.command()
+@click.argument("config", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set finetune.labels=100 (repeatable).")
+@click.option("--data-dir", default=None, help="Where to look for data files (MNIST) first.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+def run(config: str | None, overrides: tuple[str, ...], data_dir: str | None, print_config: bool) -> None:
+    """Run a pipeline: CONFIG is a YAML path or a shipped name (default: quickstart)."""
+    from .config import ConfigError, load_config
+
+    overrides = list(overrides)
+    if data_dir:
+        overrides.append(f"data.data_dir={data_dir}")
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+    if print_config:
+        click.echo(cfg.to_yaml())
+        return
+    from .run import run_pipeline
+
+    try:
+        result = run_pipeline(cfg)
+    except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError) as e:
+        _fail(str(e))
+    click.echo(result.table_markdown)
+    click.echo(f"\nMLflow run {result.run_id} in {result.tracking_uri}  (layerwise ui to browse)")
+
+
+@main.group()
+def data() -> None:
+    """Datasets: which are found where, and what they look like."""
+
+
+@data.command("list")
+@click.option("--data-dir", default=None, help="Where to look for data files first.")
+def data_list(data_dir: str | None) -> None:
+    """List the datasets and where their files are found."""
+    from .datasets import DATASETS, dataset_status
+
+    for name in DATASETS:
+        click.echo(f"{name:18s} {dataset_status(name, data_dir=data_dir)}")
+
+
+@data.command("show")
+@click.argument("name")
+@click.option("--data-dir", default=None, help="Where to look for data files first.")
+@click.option("--out", default=None, help="Image file to write (default: NAME-examples.png).")
+@click.option("--seed", default=0, show_default=True)
+def data_show(name: str, data_dir: str | None, out: str | None, seed: int) -> None:
+    """Write a grid of examples of dataset NAME, one row per class."""
+    from .datasets import load_dataset
+    from .figures import example_grid, save_figure
+
+    try:
+        ds = load_dataset(name, data_dir=data_dir, seed=seed)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    out = out or f"{name}-examples.png"
+    save_figure(example_grid(ds, seed=seed), out)
+    click.echo(f"wrote {out} ({len(ds.X)} training and {len(ds.X_test)} test examples, "
+               f"{ds.n_classes} classes)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; keep 127.0.0.1 unless others must reach it.")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--uri", default=None, help="Tracking store (default: $MLFLOW_TRACKING_URI or ./mlruns).")
+def ui(host: str, port: int, uri: str | None) -> None:
+    """Start the MLflow UI over the same store that runs write to."""
+    import subprocess
+
+    from .tracking import artifact_root, resolve_uri
+
+    uri = resolve_uri(uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port)]
+    root = artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    click.echo(f"MLflow UI on http://{host}:{port} over {uri}")
+    sys.exit(subprocess.call(cmd))
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: the papers' tables, and speed against this machine's own matmul rate."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,305 @@
+"""Configs are data: one pydantic model per section of a pipeline, loaded from YAML.
+
+Every hyperparameter is defined once, here or in the layer it configures; unknown keys and bad
+values are rejected with the key's dotted path (``pretrain.layers.1.n_hidden``); overrides from
+the command line are ``--set a.b=c`` with ``c`` read as YAML (``--set finetune.labels=100``,
+``--set pretrain.layers.0.kind=dae``, ``--set finetune.methods=[mlp,mtc]``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LAYER_KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm")
+FINETUNE_METHODS = ("mlp", "mtc", "mtc_all", "deep_autoencoder")
+BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the dotted key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset and how it is split (DESIGN.md sections 5 and 6)."""
+
+    name: str = "digits"
+    data_dir: str | None = None        # where MNIST files are looked up first
+    path: str | None = None            # the .npz file when name == "npz"
+    download: bool = False             # fetch MNIST from the usual mirrors when missing
+    n_valid: int | None = Field(None, ge=1)        # None: the dataset's published validation size
+    valid_labels: int | None = Field(None, ge=1)   # cap the validation set (realistic setting)
+    n_test: int | None = Field(None, ge=1)         # subsample the test set (quick profiles)
+
+
+class LayerConfig(_Section):
+    """One layer of the stack: a kind (a preset) plus the hyperparameters it overrides.
+
+    Fields left at None take the preset's value (``pretrain.presets``); the layer itself
+    validates the values and names the bad one.
+    """
+
+    kind: str
+    n_hidden: int = Field(ge=1)
+    epochs: int | None = Field(None, ge=1)       # None: pretrain.epochs
+    batch_size: int | None = Field(None, ge=1)   # None: pretrain.batch_size
+    # optimisation (every kind)
+    lr: float | None = Field(None, gt=0)
+    optimizer: Literal["sgd", "adam"] | None = None
+    momentum: float | None = Field(None, ge=0, le=1)
+    weight_decay: float | None = Field(None, ge=0)
+    # autoencoders
+    hidden_unit: Literal["sigmoid", "tanh", "relu", "linear"] | None = None
+    visible_unit: Literal["sigmoid", "tanh", "relu", "linear"] | None = None
+    tied: bool | None = None
+    loss: Literal["cross_entropy", "mse"] | None = None
+    corruption: Literal["none", "gaussian", "masking", "salt_pepper"] | None = None
+    corruption_level: float | None = Field(None, ge=0)
+    contraction: float | None = Field(None, ge=0)
+    higher_order: float | None = Field(None, ge=0)
+    higher_order_sigma: float | None = Field(None, ge=0)
+    higher_order_copies: int | None = Field(None, ge=1)
+    sparsity_l1: float | None = Field(None, ge=0)
+    sparsity_kl: float | None = Field(None, ge=0)
+    sparsity_target: float | None = Field(None, gt=0, lt=1)
+    # RBMs
+    k: int | None = Field(None, ge=1)
+    persistent: bool | None = None
+    sigma: float | None = Field(None, gt=0)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in LAYER_KINDS:
+            raise ValueError(f"unknown layer kind {v!r}: choose one of {', '.join(LAYER_KINDS)}")
+        return v
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """The overrides passed to ``pretrain.presets.make_layer`` (fields that were set)."""
+        skip = {"kind", "n_hidden", "epochs", "batch_size"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
+class PretrainConfig(_Section):
+    """The greedy stack: layers bottom-up, and defaults every layer may override."""
+
+    layers: list[LayerConfig] = Field(default_factory=list)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class FinetuneConfig(_Section):
+    """Unrolling and supervised fine-tuning: the MLP, the MTC, the deep autoencoder."""
+
+    labels: int | None = Field(50, ge=1)   # labeled examples L, class-balanced; None = all
+    methods: list[str] = Field(default_factory=lambda: ["mlp", "mtc"])
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(20, ge=1)           # early stopping on val/error
+    reconstruction: float = Field(0.0, ge=0)  # weight of the unsupervised term during fine-tuning
+    beta: float = Field(0.1, ge=0)            # MTC tangent penalty weight
+    n_tangents: int = Field(15, ge=1)         # k leading singular vectors
+    unlabeled_batch: int = Field(64, ge=1)    # pool examples per step for mtc_all
+    deep_autoencoder_epochs: int = Field(20, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in FINETUNE_METHODS:
+                raise ValueError(f"unknown fine-tuning method {m!r}: choose from {', '.join(FINETUNE_METHODS)}")
+        return v
+
+
+class BaselinesConfig(_Section):
+    """scikit-learn baselines, on raw inputs and on the stack's codes."""
+
+    methods: list[str] = Field(default_factory=lambda: ["svm", "knn"])
+    inputs: list[Literal["pixels", "codes"]] = Field(default_factory=lambda: ["pixels", "codes"])
+    pca_components: int = Field(50, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in BASELINE_METHODS:
+                raise ValueError(f"unknown baseline {m!r}: choose from {', '.join(BASELINE_METHODS)}")
+        return v
+
+
+class TrainerConfig(_Section):
+    """Lightning Trainer flags, passed through unchanged (DESIGN.md section 8)."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = "32-true"
+    deterministic: bool = True
+
+
+class TrackingConfig(_Section):
+    """Where MLflow writes: None means $MLFLOW_TRACKING_URI, else ./mlruns."""
+
+    uri: str | None = None
+    experiment: str = "layerwise"
+
+
+class PipelineConfig(_Section):
+    """A whole pipeline run: dataset, split, stack, fine-tuning, baselines, trainer, tracking."""
+
+    name: str = "quickstart"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def digest(self, *sections: str) -> str:
+        """A short hash of the given sections (all when none): the key of cached stage outputs."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: data[s] for s in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def flat(self) -> dict[str, str]:
+        """The resolved config as dotted ``key: value`` strings, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+                for i, v in enumerate(node):
+                    walk(f"{prefix}.{i}", v)
+            else:
+                out[prefix] = json.dumps(node) if not isinstance(node, str) else node
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped under ``pipelines/configs/``, by name."""
+    root = resources.files("pipelines") / "configs"
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str | Path | None) -> Path:
+    """A config file from a path, or a shipped config's name (``quickstart``, ``mnist_mtc``)."""
+    if name_or_path is None:
+        name_or_path = "quickstart"
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    if p.name.endswith(".yaml") and p.stem in shipped and p.parent.name == "configs":
+        return shipped[p.stem]  # "pipelines/configs/x.yaml" from outside the source tree
+    raise ConfigError(f"config {str(name_or_path)!r} not found: give a YAML file path or one of the "
+                      f"shipped configs: {', '.join(sorted(shipped))}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.0.c=value"`` -> (["a", "b", "0", "c"], value read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.path=value (e.g. finetune.labels=100)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key: write e.g. --set finetune.labels=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
+    return key.split("."), value
+
+
+def apply_override(raw: dict, path: list[str], value: Any) -> None:
+    """Set ``raw[path] = value`` in a nested dict/list tree, creating dicts for new keys."""
+    node: Any = raw
+    for i, part in enumerate(path[:-1]):
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {'.'.join(path)}: {where} is not an index of a list of "
+                                  f"{len(node)} items")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override {'.'.join(path)}: {where} is a value, not a section")
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {'.'.join(path)}: {last!r} is not an index of a list of {len(node)} items")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:-1])} is a value, not a section")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (remove it or check its spelling)")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            given = e.get("input")
+            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+            lines.append(f"{key}: {msg}{shown}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<dict>") -> PipelineConfig:
+    """Validate a raw config dict after applying ``--set`` overrides."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {source} must be a mapping of sections, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Load a YAML config (a path or a shipped name) with ``safe_load`` and apply overrides."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config {path} is not valid YAML{where}: "
+                          f"{getattr(e, 'problem', e)}. Fix the file's syntax.") from None
+    return config_from_dict(raw, overrides, source=str(path))

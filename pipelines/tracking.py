@@ -1,0 +1,165 @@
+"""MLflow tracking: where runs go, one parent run per pipeline, one nested run per stage.
+
+The store is ``./mlruns`` by default: MLflow's SQL backend in ``mlruns/mlflow.db`` and
+artifacts under ``mlruns/artifacts`` (MLflow 3 refuses a bare file store unless forced).
+``$MLFLOW_TRACKING_URI`` wins when set, and a config's ``tracking.uri`` wins over both.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+DEFAULT_ROOT = Path("mlruns")
+
+
+def default_uri(root: str | Path = DEFAULT_ROOT) -> str:
+    root = Path(root).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """The tracking URI: explicit, else ``$MLFLOW_TRACKING_URI``, else ``./mlruns``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: ``mlruns/artifacts`` beside a local SQLite store."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None  # a server decides
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail early, with the fix, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # it answered, even if not with 200
+    except (urllib.error.URLError, OSError) as e:
+        raise ConnectionError(
+            f"the MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}). "
+            f"Start it, fix MLFLOW_TRACKING_URI / tracking.uri, or unset it to track locally "
+            f"in ./mlruns.") from None
+
+
+def setup(uri: str | None = None, experiment: str = "layerwise") -> str:
+    """Point MLflow at the store, create the experiment if needed; return its id."""
+    import mlflow
+
+    uri = resolve_uri(uri)
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
+    return exp.experiment_id
+
+
+def git_commit() -> str:
+    """The commit of the layerwise source tree, or "unknown" outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    """Package versions and the git commit, recorded on every parent run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"python": sys.version.split()[0], "platform": platform.platform(),
+            "git_commit": git_commit()}
+    for pkg in ("layerwise", "torch", "lightning", "scikit-learn", "mlflow", "numpy"):
+        try:
+            tags[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return tags
+
+
+@contextlib.contextmanager
+def start_run(name: str, *, experiment_id: str, nested: bool = False,
+              tags: dict[str, str] | None = None) -> Iterator["mlflow.ActiveRun"]:
+    """An MLflow run that ends FAILED on an exception and KILLED on Ctrl-C, never left RUNNING."""
+    import mlflow
+
+    run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=nested, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_config(cfg) -> None:
+    """The resolved config as params (dotted keys) and as ``config.yaml``."""
+    import mlflow
+
+    params = cfg.flat()
+    items = list(params.items())
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mlflow.log_params(dict(items[i:i + 100]))
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+
+
+def log_figure(fig, path: str) -> None:
+    import mlflow
+
+    mlflow.log_figure(fig, path)
+
+
+def log_text_artifact(text: str, path: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, path)
+
+
+def log_file(local_path: str | Path, artifact_dir: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(local_path), artifact_dir)
+
+
+def log_dataset_input(X, y, *, name: str, source: str, context: str) -> None:
+    """Log a dataset as an MLflow input (schema, digest, source), not its contents."""
+    import mlflow
+    import mlflow.data
+
+    ds = mlflow.data.from_numpy(X, targets=y, source=source, name=name)
+    mlflow.log_input(ds, context=context)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file under a temporary name, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
