@@ -1,0 +1,229 @@
+"""One autoencoder layer: plain, denoising, contractive, higher-order contractive and sparse.
+
+The variants differ only in the corruption q and the penalty Omega. For a batch of B inputs:
+
+    (1) x~ ~ q(x~ | x)                            corruption (training only; x~ = x otherwise)
+    (2) h~ = f(x~) = s_h(W x~ + b)                 W: (n_hidden, n_visible), b: (n_hidden,)
+    (3) r = g(h~) = s_v(z),  z = W' h~ + c         W' = W^T when tied, c: (n_visible,)
+    (4) L_CE(x, r) = -sum_i [x_i log r_i + (1 - x_i) log(1 - r_i)]
+                   = sum_i [softplus(z_i) - x_i z_i]           (from the logits z: stable)
+    (5) L_MSE(x, r) = 1/2 sum_i (r_i - x_i)^2
+    (6) J = mean_B [ L(x, g(f(x~)))                               reconstruction of the CLEAN x
+                    + lambda ||J_f(x)||_F^2                       contraction   (penalties.Eq. 1)
+                    + gamma E_eps ||J_f(x) - J_f(x + eps)||_F^2   higher order  (penalties.Eq. 3)
+                    + beta_1 ||f(x)||_1 ]                         L1 sparsity   (penalties.Eq. 4)
+          + beta_KL sum_j KL(rho || mean_B f_j(x))                KL sparsity   (penalties.Eq. 5)
+
+Both reconstruction losses are summed over the n_visible inputs and averaged over the batch
+(the convention of the seeds and of the Theano tutorials), so their scale, and the scale at
+which lambda and gamma act, grows with the input dimension. Both are negative log-likelihoods
+up to a constant: Bernoulli for (4), unit-variance Gaussian for (5). The penalties are taken
+at the clean x. ``loss_terms`` reports each term already multiplied by its weight, so
+``loss == rec + contraction + higher_order + sparsity``; a term whose weight is 0 is neither
+computed nor reported.
+
+References
+----------
+Vincent et al., Stacked denoising autoencoders, JMLR 2010.
+Rifai et al., Contractive auto-encoders, ICML 2011.
+Rifai et al., Higher order contractive auto-encoder, ECML PKDD 2011.
+Glorot & Bengio, Understanding the difficulty of training deep feedforward networks, AISTATS 2010.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain import penalties
+from pretrain.corruption import check_corruption, corrupt
+from pretrain.layer import Layer, check_positive
+from pretrain.units import activation, check_unit
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def glorot_uniform(n_out: int, n_in: int, unit: str, generator: torch.Generator) -> torch.Tensor:
+    """(n_out, n_in) weights ~ U(-a, a), ``a = sqrt(6 / (n_in + n_out))``, times 4 for a sigmoid.
+
+    The factor 4 compensates the sigmoid's slope of 1/4 at the origin (Glorot & Bengio 2010, as
+    in the Theano tutorials).
+    """
+    gain = 4.0 if unit == "sigmoid" else 1.0
+    bound = gain * math.sqrt(6.0 / (n_in + n_out))
+    return (2.0 * torch.rand(n_out, n_in, generator=generator) - 1.0) * bound
+
+
+class AutoEncoder(Layer):
+    """Autoencoder layer trained on ``J`` of Eq. (6).
+
+    Parameters
+    ----------
+    n_visible, n_hidden : input and code sizes (>= 1).
+    hidden_unit, visible_unit : ``pretrain.units`` names of s_h and s_v.
+    tied : decoder weight ``W' = W^T`` (True) or a separate parameter ``W_prime``.
+    loss : ``"cross_entropy"`` (Eq. 4; inputs in [0, 1], sigmoid visible units) or ``"mse"`` (Eq. 5).
+    corruption, corruption_level : the training corruption q (``pretrain.corruption``).
+    contraction : lambda, weight of the contractive penalty.
+    higher_order, higher_order_sigma, higher_order_copies : gamma, the std of eps and the number
+        of perturbed copies of the higher-order penalty.
+    sparsity_l1 : beta_1, weight of the L1 penalty on codes.
+    sparsity_kl, sparsity_target : beta_KL and rho of the KL penalty (sigmoid codes only).
+    lr, optimizer, momentum, weight_decay : the optimizer (``pretrain.layer.Layer``).
+    seed : the only source of randomness: the initial weights and the corruption noise.
+    """
+
+    def __init__(self, n_visible: int, n_hidden: int, *, hidden_unit: str = "sigmoid",
+                 visible_unit: str = "sigmoid", tied: bool = True, loss: str = "cross_entropy",
+                 corruption: str = "none", corruption_level: float = 0.0,
+                 contraction: float = 0.0, higher_order: float = 0.0,
+                 higher_order_sigma: float = 0.1, higher_order_copies: int = 4,
+                 sparsity_l1: float = 0.0, sparsity_kl: float = 0.0, sparsity_target: float = 0.05,
+                 lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.0,
+                 weight_decay: float = 0.0, seed: int = 0):
+        super().__init__(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        _check_count("n_visible", n_visible)
+        _check_count("n_hidden", n_hidden)
+        check_unit(hidden_unit, "hidden_unit")
+        check_unit(visible_unit, "visible_unit")
+        if not isinstance(tied, bool):
+            raise ValueError(f"tied must be True or False, got {tied!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        if loss == "cross_entropy" and visible_unit != "sigmoid":
+            raise ValueError(f"loss='cross_entropy' needs visible_unit='sigmoid' (reconstructions are "
+                             f"Bernoulli means), got visible_unit={visible_unit!r}; use loss='mse'")
+        check_corruption(corruption, corruption_level)
+        for name, value in (("contraction", contraction), ("higher_order", higher_order),
+                            ("sparsity_l1", sparsity_l1), ("sparsity_kl", sparsity_kl)):
+            check_positive(name, value, allow_zero=True)
+        check_positive("higher_order_sigma", higher_order_sigma)
+        _check_count("higher_order_copies", higher_order_copies)
+        if not 0.0 < sparsity_target < 1.0:
+            raise ValueError(f"sparsity_target must be in (0, 1), got {sparsity_target!r}")
+        if sparsity_kl > 0 and hidden_unit != "sigmoid":
+            raise ValueError(f"sparsity_kl reads codes as firing probabilities and needs "
+                             f"hidden_unit='sigmoid', got hidden_unit={hidden_unit!r}; "
+                             f"use sparsity_l1 instead")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.save_hyperparameters()
+
+        self.hidden_unit = hidden_unit
+        self.visible_unit = visible_unit
+        self._tied = tied
+        g = torch.Generator().manual_seed(seed)  # the init depends on the seed alone
+        self.W = nn.Parameter(glorot_uniform(n_hidden, n_visible, hidden_unit, g))  # (n_hidden, n_visible)
+        self.b = nn.Parameter(torch.zeros(n_hidden))
+        self.c = nn.Parameter(torch.zeros(n_visible))
+        if tied:
+            self.register_parameter("W_prime", None)
+        else:
+            self.W_prime = nn.Parameter(glorot_uniform(n_visible, n_hidden, visible_unit, g))
+        # corruption / perturbation noise, one stream for training and one for evaluation so
+        # that validating does not shift the training noise; created on the data's device
+        self._generators: dict[str, torch.Generator] = {}
+
+    # -- the contract -----------------------------------------------------------------------
+    @property
+    def encoder_weight(self) -> torch.Tensor:
+        return self.W
+
+    @property
+    def encoder_bias(self) -> torch.Tensor:
+        return self.b
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:  # W': (n_visible, n_hidden)
+        return self.W.T if self._tied else self.W_prime
+
+    @property
+    def decoder_bias(self) -> torch.Tensor:
+        return self.c
+
+    @property
+    def tied(self) -> bool:
+        return self._tied
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. (2): (B, n_visible) -> (B, n_hidden)."""
+        return activation(self.hidden_unit, x @ self.W.T + self.b)
+
+    def decoder_preactivation(self, h: torch.Tensor) -> torch.Tensor:
+        """``z = W' h + c`` of Eq. (3), the logits for sigmoid units: (B, n_hidden) -> (B, n_visible)."""
+        return h @ self.decoder_weight.T + self.c
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Eq. (3): (B, n_hidden) -> (B, n_visible)."""
+        return activation(self.visible_unit, self.decoder_preactivation(h))
+
+    # -- the objective ------------------------------------------------------------------------
+    def reconstruction_error(self, x: torch.Tensor, x_in: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example loss of reconstructing ``x`` from the input ``x_in`` (default ``x``).
+
+        Eq. (4) or (5), summed over inputs: (B, n_visible) -> (B,).
+        """
+        z = self.decoder_preactivation(self.encode(x if x_in is None else x_in))  # (B, n_visible)
+        if self.hparams.loss == "cross_entropy":
+            # from the logits: log(sigmoid(z)) of a saturated unit would be log(0) = -inf
+            return F.binary_cross_entropy_with_logits(z, x, reduction="none").sum(dim=1)  # Eq. (4)
+        r = activation(self.visible_unit, z)
+        return 0.5 * ((r - x) ** 2).sum(dim=1)  # Eq. (5)
+
+    def _generator(self, device: torch.device, stream: str) -> torch.Generator:
+        g = self._generators.get(stream)
+        if g is None or g.device != device:
+            # seed * 2 (+1): layers seeded s and s + 1 never share a stream
+            g = torch.Generator(device=device).manual_seed(2 * self.hparams.seed + (stream == "eval"))
+            self._generators[stream] = g
+        return g
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.n_visible:
+            raise ValueError(f"{self.layer_name} expects inputs of shape (B, {self.n_visible}), "
+                             f"got {tuple(x.shape)}")
+        if self.hparams.loss == "cross_entropy":
+            lo, hi = torch.aminmax(x)
+            if lo < 0 or hi > 1:
+                raise ValueError(f"{self.layer_name}: loss='cross_entropy' needs inputs in [0, 1], got "
+                                 f"values in [{lo.item():.4g}, {hi.item():.4g}]; rescale the data or "
+                                 f"use loss='mse' with visible_unit='linear'")
+
+    def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
+        """Eq. (6) for a batch ``x`` (B, n_visible), as weighted terms and their sum ``loss``.
+
+        Training corrupts the input (Eq. 1); evaluation reconstructs from the clean x. The
+        penalties are evaluated at the clean x in both cases.
+        """
+        self._check_input(x)
+        hp = self.hparams
+        x_tilde = x
+        if train and hp.corruption != "none":
+            x_tilde = corrupt(x, hp.corruption, hp.corruption_level, self._generator(x.device, "train"))
+        terms = {"rec": self.reconstruction_error(x, x_tilde).mean()}  # Eqs. (2)-(5)
+        if hp.contraction > 0:
+            terms["contraction"] = hp.contraction * penalties.contraction(
+                x, self.W, self.b, self.hidden_unit).mean()
+        if hp.higher_order > 0:
+            g = self._generator(x.device, "train" if train else "eval")
+            terms["higher_order"] = hp.higher_order * penalties.higher_order(
+                x, self.W, self.b, self.hidden_unit, sigma=hp.higher_order_sigma,
+                copies=hp.higher_order_copies, generator=g).mean()
+        if hp.sparsity_l1 > 0 or hp.sparsity_kl > 0:
+            h = self.encode(x)  # (B, n_hidden): the clean code
+            sparsity = torch.zeros((), dtype=h.dtype, device=h.device)
+            if hp.sparsity_l1 > 0:
+                sparsity = sparsity + hp.sparsity_l1 * penalties.sparsity_l1(h).mean()
+            if hp.sparsity_kl > 0:
+                sparsity = sparsity + hp.sparsity_kl * penalties.sparsity_kl(h, hp.sparsity_target)
+            terms["sparsity"] = sparsity
+        terms["loss"] = sum(terms.values())  # Eq. (6)
+        return terms

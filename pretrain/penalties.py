@@ -1,0 +1,158 @@
+"""Regularisers of an autoencoder's code, as pure functions of tensors.
+
+For an encoder ``h = f(x) = s(a)``, ``a = W x + b`` (W: (n_hidden, n_visible)), the Jacobian is
+``J_f(x) = diag(s'(a)) W``, so its squared Frobenius norm needs no (B, n_hidden, n_visible)
+tensor:
+
+    (1) ||J_f(x)||_F^2 = sum_j s'(a_j)^2 ||W_j||^2                       (W_j: row j of W)
+    (2) ||J_f(x) - J_f(x~)||_F^2 = sum_j (s'(a_j) - s'(a~_j))^2 ||W_j||^2,  a~ = W x~ + b
+    (3) higher order: E_eps ||J_f(x) - J_f(x + eps)||_F^2, eps ~ N(0, sigma^2 I),
+        estimated by the mean of (2) over ``copies`` draws of eps
+    (4) L1 sparsity: sum_j |h_j|
+    (5) KL sparsity: sum_j KL(rho || rho_hat_j)
+            = sum_j rho log(rho / rho_hat_j) + (1 - rho) log((1 - rho) / (1 - rho_hat_j)),
+        rho_hat_j = mean of h_j over the batch
+
+Per-example penalties return shape (B,); the caller averages over the batch. The norm is the
+square of each Jacobian entry summed (never the square of a sum, never a norm of the mean
+Jacobian over the batch).
+
+References
+----------
+Rifai et al., Contractive auto-encoders: explicit invariance during feature extraction, ICML 2011.
+Rifai et al., Higher order contractive auto-encoder, ECML PKDD 2011.
+Ng, Sparse autoencoder, CS294A lecture notes, 2011 (the KL sparsity penalty).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pretrain.corruption import corrupt
+from pretrain.layer import check_positive
+from pretrain.units import activation, check_unit, derivative
+
+#: rho_hat is clamped to [KL_EPS, 1 - KL_EPS] before the logs of Eq. (5); see sparsity_kl
+KL_EPS = 1e-6
+
+
+def _act_grad(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str) -> torch.Tensor:
+    """``s'(a)`` at ``a = x W^T + b``: (..., n_visible) -> (..., n_hidden)."""
+    a = x @ W.T + b  # (..., n_hidden)
+    return derivative(unit, a, activation(unit, a))
+
+
+def contraction(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str) -> torch.Tensor:
+    """Per-example ``||J_f(x)||_F^2`` of ``f(x) = s(W x + b)`` in closed form, Eq. (1).
+
+    Parameters
+    ----------
+    x : (B, n_visible) inputs.
+    W : (n_hidden, n_visible) encoder weight.
+    b : (n_hidden,) encoder bias.
+    unit : hidden unit name (``pretrain.units.UNITS``).
+
+    Returns
+    -------
+    (B,) squared Frobenius norms, differentiable with respect to ``W``, ``b`` and ``x``.
+
+    References
+    ----------
+    Rifai et al., ICML 2011, Eq. (7) for the sigmoid; pylearn2's ``dot(sqr(act_grad), sqr(W).sum(0))``.
+    """
+    check_unit(unit, "hidden unit")
+    act_grad = _act_grad(x, W, b, unit)  # (B, n_hidden)
+    w_sq = (W * W).sum(dim=1)  # (n_hidden,): ||W_j||^2, each entry squared then summed
+    return (act_grad * act_grad) @ w_sq  # Eq. (1)
+
+
+def contraction_autograd(x: torch.Tensor,
+                         encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per-example ``||J_f(x)||_F^2`` of any encoder, through autograd, Eq. (1) by definition.
+
+    One reverse pass per code unit j gives row j of every example's Jacobian (the encoder must
+    treat examples independently: no batch statistics). The graph is kept
+    (``create_graph=True``), so the result trains the encoder's parameters. This is the oracle
+    for :func:`contraction` and the penalty for encoders that are not ``s(W x + b)``.
+
+    Parameters
+    ----------
+    x : (B, n_visible) inputs.
+    encode : callable (B, n_visible) -> (B, n_hidden).
+
+    Returns
+    -------
+    (B,) squared Frobenius norms.
+    """
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    h = encode(x)  # (B, n_hidden)
+    total = torch.zeros(x.shape[0], dtype=h.dtype, device=h.device)  # (B,)
+    for j in range(h.shape[1]):
+        (row,) = torch.autograd.grad(h[:, j].sum(), x, create_graph=True)  # (B, n_visible): dh_j/dx
+        total = total + (row * row).sum(dim=1)
+    return total
+
+
+def higher_order(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str, *, sigma: float,
+                 copies: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Per-example Monte-Carlo estimate of ``E ||J_f(x) - J_f(x + eps)||_F^2``, Eqs. (2)-(3).
+
+    Parameters
+    ----------
+    x : (B, n_visible) inputs (the clean training points).
+    W, b, unit : the encoder, as in :func:`contraction`.
+    sigma : standard deviation of the Gaussian perturbation eps (>= 0).
+    copies : number of perturbed copies of each example averaged (>= 1).
+    generator : source of eps, on ``x``'s device (``None``: torch's global generator).
+
+    Returns
+    -------
+    (B,) estimates; zero for a linear unit, whose Jacobian does not depend on x.
+
+    References
+    ----------
+    Rifai et al., Higher order contractive auto-encoder, ECML PKDD 2011, section 3.
+    """
+    check_unit(unit, "hidden unit")
+    check_positive("sigma", sigma, allow_zero=True)
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+    act_grad = _act_grad(x, W, b, unit)  # (B, n_hidden)
+    x_tilde = corrupt(x.unsqueeze(0).expand(copies, *x.shape), "gaussian", sigma, generator)  # (C, B, n_visible)
+    act_grad_tilde = _act_grad(x_tilde, W, b, unit)  # (C, B, n_hidden)
+    diff = act_grad.unsqueeze(0) - act_grad_tilde  # (C, B, n_hidden): diagonal of J(x) - J(x~), per row
+    w_sq = (W * W).sum(dim=1)  # (n_hidden,)
+    return ((diff * diff) @ w_sq).mean(dim=0)  # Eq. (2) per copy, Eq. (3) mean over copies
+
+
+def sparsity_l1(h: torch.Tensor) -> torch.Tensor:
+    """Per-example ``sum_j |h_j|``, Eq. (4). ``h``: (B, n_hidden) -> (B,)."""
+    return h.abs().sum(dim=1)  # Eq. (4)
+
+
+def sparsity_kl(h: torch.Tensor, rho: float) -> torch.Tensor:
+    """``sum_j KL(rho || rho_hat_j)`` between Bernoulli rates, Eq. (5); a scalar for the batch.
+
+    Parameters
+    ----------
+    h : (B, n_hidden) codes in [0, 1], read as firing probabilities: sigmoid units only (the
+        autoencoder refuses this penalty for other hidden units).
+    rho : target mean activation, in the open interval (0, 1).
+
+    Returns
+    -------
+    scalar tensor.
+
+    Notes
+    -----
+    ``rho_hat`` is clamped to ``[KL_EPS, 1 - KL_EPS]``: a unit silent (or saturated) over a whole
+    batch gives ``log(rho / 0) = inf`` and an infinite gradient that would turn every weight to
+    NaN; the clamp keeps the penalty finite at the price of no gradient beyond the clamp.
+    """
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"sparsity target rho must be in (0, 1), got {rho!r}")
+    rho_hat = h.mean(dim=0).clamp(KL_EPS, 1.0 - KL_EPS)  # (n_hidden,)
+    kl = rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
+    return kl.sum()  # Eq. (5)
