@@ -1,0 +1,102 @@
+"""The pretraining stage of a pipeline: build the layers from the config, fit them greedily.
+
+Each layer is fitted by its own Lightning Trainer inside a nested MLflow run (metrics per epoch
+through ``MLFlowLogger``, figures as artifacts) and saved to the stage cache as
+``layer<k>-<hash>.pt``, keyed by the hash of the config that produced it: a re-run with the same config
+loads finished layers instead of training them again, and an interrupted layer resumes from
+its last Lightning checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pretrain.layer import Layer
+from pretrain.presets import make_layer
+from pretrain.stack import GreedyStack, Stack
+
+from .config import PipelineConfig
+
+
+class CheckpointMismatch(ValueError):
+    """A saved layer that was produced by another config."""
+
+
+def layer_digest(cfg: PipelineConfig, k: int) -> str:
+    """The hash that names layer ``k``'s output: everything that determines its weights."""
+    sub = cfg.model_copy(deep=True)
+    sub.pretrain.layers = sub.pretrain.layers[: k + 1]
+    return sub.digest("seed", "data", "pretrain")
+
+
+def build_layers(cfg: PipelineConfig, n_visible: int) -> list[Layer]:
+    """The untrained layers of ``cfg.pretrain.layers``, each seeded from the run's seed."""
+    if not cfg.pretrain.layers:
+        raise ValueError("pretrain.layers is empty: a stack needs at least one layer, e.g. "
+                         "--set 'pretrain.layers=[{kind: cae, n_hidden: 100}]'")
+    layers, n_in = [], n_visible
+    for k, spec in enumerate(cfg.pretrain.layers):
+        try:
+            layer = make_layer(spec.kind, n_in, spec.n_hidden, seed=cfg.seed * 100 + k,
+                               **spec.layer_kwargs())
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"pretrain.layers.{k} ({spec.kind}): {e}") from None
+        layers.append(layer)
+        n_in = spec.n_hidden
+    return layers
+
+
+def save_layer(layer: Layer, path: Path, digest: str) -> None:
+    """Save a trained layer atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"digest": digest, "kind": type(layer).__name__,
+                    "state_dict": {k: v.detach().cpu() for k, v in layer.state_dict().items()}}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_layer(layer: Layer, path: Path, digest: str) -> None:
+    """Load a saved layer into ``layer``; refuse one saved under another config."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or tampered file: say which and what to do
+        raise CheckpointMismatch(f"{path} cannot be read as a layer checkpoint ({type(e).__name__}: "
+                                 f"{e}); delete it to retrain that layer") from None
+    if not isinstance(blob, dict) or blob.get("digest") != digest:
+        raise CheckpointMismatch(f"{path} was saved by another config (digest "
+                                 f"{blob.get('digest') if isinstance(blob, dict) else '?'} != {digest}); "
+                                 f"delete it or run with the config that made it")
+    layer.load_state_dict(blob["state_dict"])
+
+
+def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | None, *,
+                   cache_dir: Path, fit_layer) -> tuple[Stack, list[bool]]:
+    """Greedy pretraining with per-layer caching.
+
+    ``fit_layer(k, layer, codes, val_codes)`` trains one layer (the pipeline's tracked Trainer).
+    Returns the stack and, per layer, whether it was loaded from the cache.
+    """
+    layers = build_layers(cfg, X.shape[1])
+    greedy = GreedyStack(layers)
+    loaded = [False] * len(layers)
+
+    def fit_or_load(k: int, layer: Layer, codes, val_codes) -> None:
+        digest = layer_digest(cfg, k)
+        path = cache_dir / f"layer{k + 1}-{digest}.pt"  # a change above layer k reuses layer k
+        if path.exists():
+            load_layer(layer, path, digest)
+            loaded[k] = True
+            return
+        fit_layer(k, layer, codes, val_codes)
+        save_layer(layer, path, digest)
+
+    stack = greedy.fit(X, fit_or_load, X_val)
+    return stack, loaded

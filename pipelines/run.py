@@ -1,0 +1,118 @@
+"""One pipeline run: split -> greedy pretraining -> fine-tuning -> baselines -> results table.
+
+Every stage is a nested MLflow run under one parent run; every stage reads what the stage
+before produced; the trained layers are cached by config hash under ``mlruns/cache`` so that a
+re-run after a crash resumes at the first missing layer (DESIGN.md section 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PipelineConfig
+from .report import Row, to_csv, to_markdown
+from .tracking import resolve_uri
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    tracking_uri: str
+    rows: list[Row]
+    table_markdown: str
+    stack: object | None = None
+    layers_loaded: list[bool] | None = None
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResult:
+    """Run the whole pipeline of ``cfg``; return the results table and the MLflow run id."""
+    import lightning.pytorch as L
+    import mlflow
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from . import figures, tracking
+    from .baselines_stage import run_baselines
+    from .datamodule import ArrayDataModule
+    from .datasets import load_dataset
+    from .finetuning import run_finetuning
+    from .pretraining import layer_digest, pretrain_stack
+    from .splits import make_split
+    from .training import last_checkpoint, make_trainer, quiet_lightning
+
+    quiet_lightning()
+    root = Path(root)
+    uri = resolve_uri(cfg.tracking.uri)
+    experiment_id = tracking.setup(uri, cfg.tracking.experiment)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path,
+                      seed=cfg.seed, download=cfg.data.download)
+    split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed, n_valid=cfg.data.n_valid,
+                       valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test)
+    cache_dir = root / "cache"
+
+    with tracking.start_run(cfg.name, experiment_id=experiment_id,
+                            tags=tracking.environment_tags()) as parent:
+        tracking.log_config(cfg)
+        for context, X, y in (("pool", split.X_pool, None), ("labeled", split.X_lab, split.y_lab),
+                              ("validation", split.X_valid, split.y_valid),
+                              ("test", split.X_test, split.y_test)):
+            tracking.log_dataset_input(X, y, name=f"{ds.name}-{context}", source=ds.source,
+                                       context=context)
+
+        # -- stage 1: greedy pretraining, one nested run per layer --------------------------
+        def fit_layer(k, layer, codes, val_codes):
+            spec = cfg.pretrain.layers[k]
+            digest = layer_digest(cfg, k)
+            with tracking.start_run(f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})",
+                                    experiment_id=experiment_id, nested=True) as run:
+                mlflow.log_params({"kind": spec.kind, "index": k + 1, "digest": digest})
+                logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
+                                      experiment_name=cfg.tracking.experiment)
+                dm = ArrayDataModule(codes, None, val_codes, None,
+                                     batch_size=spec.batch_size or cfg.pretrain.batch_size,
+                                     seed=cfg.seed * 100 + k)
+                ckpt_dir = cache_dir / f"layer{k + 1}-{digest}-ckpt"
+                trainer = make_trainer(
+                    cfg.trainer, max_epochs=spec.epochs or cfg.pretrain.epochs, logger=logger,
+                    callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)],
+                    checkpointing=True, root_dir=cache_dir)
+                trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
+                figures.log_layer_figures(layer, codes, k=k, image_shape=ds.image_shape)
+
+        with tracking.start_run("pretrain", experiment_id=experiment_id, nested=True):
+            stack, loaded = pretrain_stack(cfg, _tensor(split.X_pool), _tensor(split.X_valid),
+                                           cache_dir=cache_dir, fit_layer=fit_layer)
+            mlflow.log_params({"sizes": "-".join(map(str, stack.sizes)),
+                               "layers_from_cache": sum(loaded)})
+        stack.eval()
+
+        # -- stage 2: fine-tuning (MLP, MTC, deep autoencoder) ------------------------------
+        rows: list[Row] = []
+        with tracking.start_run("finetune", experiment_id=experiment_id, nested=True):
+            rows += run_finetuning(cfg, stack, split, ds, uri=uri, experiment_id=experiment_id,
+                                   cache_dir=cache_dir)
+
+        # -- stage 3: baselines on pixels and on codes --------------------------------------
+        with tracking.start_run("baselines", experiment_id=experiment_id, nested=True):
+            rows += run_baselines(cfg, stack, split, uri=uri, experiment_id=experiment_id)
+
+        # -- stage 4: the results table -------------------------------------------------------
+        title = (f"{cfg.name}: {ds.name}, {len(split.y_lab)} labels, "
+                 f"{len(split.y_valid)} validation, {len(split.y_test)} test, seed {cfg.seed}")
+        md = to_markdown(rows, title)
+        tracking.log_text_artifact(md, "results/results.md")
+        tracking.log_text_artifact(to_csv(rows), "results/results.csv")
+        for r in rows:
+            key = r.metric.split(" (")[0].replace(" ", "_")
+            mlflow.log_metric(f"{key}/{r.method}/{r.inputs}", r.test)
+        return RunResult(run_id=parent.info.run_id, tracking_uri=uri, rows=rows,
+                         table_markdown=md, stack=stack, layers_loaded=loaded)

@@ -1,0 +1,52 @@
+"""Building Lightning Trainers from the config's trainer flags: the one place that does.
+
+Layers and fine-tuning modules never build a Trainer; every stage of a pipeline, benchmark
+and scikit-learn estimator comes through ``make_trainer`` so that ``--set trainer.devices=2
+--set trainer.strategy=ddp`` reaches all of them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as L
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up chatter (GPU/TPU availability, tips) for CLI runs."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*is not a valid datatype for.*")
+
+
+def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(),
+                 root_dir: str | os.PathLike | None = None, progress_bar: bool = False,
+                 checkpointing: bool = False, **overrides) -> L.Trainer:
+    """A Trainer with the config's flags (accelerator, devices, strategy, precision, ...)."""
+    flags = {} if trainer_cfg is None else trainer_cfg.model_dump()
+    flags.update(overrides)
+    deterministic = flags.pop("deterministic", True)
+    return L.Trainer(
+        max_epochs=max_epochs,
+        logger=logger,
+        callbacks=list(callbacks),
+        default_root_dir=str(root_dir) if root_dir else None,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=checkpointing,
+        deterministic=deterministic,
+        num_sanity_val_steps=0,
+        **flags,
+    )
+
+
+def last_checkpoint(dirpath: str | os.PathLike) -> str | None:
+    """The ``last.ckpt`` that ``ModelCheckpoint(save_last=True)`` leaves, if any."""
+    p = Path(dirpath) / "last.ckpt"
+    return str(p) if p.exists() else None
