@@ -1,0 +1,440 @@
+"""Restricted Boltzmann machines: energies, Gibbs sampling, exact and pseudo likelihoods, CD/PCD.
+
+Visible units ``v`` (B, n_visible), hidden units ``h`` (B, n_hidden) in {0, 1}; weights ``W``
+(n_hidden, n_visible), hidden bias ``b`` (n_hidden,), visible bias ``c`` (n_visible,): the same
+orientation as the layer contract in ``pretrain.layer``. Binary (Bernoulli) visible units:
+
+    (1) E(v, h) = -b.h - c.v - h.W v
+    (2) F(v)    = -log sum_h exp(-E(v, h)) = -c.v - sum_j softplus(W_j v + b_j)
+    (3) P(h_j = 1 | v) = sigmoid(W_j v + b_j)
+    (4) P(v_i = 1 | h) = sigmoid((W^T h)_i + c_i)
+
+Gaussian visible units with a fixed standard deviation ``sigma`` (the input is expected
+standardized, zero mean and unit variance per pixel, so ``sigma = 1`` is the usual choice):
+
+    (5) E(v, h) = ||v - c||^2 / (2 sigma^2) - b.h - h.W v / sigma
+    (6) F(v)    = ||v - c||^2 / (2 sigma^2) - sum_j softplus(W_j v / sigma + b_j)
+    (7) P(h_j = 1 | v) = sigmoid(W_j v / sigma + b_j)
+    (8) p(v | h) = Normal(c + sigma W^T h, sigma^2 I)
+
+Likelihoods of tiny models, by enumerating the smaller layer (logsumexp for stability):
+
+    (9)  log Z = logsumexp_v [-F(v)]                                   (enumerate v), or
+         log Z = logsumexp_h [b.h + sum_i softplus((W^T h)_i + c_i)]  (enumerate h, binary v)
+         log Z = logsumexp_h [b.h + c.W^T h / sigma + ||W^T h||^2 / 2] + n_v/2 log(2 pi sigma^2)
+                                                                       (enumerate h, Gaussian v)
+    (10) log p(v) = -F(v) - log Z
+
+Pseudo-likelihood (Besag 1975) of binary visible units, ``v~i`` being ``v`` with bit i flipped:
+
+    (11) log PL(v) = sum_i log P(v_i | v_-i) = sum_i log sigmoid(F(v~i) - F(v))
+    (12) stochastic estimate: n_visible * log sigmoid(F(v~i) - F(v)), i uniform at random
+         (lisa-lab's rbm.py, scikit-learn's ``BernoulliRBM.score_samples``), averaged over
+         ``n_flips`` draws per example.
+
+Training (Hinton 2002; Tieleman 2008) minimises the contrastive-divergence surrogate, whose
+gradient is the CD-k / PCD-k estimate of the negative log-likelihood gradient:
+
+    (13) L_CD = mean_batch F(v) - mean_batch F(v_k),   v_k held constant (``.detach()``)
+
+where ``v_k`` is the end of a k-step Gibbs chain v -> h -> v' (CD: started at the data;
+PCD: persistent chains carried from one update to the next). Its value is not a log-likelihood.
+
+References
+----------
+Hinton, Training products of experts by minimizing contrastive divergence, Neural Comp. 2002.
+Tieleman, Training RBMs using approximations to the likelihood gradient, ICML 2008.
+Hinton, A practical guide to training restricted Boltzmann machines, UTML TR 2010-003.
+Besag, Statistical analysis of non-lattice data, The Statistician 1975.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.layer import Layer, check_positive, check_probability
+
+VISIBLE = ("bernoulli", "gaussian")
+MAX_ENUMERATED_UNITS = 20
+
+
+def _check_visible(visible: str) -> str:
+    if visible not in VISIBLE:
+        raise ValueError(f"unknown visible {visible!r}: choose one of {', '.join(VISIBLE)}")
+    return visible
+
+
+def _scaled(v: torch.Tensor, visible: str, sigma: float) -> torch.Tensor:
+    """The visible input the hidden units see: ``v / sigma`` for Gaussian units, else ``v``."""
+    return v / sigma if visible == "gaussian" and sigma != 1.0 else v
+
+
+def _visible_term(v: torch.Tensor, c: torch.Tensor, visible: str, sigma: float) -> torch.Tensor:
+    """The visible part of Eq. (2)/(6): ``-c.v`` or ``||v - c||^2 / (2 sigma^2)``, shape (B,)."""
+    if _check_visible(visible) == "bernoulli":
+        return -(v @ c)
+    return 0.5 * ((v - c) ** 2).sum(1) / sigma**2
+
+
+def _free_energy_from(v, a, c, visible, sigma):
+    """Eq. (2)/(6) from the hidden pre-activation ``a = W v~ + b`` (B, n_hidden) already at hand."""
+    # softplus(a) = log(1 + e^a) without overflow for large a
+    return _visible_term(v, c, visible, sigma) - F.softplus(a).sum(1)
+
+
+def free_energy(v: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+                visible: str = "bernoulli", sigma: float = 1.0) -> torch.Tensor:
+    """Free energy ``F(v)`` of each row, Eq. (2) (binary) or Eq. (6) (Gaussian visible).
+
+    Parameters
+    ----------
+    v : (B, n_visible) visible vectors.
+    W : (n_hidden, n_visible) weights; b : (n_hidden,) hidden bias; c : (n_visible,) visible bias.
+    visible : ``"bernoulli"`` or ``"gaussian"``; sigma : the Gaussian units' standard deviation.
+
+    Returns
+    -------
+    (B,) free energies.
+    """
+    a = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden)
+    return _free_energy_from(v, a, c, visible, sigma)  # Eq. (2)/(6)
+
+
+def energy(v: torch.Tensor, h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+           visible: str = "bernoulli", sigma: float = 1.0) -> torch.Tensor:
+    """Joint energy ``E(v, h)`` of each row pair, Eq. (1) or Eq. (5); shape (B,)."""
+    interaction = (F.linear(_scaled(v, visible, sigma), W) * h).sum(1)  # h.W v (/ sigma)
+    return _visible_term(v, c, visible, sigma) - h @ b - interaction  # Eq. (1)/(5)
+
+
+# -- conditionals and Gibbs sampling (names after lisa-lab's rbm.py) ------------------------------
+def propup(v, W, b, visible="bernoulli", sigma=1.0):
+    """Hidden pre-activation and mean P(h=1|v), Eq. (3)/(7): ``(a, sigmoid(a))``, each (B, n_hidden)."""
+    a = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden)
+    return a, torch.sigmoid(a)  # Eq. (3)/(7)
+
+
+def propdown(h, W, c, visible="bernoulli", sigma=1.0):
+    """Visible pre-activation and mean, Eq. (4)/(8): ``(a, mean)``, each (B, n_visible).
+
+    Binary units: mean = sigmoid(W^T h + c); Gaussian: mean = c + sigma W^T h (= the pre-activation).
+    """
+    if _check_visible(visible) == "bernoulli":
+        a = torch.addmm(c, h, W)  # (B, n_visible): c + h W
+        return a, torch.sigmoid(a)  # Eq. (4)
+    a = torch.addmm(c, h, W, alpha=sigma)  # Eq. (8): c + sigma h W
+    return a, a
+
+
+def _bernoulli(p: torch.Tensor, generator) -> torch.Tensor:
+    # uniform-then-compare: three times faster than torch.bernoulli on CPU, same distribution
+    return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
+
+
+def sample_h_given_v(v, W, b, *, generator=None, visible="bernoulli", sigma=1.0):
+    """One draw of h ~ P(h|v), Eq. (3)/(7).
+
+    Returns
+    -------
+    ``(a, mean, h)``: pre-activation, P(h=1|v) and a binary sample, each (B, n_hidden).
+    """
+    a, mean = propup(v, W, b, visible, sigma)
+    return a, mean, _bernoulli(mean, generator)
+
+
+def sample_v_given_h(h, W, c, *, generator=None, visible="bernoulli", sigma=1.0):
+    """One draw of v ~ p(v|h), Eq. (4) (binary) or Eq. (8) (Gaussian).
+
+    Returns
+    -------
+    ``(a, mean, v)``: pre-activation, mean and sample, each (B, n_visible).
+    """
+    a, mean = propdown(h, W, c, visible, sigma)
+    if visible == "bernoulli":
+        return a, mean, _bernoulli(mean, generator)
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return a, mean, mean + sigma * noise
+
+
+def gibbs_step(v, W, b, c, *, generator=None, visible="bernoulli", sigma=1.0):
+    """One Gibbs step v -> h ~ P(h|v) -> v' ~ p(v|h) (lisa-lab's ``gibbs_vhv``); returns v' (B, n_visible)."""
+    _, _, h = sample_h_given_v(v, W, b, generator=generator, visible=visible, sigma=sigma)
+    return sample_v_given_h(h, W, c, generator=generator, visible=visible, sigma=sigma)[2]
+
+
+# -- likelihoods ----------------------------------------------------------------------------------
+def _all_states(n: int, like: torch.Tensor) -> torch.Tensor:
+    """All 2^n binary vectors as rows, (2^n, n), in the dtype and device of ``like``."""
+    codes = torch.arange(2**n, device=like.device)
+    bits = 2 ** torch.arange(n - 1, -1, -1, device=like.device)
+    return ((codes[:, None] & bits) > 0).to(like.dtype)
+
+
+def log_partition(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+                  visible: str = "bernoulli", sigma: float = 1.0) -> torch.Tensor:
+    """Exact ``log Z`` of a tiny RBM, Eq. (9), by enumerating the smaller layer.
+
+    Binary visible units enumerate min(n_visible, n_hidden) units; Gaussian visible units
+    integrate v out analytically and enumerate the hidden layer. More than 20 enumerated units
+    (a million states) is refused.
+
+    Returns
+    -------
+    0-dim tensor ``log Z``.
+    """
+    n_hidden, n_visible = W.shape
+    enumerate_h = _check_visible(visible) == "gaussian" or n_hidden <= n_visible
+    n = n_hidden if enumerate_h else n_visible
+    if n > MAX_ENUMERATED_UNITS:
+        layer = "hidden" if enumerate_h else "visible"
+        raise ValueError(
+            f"log_partition enumerates 2^{n} {layer} states; refusing more than "
+            f"{MAX_ENUMERATED_UNITS} units (n_visible={n_visible}, n_hidden={n_hidden}). "
+            f"Exact likelihoods are for tiny models only; use pseudo_likelihood instead.")
+    if not enumerate_h:
+        return torch.logsumexp(-free_energy(_all_states(n, W), W, b, c), 0)  # Eq. (9)
+    h = _all_states(n, W)  # (2^n, n_hidden)
+    u = h @ W  # (2^n, n_visible): W^T h
+    if visible == "bernoulli":
+        return torch.logsumexp(h @ b + F.softplus(u + c).sum(1), 0)  # Eq. (9)
+    log_gauss = 0.5 * n_visible * math.log(2 * math.pi * sigma**2)
+    return torch.logsumexp(h @ b + u @ c / sigma + 0.5 * (u * u).sum(1), 0) + log_gauss  # Eq. (9)
+
+
+def log_likelihood(v, W, b, c, visible="bernoulli", sigma=1.0, log_z=None) -> torch.Tensor:
+    """Exact ``log p(v)`` of each row, Eq. (10), for tiny models; (B,).
+
+    ``log_z`` (from :func:`log_partition`) may be passed to avoid enumerating again.
+    """
+    if log_z is None:
+        log_z = log_partition(W, b, c, visible, sigma)
+    return -free_energy(v, W, b, c, visible, sigma) - log_z  # Eq. (10)
+
+
+def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2**24):
+    """Log pseudo-likelihood of binary visible vectors, Eq. (11) exact or Eq. (12) stochastic.
+
+    Parameters
+    ----------
+    v : (B, n_visible) binary vectors.
+    generator : ``torch.Generator`` drawing the flipped bits; required when ``n_flips`` is given.
+    n_flips : None for the exact sum over all n_visible bits, Eq. (11); an int m for the
+        stochastic estimate, Eq. (12): m bits per example drawn uniformly (with replacement),
+        ``n_visible * mean_m log sigmoid(F(v~i) - F(v))``, unbiased for Eq. (11).
+    chunk_elements : the exact sum builds (rows, n_visible, n_hidden) pre-activations in
+        chunks of at most this many elements, to bound memory.
+
+    Returns
+    -------
+    (B,) log pseudo-likelihoods.
+
+    References
+    ----------
+    Besag 1975; Marlin et al., Inductive principles for RBM learning, AISTATS 2010.
+    """
+    B, n_visible = v.shape
+    a = F.linear(v, W, b)  # (B, n_hidden)
+    fe = _free_energy_from(v, a, c, "bernoulli", 1.0)  # (B,)
+    d = 1.0 - 2.0 * v  # (B, n_visible): change of each bit when flipped
+    if n_flips is None:
+        out = []
+        rows = max(1, chunk_elements // (n_visible * W.shape[0]))
+        for s in range(0, B, rows):
+            # flipping bit i adds d_i to v_i: F(v~i) = -c.v - d_i c_i - sum_j softplus(a_j + d_i W_ji)
+            a_flip = a[s:s + rows, None, :] + d[s:s + rows, :, None] * W.T  # (b, n_visible, n_hidden)
+            fe_flip = (-(v[s:s + rows] @ c)[:, None] - d[s:s + rows] * c
+                       - F.softplus(a_flip).sum(2))  # (b, n_visible)
+            out.append(F.logsigmoid(fe_flip - fe[s:s + rows, None]).sum(1))  # Eq. (11)
+        return torch.cat(out)
+    if generator is None:
+        raise ValueError("pseudo_likelihood with n_flips needs a seeded torch.Generator (generator=...)")
+    if int(n_flips) < 1:
+        raise ValueError(f"n_flips must be >= 1 or None, got {n_flips!r}")
+    i = torch.randint(n_visible, (B, int(n_flips)), generator=generator, device=v.device)  # (B, m)
+    d_i = d.gather(1, i)  # (B, m)
+    a_flip = a[:, None, :] + d_i[:, :, None] * W.T[i]  # (B, m, n_hidden)
+    fe_flip = -(v @ c)[:, None] - d_i * c[i] - F.softplus(a_flip).sum(2)  # (B, m)
+    return n_visible * F.logsigmoid(fe_flip - fe[:, None]).mean(1)  # Eq. (12)
+
+
+# -- the layer ------------------------------------------------------------------------------------
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class RBM(Layer):
+    """A restricted Boltzmann machine trained by CD-k or PCD-k, keeping the layer contract.
+
+    ``encode(v) = P(h=1|v)`` (Eq. 3/7) and ``decode(h)`` = P(v=1|h) or the Gaussian mean
+    (Eq. 4/8); the weights are tied (decoder weight W^T). Training minimises Eq. (13) by autograd;
+    SGD with momentum and weight decay follows Hinton's guide (2010): W ~ N(0, 0.01^2), zero
+    biases, momentum 0.5 switched to ``final_momentum`` at epoch ``momentum_switch_epoch`` (in
+    ``on_train_epoch_start``), weight decay on W only (not on the biases).
+
+    Parameters
+    ----------
+    n_visible, n_hidden : layer sizes (>= 1).
+    visible : ``"bernoulli"`` (inputs in [0, 1]) or ``"gaussian"`` (inputs standardized).
+    k : Gibbs steps per update (>= 1).
+    persistent : False for CD-k (chains start at the data), True for PCD-k (Tieleman 2008):
+        visible chains kept in the buffer ``chains`` (so checkpointed), (batch size, n_visible),
+        created from the first training batch and advanced k steps per update; a smaller last
+        batch uses and advances the first rows. Validation never advances them.
+    lr, momentum, weight_decay : SGD settings; ``final_momentum``, ``momentum_switch_epoch``.
+    sigma : standard deviation of Gaussian visible units (ignored for binary units).
+    seed : seeds the weight init; the Gibbs chains use ``seed + 1``, validation's
+        pseudo-likelihood ``seed + 2`` (reset each validation epoch).
+
+    References
+    ----------
+    Hinton 2002; Tieleman 2008; Hinton 2010 (practical guide); lisa-lab DeepLearningTutorials rbm.py.
+    """
+
+    hidden_unit = "sigmoid"
+
+    def __init__(self, n_visible: int, n_hidden: int, *, visible: str = "bernoulli", k: int = 1,
+                 persistent: bool = False, lr: float = 0.1, momentum: float = 0.5,
+                 weight_decay: float = 2e-4, sigma: float = 1.0, final_momentum: float = 0.9,
+                 momentum_switch_epoch: int = 5, seed: int = 0):
+        super().__init__(lr=lr, optimizer="sgd", momentum=momentum, weight_decay=weight_decay)
+        _check_int("n_visible", n_visible, 1)
+        _check_int("n_hidden", n_hidden, 1)
+        _check_visible(visible)
+        _check_int("k", k, 1)
+        check_positive("sigma", sigma)
+        check_probability("final_momentum", final_momentum)
+        _check_int("momentum_switch_epoch", momentum_switch_epoch, 0)
+        _check_int("seed", seed, 0)
+        self.save_hyperparameters()
+        self.visible_unit = "sigmoid" if visible == "bernoulli" else "linear"
+        self.visible, self.k, self.persistent, self.sigma, self.seed = visible, k, persistent, sigma, seed
+        init = torch.Generator().manual_seed(seed)
+        self.W = torch.nn.Parameter(0.01 * torch.randn(n_hidden, n_visible, generator=init))
+        self.b = torch.nn.Parameter(torch.zeros(n_hidden))  # hidden bias
+        self.c = torch.nn.Parameter(torch.zeros(n_visible))  # visible bias
+        self.register_buffer("chains", torch.empty(0, n_visible))  # PCD's visible chains
+        self._generators: dict[str, torch.Generator] = {}
+
+    # -- the contract ---------------------------------------------------------------------------
+    def encode(self, x):  # (B, n_visible) -> (B, n_hidden), Eq. (3)/(7)
+        return propup(x, self.W, self.b, self.visible, self.sigma)[1]
+
+    def decode(self, h):  # (B, n_hidden) -> (B, n_visible), Eq. (4)/(8)
+        return propdown(h, self.W, self.c, self.visible, self.sigma)[1]
+
+    @property
+    def encoder_weight(self):  # W / sigma for Gaussian units, so that encode = sigmoid(W' x + b)
+        return self.W if self.visible == "bernoulli" or self.sigma == 1.0 else self.W / self.sigma
+
+    @property
+    def encoder_bias(self):
+        return self.b
+
+    @property
+    def decoder_weight(self):  # (n_visible, n_hidden): W^T (times sigma for Gaussian units)
+        return self.W.T if self.visible == "bernoulli" or self.sigma == 1.0 else self.sigma * self.W.T
+
+    @property
+    def decoder_bias(self):
+        return self.c
+
+    # -- energies of this model -----------------------------------------------------------------
+    def free_energy(self, v):  # (B,), Eq. (2)/(6)
+        return free_energy(v, self.W, self.b, self.c, self.visible, self.sigma)
+
+    def pseudo_likelihood(self, v, generator=None, n_flips=None):  # (B,), Eq. (11)/(12)
+        self._require_bernoulli("pseudo_likelihood")
+        return pseudo_likelihood(v, self.W, self.b, self.c, generator, n_flips)
+
+    def log_partition(self):  # Eq. (9)
+        return log_partition(self.W, self.b, self.c, self.visible, self.sigma)
+
+    def log_likelihood(self, v, log_z=None):  # (B,), Eq. (10)
+        return log_likelihood(v, self.W, self.b, self.c, self.visible, self.sigma, log_z)
+
+    def _require_bernoulli(self, what):
+        if self.visible != "bernoulli":
+            raise ValueError(f"{what} is defined for binary visible units; this RBM has visible={self.visible!r}")
+
+    # -- training -------------------------------------------------------------------------------
+    def _generator(self, name: str, device: torch.device, offset: int) -> torch.Generator:
+        g = self._generators.get(name)
+        if g is None or g.device != device:
+            g = self._generators[name] = torch.Generator(device=device).manual_seed(self.seed + offset)
+        return g
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.hparams.n_visible:
+            raise ValueError(f"{self.layer_name}: expected input of shape (B, {self.hparams.n_visible}), "
+                             f"got {tuple(x.shape)}")
+        if self.visible == "bernoulli":
+            lo, hi = torch.aminmax(x)
+            if not (lo >= 0 and hi <= 1):  # also catches NaN
+                raise ValueError(
+                    f"{self.layer_name}: a Bernoulli RBM needs inputs in [0, 1], got values in "
+                    f"[{lo.item():.4g}, {hi.item():.4g}]; rescale the data to [0, 1], or use "
+                    f"visible='gaussian' with standardized inputs")
+
+    def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
+        """The CD/PCD surrogate Eq. (13) (``loss``; its value is no log-likelihood), the squared
+        error ``rec`` of one mean-field up-down pass (summed over inputs, mean over the batch), and
+        at validation (binary units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
+        self._check_input(x)
+        W, b, c, visible, sigma = self.W, self.b, self.c, self.visible, self.sigma
+        gibbs = self._generator("train" if train else "val", x.device, 1 if train else 2)
+        B = x.shape[0]
+        a0 = F.linear(_scaled(x, visible, sigma), W, b)  # (B, n_hidden), kept for F(v) below
+        h0_mean = torch.sigmoid(a0.detach())  # Eq. (3)/(7)
+        with torch.no_grad():
+            if train and self.persistent:
+                if self.chains.shape[0] < B:  # first batch (or a larger one): chains from the data
+                    self.chains = x.detach().clone()
+                v = self.chains[:B]
+                h = sample_h_given_v(v, W, b, generator=gibbs, visible=visible, sigma=sigma)[2]
+            else:
+                h = _bernoulli(h0_mean, gibbs)  # CD: the chain starts at the data, reuse a0
+            for step in range(self.k):
+                if step > 0:
+                    h = sample_h_given_v(v, W, b, generator=gibbs, visible=visible, sigma=sigma)[2]
+                v = sample_v_given_h(h, W, c, generator=gibbs, visible=visible, sigma=sigma)[2]
+            if train and self.persistent:
+                self.chains[:B] = v
+            rec = ((x - propdown(h0_mean, W, c, visible, sigma)[1]) ** 2).sum(1).mean()
+        ak = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden), v = v_k is a constant
+        loss = (_free_energy_from(x, a0, c, visible, sigma).mean()
+                - _free_energy_from(v, ak, c, visible, sigma).mean())  # Eq. (13)
+        terms = {"loss": loss, "rec": rec}
+        if not train and visible == "bernoulli":
+            with torch.no_grad():
+                terms["pseudo_likelihood"] = pseudo_likelihood(x, W, b, c, gibbs, n_flips=1).mean()
+        return terms
+
+    def momentum_at(self, epoch: int) -> float:
+        """Hinton's schedule: ``momentum`` before ``momentum_switch_epoch``, ``final_momentum`` from it on."""
+        h = self.hparams
+        return h.final_momentum if epoch >= h.momentum_switch_epoch else h.momentum
+
+    def on_train_epoch_start(self) -> None:
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["momentum"] = self.momentum_at(self.current_epoch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._generators.pop("val", None)  # every validation draws the same flipped bits
+
+    def configure_optimizers(self):
+        # weight decay on W only: Hinton's guide (2010, sec. 10) does not decay the biases
+        h = self.hparams
+        return torch.optim.SGD([{"params": [self.W], "weight_decay": h.weight_decay},
+                                {"params": [self.b, self.c], "weight_decay": 0.0}],
+                               lr=h.lr, momentum=self.momentum_at(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "chains")
+        if saved is not None and saved.shape != self.chains.shape:  # chains are created lazily
+            self.chains = torch.empty_like(saved, device=self.chains.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
