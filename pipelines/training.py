@@ -50,3 +50,32 @@ def last_checkpoint(dirpath: str | os.PathLike) -> str | None:
     """The ``last.ckpt`` that ``ModelCheckpoint(save_last=True)`` leaves, if any."""
     p = Path(dirpath) / "last.ckpt"
     return str(p) if p.exists() else None
+
+
+class KeepBest(L.Callback):
+    """Keep, in memory, the weights of the epoch with the lowest ``(monitor, tiebreak)``.
+
+    Model selection on a small validation set ties often (the error moves in steps of 1/n), so
+    ties are broken by a smooth second metric (the validation cross-entropy). ``restore`` puts
+    the best weights back into the module after ``fit``.
+    """
+
+    def __init__(self, monitor: str = "val/error", tiebreak: str = "val/ce"):
+        self.monitor, self.tiebreak = monitor, tiebreak
+        self.best_score: tuple[float, float] | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        m = trainer.callback_metrics
+        score = (float(m[self.monitor]), float(m.get(self.tiebreak, 0.0)))
+        if self.best_score is None or score < self.best_score:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def restore(self, pl_module) -> None:
+        if self.best_state is None:
+            raise RuntimeError(f"no validation epoch logged {self.monitor}: cannot select a model")
+        pl_module.load_state_dict(self.best_state)

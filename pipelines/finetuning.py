@@ -1,0 +1,191 @@
+"""The fine-tuning stage: unroll the stack, fine-tune the MLP and the MTC, the deep autoencoder.
+
+Each method is a nested MLflow run with its learning curves (``MLFlowLogger``), its confusion
+matrix, and the fine-tuned model (``mlflow.pytorch.log_model``). Networks are selected by early
+stopping on the validation error: the weights of the best validation epoch are kept
+(``KeepBest``) and the test set is evaluated once, with them.
+
+Methods (``finetune.methods``):
+- ``mlp``: the unrolled encoder plus a softmax head, cross-entropy on the labeled set
+  (plus ``finetune.reconstruction`` times the reconstruction error, when > 0).
+- ``mtc``: the same with the tangent penalty of the manifold tangent classifier on the labeled
+  examples, along the ``n_tangents`` leading right singular vectors of the stack's Jacobian.
+- ``mtc_all``: the tangent penalty also on the unlabeled pool (it needs no labels).
+- ``deep_autoencoder``: the stack unrolled into encoder + mirrored decoders, fine-tuned on
+  reconstruction; reported as test squared error per image beside PCA with as many components.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .report import Row
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"torch=={version('torch').split('+')[0]}", f"lightning=={version('lightning')}",
+            f"numpy=={version('numpy')}"]
+
+
+def _code_paths() -> list[str]:
+    import finetune
+    import pretrain
+
+    return [str(Path(pretrain.__file__).parent), str(Path(finetune.__file__).parent)]
+
+
+def log_model(model: torch.nn.Module, X_example: np.ndarray, name: str = "model") -> str:
+    """Log ``model`` with an input example of 5 rows (a batch-1 example would lock the exported
+    signature to batch size 1) and explicit requirements; the layerwise sources travel along."""
+    import mlflow.pytorch
+
+    model = model.cpu().eval()
+    info = mlflow.pytorch.log_model(model, name=name, input_example=X_example[:5].astype(np.float32),
+                                    pip_requirements=_pip_requirements(), code_paths=_code_paths())
+    return info.model_uri
+
+
+def _as_tensor(a) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+@torch.no_grad()
+def predict(module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    module.eval()
+    X = _as_tensor(X)
+    return torch.cat([module(X[i:i + batch_size]).argmax(1) for i in range(0, len(X), batch_size)]).numpy()
+
+
+def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: str,
+                   cache_dir: Path | None = None, image_shape=None) -> Row:
+    """Fine-tune one classifier (``mlp``, ``mtc``, ``mtc_all`` or ``mlp_no_pretraining``)."""
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from finetune.classifier import Classifier
+    from finetune.mtc import MTC
+    from finetune.unroll import UnrolledEncoder, unroll_autoencoder
+    from pretrain.stack import Stack
+
+    from . import figures, tracking
+    from .datamodule import ArrayDataModule
+    from .pretraining import build_layers
+    from .training import KeepBest, make_trainer
+
+    ft = cfg.finetune
+    n_classes = int(max(split.y_lab.max(), split.y_valid.max(), split.y_test.max())) + 1
+    if stack is None:  # the same shape without pretraining: Glorot-initialised, seeded
+        encoder = UnrolledEncoder(Stack(build_layers(cfg, split.X_lab.shape[1])))
+        encoder.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+        decoder = None
+    elif ft.reconstruction > 0:
+        encoder, decoder = unroll_autoencoder(stack)
+    else:
+        encoder, decoder = UnrolledEncoder(stack), None
+
+    common = dict(lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay,
+                  reconstruction=ft.reconstruction if decoder is not None else 0.0,
+                  decoder=decoder, seed=cfg.seed)
+    train_extra, unlabeled = (), None
+    if method in ("mtc", "mtc_all"):
+        from finetune.tangents import cached_tangents
+
+        module = MTC(encoder, n_classes, beta=ft.beta, **common)
+        U_lab, _ = cached_tangents(stack, _as_tensor(split.X_lab), ft.n_tangents,
+                                   cache_dir=cache_dir / "tangents")
+        train_extra = (U_lab,)
+        if method == "mtc_all":
+            U_pool, _ = cached_tangents(stack, _as_tensor(split.X_pool), ft.n_tangents,
+                                        cache_dir=cache_dir / "tangents")
+            unlabeled = (_as_tensor(split.X_pool), U_pool)
+    else:
+        module = Classifier(encoder, n_classes, **common)
+
+    with tracking.start_run(f"finetune {method}", experiment_id=experiment_id, nested=True) as run:
+        mlflow.log_params({"method": method, "n_labels": len(split.y_lab),
+                           "n_valid": len(split.y_valid)})
+        logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
+                              experiment_name=cfg.tracking.experiment)
+        dm = ArrayDataModule(split.X_lab, split.y_lab, split.X_valid, split.y_valid,
+                             batch_size=min(ft.batch_size, len(split.y_lab)), seed=cfg.seed,
+                             train_extra=train_extra, unlabeled=unlabeled,
+                             unlabeled_batch_size=ft.unlabeled_batch)
+        keep = KeepBest("val/error", "val/ce")
+        from lightning.pytorch.callbacks import EarlyStopping
+        stop = EarlyStopping(monitor="val/error", patience=ft.patience, mode="min")
+        trainer = make_trainer(cfg.trainer, max_epochs=ft.epochs, logger=logger,
+                               callbacks=[keep, stop])
+        trainer.fit(module, datamodule=dm)
+        keep.restore(module)
+        y_pred = predict(module, split.X_test)
+        test_error = 100 * float(np.mean(y_pred != split.y_test))
+        valid_error = 100 * keep.best_score[0]
+        mlflow.log_metrics({"test/error": test_error, "best/val_error": valid_error,
+                            "best/epoch": keep.best_epoch})
+        figures.log_classifier_figures(split.y_test, y_pred, n_classes, run_id=run.info.run_id,
+                                       uri=uri)
+        log_model(module, split.X_test)
+    name = "mlp" if method == "mlp_no_pretraining" else method
+    inputs = "pixels (no pretraining)" if method == "mlp_no_pretraining" else "pretrained stack"
+    params = {"epoch": keep.best_epoch}
+    if method.startswith("mtc"):
+        params.update(beta=ft.beta, k=ft.n_tangents)
+    return Row(method=name, inputs=inputs, test=test_error, valid=valid_error, params=params)
+
+
+def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> list[Row]:
+    """Fine-tune the unrolled deep autoencoder; PCA with as many components beside it."""
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+    from sklearn.decomposition import PCA
+
+    from finetune.deep_autoencoder import DeepAutoencoder
+
+    from . import tracking
+    from .datamodule import ArrayDataModule
+    from .training import KeepBest, make_trainer
+
+    ft = cfg.finetune
+    with tracking.start_run("finetune deep_autoencoder", experiment_id=experiment_id,
+                            nested=True) as run:
+        module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, seed=cfg.seed)
+        logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
+                              experiment_name=cfg.tracking.experiment)
+        dm = ArrayDataModule(split.X_pool, None, split.X_valid, None, batch_size=ft.batch_size,
+                             seed=cfg.seed)
+        keep = KeepBest("val/squared_error", "val/rec")
+        trainer = make_trainer(cfg.trainer, max_epochs=ft.deep_autoencoder_epochs, logger=logger,
+                               callbacks=[keep])
+        trainer.fit(module, datamodule=dm)
+        keep.restore(module)
+        X_test = _as_tensor(split.X_test)
+        with torch.no_grad():
+            module.eval()
+            err = float(((module.reconstruct(X_test) - X_test) ** 2).sum(1).mean())
+        n_code = stack.n_hidden
+        pca = PCA(n_components=n_code, random_state=cfg.seed).fit(split.X_pool)
+        rec = pca.inverse_transform(pca.transform(split.X_test))
+        pca_err = float(((rec - split.X_test) ** 2).sum(1).mean())
+        mlflow.log_metrics({"test/squared_error": err, "test/pca_squared_error": pca_err})
+        log_model(module, split.X_test)
+    metric = "squared error per image"
+    return [Row("deep_autoencoder", "pretrained stack", err, metric=metric,
+                params={"epoch": keep.best_epoch}),
+            Row(f"pca_{n_code}", "pixels", pca_err, metric=metric, params={"n_components": n_code})]
+
+
+def run_finetuning(cfg, stack, split, ds, *, uri: str, experiment_id: str,
+                   cache_dir: Path) -> list[Row]:
+    """Every method of ``cfg.finetune.methods`` on the trained ``stack``."""
+    rows = []
+    for method in cfg.finetune.methods:
+        if method == "deep_autoencoder":
+            rows += fit_deep_autoencoder(cfg, split, stack=stack, uri=uri, experiment_id=experiment_id)
+        else:
+            rows.append(fit_classifier(cfg, split, stack=stack, method=method, uri=uri,
+                                       experiment_id=experiment_id, cache_dir=cache_dir,
+                                       image_shape=ds.image_shape))
+    return rows
