@@ -1,0 +1,166 @@
+"""Supervised fine-tuning of an unrolled stack, with or without an unsupervised term.
+
+For a labeled batch ``{(x_n, y_n)}`` of size B, with ``logits = MLP(x)`` (``finetune.unroll``
+Eq. 3) and an optional decoder ``g`` unrolled from the same stack:
+
+    (1) CE = -1/B sum_n log softmax(logits_n)[y_n]              from the logits: stable
+    (2) REC = 1/B sum_n L(x_n, g(f(x_n)))                        unroll Eq. (4) or (5)
+    (3) loss = CE + alpha * REC                                  alpha = ``reconstruction``
+    (4) error = 1/B sum_n 1[argmax logits_n != y_n]
+
+With alpha > 0 the encoder keeps being trained to reconstruct its inputs while it learns to
+classify ("fine-tuning with or without unsupervised updates"); alpha = 0 is plain supervised
+fine-tuning. Each term is logged already weighted (``stage/rec`` is alpha * REC), so
+``stage/loss == stage/ce + stage/rec``; a term of weight 0 is neither computed nor logged.
+
+References
+----------
+Bengio, Lamblin, Popovici & Larochelle, Greedy layer-wise training of deep networks, NIPS 2007.
+Larochelle, Bengio, Louradour & Lamblin, Exploring strategies for training deep neural
+networks, JMLR 2009.
+"""
+from __future__ import annotations
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+
+from pretrain.layer import OPTIMIZERS, check_positive, check_probability
+
+from .unroll import MLP, UnrolledDecoder, UnrolledEncoder
+
+
+class Classifier(L.LightningModule):
+    """An MLP (encoder + softmax head) trained on Eq. (3).
+
+    Parameters
+    ----------
+    encoder : an ``UnrolledEncoder`` (trained in place, not copied).
+    n_classes : number of classes (>= 2); labels are integers in ``[0, n_classes)``.
+    lr, optimizer, momentum, weight_decay : the optimizer (``"adam"`` or ``"sgd"``; momentum for SGD).
+    reconstruction : alpha of Eq. (3) (>= 0); > 0 needs ``decoder``.
+    decoder : the ``UnrolledDecoder`` unrolled together with ``encoder`` (``unroll_autoencoder``).
+    seed : seeds the head's initial weights.
+    """
+
+    def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, lr: float = 0.01,
+                 optimizer: str = "adam", momentum: float = 0.0, weight_decay: float = 0.0,
+                 reconstruction: float = 0.0, decoder: UnrolledDecoder | None = None, seed: int = 0):
+        super().__init__()
+        if not isinstance(encoder, UnrolledEncoder):
+            raise ValueError(f"encoder must be an UnrolledEncoder (finetune.unroll), got "
+                             f"{type(encoder).__name__}")
+        check_positive("lr", lr)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        check_probability("momentum", momentum)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        check_positive("reconstruction", reconstruction, allow_zero=True)
+        if reconstruction > 0:
+            if decoder is None:
+                raise ValueError(f"reconstruction={reconstruction!r} needs a decoder: build it with "
+                                 f"encoder, decoder = unroll_autoencoder(stack)")
+        if decoder is not None:
+            decoder.check_encoder(encoder)
+        self.net = MLP(encoder, n_classes, seed=seed)  # validates n_classes and seed
+        self.decoder = decoder
+        self.save_hyperparameters(ignore=["encoder", "decoder"])
+
+    @property
+    def encoder(self) -> UnrolledEncoder:
+        return self.net.encoder
+
+    @property
+    def n_classes(self) -> int:
+        return self.hparams.n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: (B, n_visible) -> (B, n_classes)."""
+        return self.net(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """``p(y | x)``: (B, n_visible) -> (B, n_classes), rows summing to 1."""
+        return torch.softmax(self(x), dim=1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class: (B, n_visible) -> (B,) int64."""
+        return self(x).argmax(dim=1)
+
+    # -- the objective ----------------------------------------------------------------------
+    def _check_labeled(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        n_visible = self.encoder.n_visible
+        if x.ndim != 2 or x.shape[1] != n_visible:
+            raise ValueError(f"{type(self).__name__} expects inputs of shape (B, {n_visible}), "
+                             f"got {tuple(x.shape)}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"labels must have shape ({x.shape[0]},) to match the inputs, "
+                             f"got {tuple(y.shape)}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+            raise ValueError(f"labels must be integers in [0, {self.n_classes}), got dtype {y.dtype}")
+        bad = y[(y < 0) | (y >= self.n_classes)]
+        if bad.numel():
+            raise ValueError(f"label {bad[0].item()} is out of range for n_classes={self.n_classes}: "
+                             f"labels must be integers in [0, {self.n_classes - 1}]")
+
+    def supervised_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eqs. (1), (2) (weighted) and (4) for a labeled batch; ``error`` is not differentiable."""
+        self._check_labeled(x, y)
+        h = self.encoder(x)  # (B, n_hidden)
+        logits = self.net.head(h)  # (B, n_classes)
+        terms = {"ce": F.cross_entropy(logits, y)}  # Eq. (1), from the logits
+        if self.hparams.reconstruction > 0:
+            rec = self.decoder.reconstruction_error(h, x).mean()  # Eq. (2)
+            terms["rec"] = self.hparams.reconstruction * rec
+        terms["error"] = (logits.detach().argmax(dim=1) != y).to(logits.dtype).mean()  # Eq. (4)
+        return terms
+
+    def loss_terms(self, batch, *, stage: str) -> dict[str, torch.Tensor]:
+        """Named terms of a batch ``(x, y)``; ``loss`` (Eq. 3) is what is minimised."""
+        x, y = batch[0], batch[1]
+        terms = self.supervised_terms(x, y)
+        terms["loss"] = sum(v for k, v in terms.items() if k != "error")  # Eq. (3)
+        return terms
+
+    # -- Lightning --------------------------------------------------------------------------
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        terms = self.loss_terms(batch, stage=stage)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the {stage} loss became {loss.item()} at epoch "
+                f"{self.current_epoch}, step {self.global_step}. Likely cause: a learning rate too "
+                f"high (lr={self.hparams.lr}); lower it or check the data for NaN/inf.")
+        batch_size = _batch_size(batch)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True,
+                     prog_bar=name in ("loss", "error"), batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.predict_proba(x)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = list(self.parameters())  # a tied weight appears once
+        if hp.optimizer == "adam":
+            return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+
+def _batch_size(batch) -> int:
+    """Examples in a batch: the labeled part of a dict batch, else the first tensor's rows."""
+    if isinstance(batch, dict):
+        batch = batch["labeled"]
+    return batch[0].shape[0]
