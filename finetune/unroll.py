@@ -178,7 +178,10 @@ class UnrolledDecoder(nn.Module):
 
     def reconstruction_error(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Eq. (4) or (5) between ``x`` (B, n_visible) and the decoding of ``h``: (B,)."""
-        z = self.logits(h)  # (B, n_visible)
+        return self.error_from_logits(self.logits(h), x)
+
+    def error_from_logits(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Eq. (4) or (5) from the bottom pre-activation ``z`` (B, n_visible): (B,)."""
         if self.output_unit == "sigmoid":
             lo, hi = torch.aminmax(x.detach())
             if lo < 0 or hi > 1:
