@@ -1,0 +1,213 @@
+"""In-memory arrays as a LightningDataModule whose batches are slices, not per-sample items.
+
+The data is held as one tensor (``X``, and ``y`` when labeled). Each epoch draws one
+permutation ``pi = randperm(n)`` from a ``torch.Generator`` seeded by (seed, epoch); batch
+``b`` is rows ``pi[b B : (b + 1) B]`` gathered in one indexing call. No ``__getitem__`` per
+example, no collate. The epoch number comes from the Trainer (``trainer.current_epoch``), so
+a run resumed at epoch e sees exactly the permutation an uninterrupted run saw at epoch e.
+
+Under DDP (``trainer.world_size > 1``) rank r takes the strided shard ``pi[r::world_size]`` of
+the padded permutation: like ``DistributedSampler``, the permutation is first extended with its
+own head to a multiple of ``world_size`` (or cut to one with ``drop_last``), so every rank has
+the same number of batches and the shards together cover every example.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+
+from pretrain.layer import check_positive
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for (seed, epoch): nearby pairs give unrelated streams."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``a`` as a contiguous tensor of ``dtype``, sharing memory when it already is one."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+        if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
+    if t.is_complex():
+        raise ValueError(f"{what} must be real, got {t.dtype}")
+    return t.to(dtype).contiguous()
+
+
+class SliceLoader:
+    """Iterable of batches that are slices of a per-epoch permutation of one tensor.
+
+    Parameters
+    ----------
+    X : (n, d) tensor.
+    y : (n,) tensor or None; batches are ``x`` alone when None, else ``(x, y)``.
+    batch_size : rows per batch (the last batch may be smaller unless ``drop_last``).
+    shuffle : permute each epoch; else the natural order.
+    drop_last : drop the last incomplete batch (and, across ranks, cut instead of pad).
+    seed : the permutation of epoch e is ``randperm(n)`` from a generator seeded by (seed, e).
+    epoch : the epoch when ``epoch_fn`` is None; ``set_epoch`` changes it.
+    epoch_fn : called at the start of each pass to read the epoch (e.g. from a Trainer).
+    rank, world_size : this process's shard, ``pi[rank::world_size]`` of the padded permutation.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor | None = None, *, batch_size: int = 100,
+                 shuffle: bool = True, drop_last: bool = False, seed: int = 0, epoch: int = 0,
+                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1):
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if int(world_size) != world_size or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if y is not None and len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        self.X, self.y = X, y
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
+        self.seed, self._epoch, self.epoch_fn = int(seed), int(epoch), epoch_fn
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    # -- which rows ----------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return int(self.epoch_fn()) if self.epoch_fn is not None else self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used when no ``epoch_fn`` is given."""
+        self._epoch = int(epoch)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows this rank visits per epoch (padded or cut to a multiple of world_size)."""
+        n = len(self.X)
+        if self.world_size == 1:
+            return n
+        return n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        """Row indices of this rank for ``epoch`` (default: the current one), in batch order."""
+        n = len(self.X)
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            total = self.num_rows * self.world_size
+            if total > n:  # pad with the permutation's own head, as DistributedSampler does
+                order = torch.cat([order, order[:total - n]])
+            order = order[:total][self.rank::self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        rows = self.num_rows
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        # a generator: the epoch is read at the first next(), after the Trainer has advanced it
+        idx = self.indices()
+        contiguous = not self.shuffle and self.world_size == 1
+        B = self.batch_size
+        for b in range(len(self)):
+            if contiguous:  # views, no copy
+                sl = slice(b * B, (b + 1) * B)
+                x = self.X[sl]
+                yield x if self.y is None else (x, self.y[sl])
+            else:
+                rows = idx[b * B:(b + 1) * B]
+                x = self.X.index_select(0, rows)  # (B, d): one gather per batch
+                yield x if self.y is None else (x, self.y.index_select(0, rows))
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Arrays (numpy or torch) as a DataModule with :class:`SliceLoader` batches.
+
+    Parameters
+    ----------
+    X_train : (n, d) training inputs.
+    y_train : (n,) integer labels, or None for unsupervised training (batches are ``x``).
+    X_val, y_val : validation arrays, or None (validation is then skipped).
+    batch_size : rows per batch.
+    seed : seed of the per-epoch permutations.
+    shuffle : permute the training rows each epoch.
+    drop_last : drop the last incomplete training batch.
+    dtype : ``torch.float32`` (default) or ``torch.float64`` (or their names) for X.
+    """
+
+    def __init__(self, X_train, y_train=None, X_val=None, y_val=None, *, batch_size: int = 100,
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = False,
+                 dtype: torch.dtype | str = torch.float32):
+        super().__init__()
+        check_positive("batch_size", batch_size)
+        if int(batch_size) != batch_size:
+            raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
+        dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        if (X_val is None) != (y_val is None) and y_train is not None:
+            raise ValueError("X_val and y_val go together for labeled data: give both or neither")
+        self.X_train = self._inputs(X_train, dtype, "X_train")
+        self.y_train = None if y_train is None else self._labels(y_train, len(self.X_train), "y_train", "X_train")
+        self.X_val = None if X_val is None else self._inputs(X_val, dtype, "X_val")
+        self.y_val = None if y_val is None else self._labels(y_val, len(self.X_val), "y_val", "X_val")
+        if self.X_val is not None and self.X_val.shape[1] != self.X_train.shape[1]:
+            raise ValueError(f"X_val has {self.X_val.shape[1]} features, X_train {self.X_train.shape[1]}")
+        self.batch_size, self.seed, self.shuffle, self.drop_last = int(batch_size), int(seed), shuffle, drop_last
+        self.dtype = dtype
+        self.save_hyperparameters(ignore=["X_train", "y_train", "X_val", "y_val"])
+
+    @staticmethod
+    def _inputs(X, dtype, what: str) -> torch.Tensor:
+        t = _as_tensor(X, dtype, what)
+        if t.ndim != 2 or len(t) == 0:
+            raise ValueError(f"{what} must be a non-empty 2-D array (n, d), got shape {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{what} has NaN or infinite values; clean the data first")
+        return t
+
+    @staticmethod
+    def _labels(y, n: int, what: str, xwhat: str) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y.detach()
+        if t.ndim != 1 or len(t) != n:
+            raise ValueError(f"{what} must be 1-D with one label per row of {xwhat} ({n}), got shape "
+                             f"{tuple(t.shape)}")
+        if t.is_floating_point() and not torch.equal(t, t.round()):
+            raise ValueError(f"{what} must hold integer class labels")
+        t = t.to(torch.int64).contiguous()
+        if len(t) and t.min() < 0:
+            raise ValueError(f"{what} has negative labels (min {int(t.min())}); labels are 0..K-1")
+        return t
+
+    # -- the Trainer's view ----------------------------------------------------------------------
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _shard(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self) -> SliceLoader:
+        rank, world = self._shard()
+        return SliceLoader(self.X_train, self.y_train, batch_size=self.batch_size, shuffle=self.shuffle,
+                           drop_last=self.drop_last, seed=self.seed, epoch_fn=self._epoch,
+                           rank=rank, world_size=world)
+
+    def val_dataloader(self) -> SliceLoader | list:
+        if self.X_val is None:
+            return []  # Lightning runs no validation for an empty list
+        rank, world = self._shard()
+        return SliceLoader(self.X_val, self.y_val, batch_size=self.batch_size, shuffle=False,
+                           drop_last=False, seed=self.seed, rank=rank, world_size=world)

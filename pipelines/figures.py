@@ -1,0 +1,120 @@
+"""Figures: image grids of examples, filters and samples; atomic saving.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot's
+global state, so they are safe in tests, threads and headless runs.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipelines.datasets import Dataset
+
+
+def image_grid(images: np.ndarray, image_shape: tuple[int, int], *, ncols: int = 10,
+               titles: list[str] | None = None, row_labels: list[str] | None = None,
+               cmap: str = "gray", scale_each: bool = False) -> Figure:
+    """A grid of images, one per axis, row-major.
+
+    Parameters
+    ----------
+    images : (n, d) with d = rows * cols of ``image_shape``.
+    image_shape : (rows, cols) of one image.
+    ncols : images per grid row.
+    titles : one title per image, or None.
+    row_labels : one label per grid row (left of it), or None.
+    cmap : matplotlib colormap name.
+    scale_each : scale each image to its own [min, max] (filters, codes); otherwise all images
+        share one scale, [0, 1] when the data lies there, else the data's [min, max].
+
+    Returns
+    -------
+    fig : a Figure with an Agg canvas.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 2:
+        raise ValueError(f"images must be 2-D (n, d), got shape {images.shape}")
+    n, d = images.shape
+    rows_px, cols_px = image_shape
+    if rows_px * cols_px != d:
+        raise ValueError(f"image_shape {tuple(image_shape)} holds {rows_px * cols_px} pixels, images have {d}")
+    if n == 0:
+        raise ValueError("images is empty: nothing to draw")
+    if int(ncols) != ncols or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images")
+    ncols = min(int(ncols), n)
+    nrows = -(-n // ncols)
+    if row_labels is not None and len(row_labels) != nrows:
+        raise ValueError(f"{len(row_labels)} row labels for {nrows} grid rows")
+    lo, hi = float(images.min()), float(images.max())
+    if lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    cell = 1.0 if titles is None else 1.25
+    margin = 0.0 if row_labels is None else 0.2 + 0.07 * max(len(str(r)) for r in row_labels)  # inches
+    width = ncols * 1.0 + margin
+    fig = Figure(figsize=(width, nrows * cell))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        img = images[i].reshape(rows_px, cols_px)
+        vmin, vmax = (img.min(), img.max()) if scale_each else (lo, hi)
+        ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12,
+                  interpolation="nearest")
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    if row_labels is not None:
+        for r, label in enumerate(row_labels):
+            axes[r, 0].set_ylabel(str(label), rotation=0, ha="right", va="center", fontsize=9)
+    fig.subplots_adjust(left=max(margin / width, 0.01), right=0.99, bottom=0.01,
+                        top=0.93 if titles is not None else 0.99, wspace=0.05, hspace=0.3 if titles else 0.05)
+    return fig
+
+
+def example_grid(ds: Dataset, n_per_class: int = 10, seed: int = 0) -> Figure:
+    """``n_per_class`` random training examples of each class, one grid row per class."""
+    if ds.image_shape is None:
+        raise ValueError(f"{ds.name} has no image shape: its rows are not images")
+    if int(n_per_class) != n_per_class or n_per_class < 1:
+        raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(ds.n_classes):
+        idx = np.flatnonzero(ds.y == k)
+        if len(idx) < n_per_class:
+            raise ValueError(f"{ds.name}: class {k} has {len(idx)} training examples, fewer than "
+                             f"n_per_class={n_per_class}")
+        rows.append(ds.X[np.sort(rng.choice(idx, n_per_class, replace=False))])
+    return image_grid(np.concatenate(rows), ds.image_shape, ncols=n_per_class,
+                      row_labels=[str(k) for k in range(ds.n_classes)])
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` atomically (temporary file, then rename); format from the suffix."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"{path}: give a suffix (.png, .pdf, .svg) to choose the format")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
