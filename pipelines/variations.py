@@ -130,9 +130,9 @@ def rotate(images: np.ndarray, angles: np.ndarray, *, chunk: int = 8192) -> np.n
         th = theta_all[i:i + chunk]
         c, s = torch.cos(th), torch.sin(th)
         zero = torch.zeros_like(c)
-        # affine_grid maps output coordinates to input ones: input = A @ output; with
-        # display coordinates (y down) A = [[c, s], [-s, c]] turns the image counter-clockwise
-        A = torch.stack([torch.stack([c, s, zero], 1), torch.stack([-s, c, zero], 1)], 1)  # (b, 2, 3)
+        # affine_grid maps output coordinates to input ones: input = A @ output; in display
+        # coordinates (x right, y down) A = [[c, -s], [s, c]] turns the image counter-clockwise
+        A = torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)  # (b, 2, 3)
         xb = x[i:i + chunk]
         grid = torch.nn.functional.affine_grid(A.float(), list(xb.shape), align_corners=False)
         out[i:i + chunk] = torch.nn.functional.grid_sample(
