@@ -1,0 +1,163 @@
+"""Slice batching: coverage per epoch, seeded permutations, DDP shards, real Trainer fits and resumes."""
+import lightning.pytorch as L
+import numpy as np
+import pytest
+import torch
+
+from pipelines.datamodule import ArrayDataModule, SliceLoader
+
+N, D = 250, 3
+
+
+def _data(n=N):
+    X = torch.rand(n, D)
+    X[:, 0] = torch.arange(n, dtype=torch.float32)  # column 0 names the row
+    return X, torch.arange(n) % 4
+
+
+def _ids(batches):
+    return torch.cat([(b[0] if isinstance(b, tuple) else b)[:, 0] for b in batches]).long()
+
+
+def test_every_row_once_per_epoch_with_labels_kept_aligned():
+    X, y = _data()
+    loader = SliceLoader(X, y, batch_size=100, seed=0)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3
+    assert [len(b[0]) for b in batches] == [100, 100, 50]
+    ids = _ids(batches)
+    assert sorted(ids.tolist()) == list(range(N))
+    assert torch.equal(torch.cat([b[1] for b in batches]), y[ids])  # each x keeps its own label
+    assert not torch.equal(ids, torch.arange(N))  # shuffled
+    # a batch is rows indices()[b B:(b + 1) B] of X
+    assert torch.equal(batches[1][0], X[loader.indices()[100:200]])
+    assert len(SliceLoader(X, batch_size=100, drop_last=True)) == 2
+    assert sum(len(b) for b in SliceLoader(X, batch_size=100, drop_last=True)) == 200
+
+
+def test_permutation_depends_on_seed_and_epoch_only():
+    X, _ = _data()
+    a = SliceLoader(X, seed=5)
+    first = _ids(a)
+    a.set_epoch(1)
+    second = _ids(a)
+    assert not torch.equal(first, second)
+    b = SliceLoader(X, seed=5, epoch=1)
+    assert torch.equal(_ids(b), second)  # same (seed, epoch): same order, a fresh object
+    assert torch.equal(_ids(a), second)  # iterating again does not advance anything
+    assert not torch.equal(_ids(SliceLoader(X, seed=6, epoch=1)), second)
+    assert torch.equal(_ids(SliceLoader(X, seed=5, epoch_fn=lambda: 1)), second)
+
+
+def test_unshuffled_batches_are_views_in_order_and_unlabeled_batches_are_tensors():
+    X, _ = _data()
+    batches = list(SliceLoader(X, batch_size=64, shuffle=False))
+    assert all(isinstance(b, torch.Tensor) for b in batches)
+    assert torch.equal(_ids(batches), torch.arange(N))
+    assert batches[1].data_ptr() == X[64:].data_ptr()  # a slice, no copy
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ddp_shards_are_equal_disjoint_and_cover_the_epoch(drop_last):
+    X, _ = _data()
+    world = 3
+    shards = [SliceLoader(X, batch_size=10, seed=2, epoch=4, rank=r, world_size=world, drop_last=drop_last)
+              for r in range(world)]
+    idx = [s.indices() for s in shards]
+    assert len({len(i) for i in idx}) == 1 and len({len(s) for s in shards}) == 1
+    counts = torch.bincount(torch.cat(idx), minlength=N)
+    if drop_last:  # cut to 249 rows: every row at most once
+        assert len(idx[0]) == 83 and counts.max() == 1 and counts.sum() == 249
+    else:  # padded to 252 rows with the permutation's head: all rows, two of them twice
+        assert len(idx[0]) == 84 and counts.min() == 1 and (counts == 2).sum() == 2
+    one = SliceLoader(X, seed=2, epoch=4).indices()
+    for r in range(world):  # the strided shard of the single-process permutation
+        n = len(idx[r])
+        assert torch.equal(idx[r], torch.cat([one, one])[r::world][:n])
+    seen = _ids(shards[0])  # drop_last also drops the shard's last incomplete batch
+    assert torch.equal(seen, idx[0][:80] if drop_last else idx[0])
+
+
+class _Recorder(L.LightningModule):
+    """A tiny classifier that records which rows it saw in each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(D, 4)
+        self.seen: dict[int, list[torch.Tensor]] = {}
+        self.val_batches = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen.setdefault(self.current_epoch, []).append(x[:, 0].long().clone())
+        return torch.nn.functional.cross_entropy(self.net(x[:, 1:].repeat(1, 2)[:, :D]), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.val_batches += 1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _trainer(max_epochs, **kw):
+    return L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, **kw)
+
+
+def test_trainer_sees_the_seeded_permutation_of_each_epoch_and_validates():
+    X, y = _data()
+    dm = ArrayDataModule(X.numpy(), y.numpy(), X[:30].numpy(), y[:30].numpy(), batch_size=100, seed=9)
+    model = _Recorder()
+    _trainer(3).fit(model, datamodule=dm)
+    assert sorted(model.seen) == [0, 1, 2]
+    for epoch, ids in model.seen.items():
+        assert torch.equal(torch.cat(ids), SliceLoader(X, seed=9, epoch=epoch).indices())
+    assert model.val_batches == 1 + 3  # the sanity check, then one 30-row batch per epoch
+    assert dm.hparams.batch_size == 100 and dm.hparams.seed == 9
+
+
+def test_no_validation_data_skips_validation():
+    X, y = _data()
+    model = _Recorder()
+    _trainer(1).fit(model, datamodule=ArrayDataModule(X, y, batch_size=50))
+    assert model.val_batches == 0 and len(model.seen[0]) == 5
+
+
+def test_resumed_run_sees_the_same_permutations(tmp_path):
+    X, y = _data()
+    full = _Recorder()
+    _trainer(3).fit(full, datamodule=ArrayDataModule(X, y, batch_size=100, seed=1))
+    first = _Recorder()
+    t = _trainer(1)
+    t.fit(first, datamodule=ArrayDataModule(X, y, batch_size=100, seed=1))
+    t.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed = _Recorder()
+    _trainer(3).fit(resumed, datamodule=ArrayDataModule(X, y, batch_size=100, seed=1),
+                    ckpt_path=tmp_path / "epoch1.ckpt", weights_only=False)
+    assert sorted(resumed.seen) == [1, 2]
+    for epoch in (1, 2):
+        assert torch.equal(torch.cat(resumed.seen[epoch]), torch.cat(full.seen[epoch]))
+
+
+def test_dtype_conversion_and_input_checks():
+    X, y = _data()
+    dm = ArrayDataModule(X.numpy().astype(np.float32), y.numpy(), dtype="float64")
+    x0, y0 = next(iter(dm.train_dataloader()))
+    assert x0.dtype == torch.float64 and y0.dtype == torch.int64 and x0.shape == (100, D)
+    ro = X.numpy().copy()
+    ro.setflags(write=False)
+    assert ArrayDataModule(ro).X_train.dtype == torch.float32  # read-only arrays are fine
+    with pytest.raises(ValueError, match="batch_size must be > 0, got 0"):
+        ArrayDataModule(X, batch_size=0)
+    with pytest.raises(ValueError, match=r"y_train must be 1-D with one label per row of X_train \(250\)"):
+        ArrayDataModule(X, y[:10])
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="X_train has NaN or infinite values"):
+        ArrayDataModule(bad)
+    with pytest.raises(ValueError, match="X_train must be a non-empty 2-D array"):
+        ArrayDataModule(X[:, 0])
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        ArrayDataModule(X, dtype=torch.int32)
+    with pytest.raises(ValueError, match="need 0 <= rank < world_size, got rank=3"):
+        SliceLoader(X, rank=3, world_size=3)
