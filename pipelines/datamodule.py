@@ -53,6 +53,8 @@ class SliceLoader:
     ----------
     X : (n, d) tensor.
     y : (n,) tensor or None; batches are ``x`` alone when None, else ``(x, y)``.
+    extra : tensors aligned with X (n, ...), appended to each batch: ``(x, y, *extra)`` (e.g. the
+        tangents of each example for the MTC).
     batch_size : rows per batch (the last batch may be smaller unless ``drop_last``).
     shuffle : permute each epoch; else the natural order.
     drop_last : drop the last incomplete batch (and, across ranks, cut instead of pad).
@@ -64,14 +66,18 @@ class SliceLoader:
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor | None = None, *, batch_size: int = 100,
                  shuffle: bool = True, drop_last: bool = False, seed: int = 0, epoch: int = 0,
-                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1):
+                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1,
+                 extra: tuple[torch.Tensor, ...] = ()):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if int(world_size) != world_size or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if y is not None and len(y) != len(X):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-        self.X, self.y = X, y
+        for i, e in enumerate(extra):
+            if len(e) != len(X):
+                raise ValueError(f"X has {len(X)} rows but extra tensor {i} has {len(e)}")
+        self.X, self.y, self.extra = X, y, tuple(extra)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
         self.seed, self._epoch, self.epoch_fn = int(seed), int(epoch), epoch_fn
         self.rank, self.world_size = int(rank), int(world_size)
@@ -121,15 +127,61 @@ class SliceLoader:
         idx = self.indices()
         contiguous = not self.shuffle and self.world_size == 1
         B = self.batch_size
+        tensors = (self.X,) + (() if self.y is None else (self.y,)) + self.extra
         for b in range(len(self)):
             if contiguous:  # views, no copy
                 sl = slice(b * B, (b + 1) * B)
-                x = self.X[sl]
-                yield x if self.y is None else (x, self.y[sl])
+                parts = tuple(t[sl] for t in tensors)
             else:
                 rows = idx[b * B:(b + 1) * B]
-                x = self.X.index_select(0, rows)  # (B, d): one gather per batch
-                yield x if self.y is None else (x, self.y.index_select(0, rows))
+                parts = tuple(t.index_select(0, rows) for t in tensors)  # one gather per tensor
+            yield parts[0] if len(parts) == 1 else parts
+
+
+class PairedLoader:
+    """Labeled batches, each paired with a batch drawn from an unlabeled pool.
+
+    Yields ``{"labeled": <labeled batch>, "unlabeled": (x_u, *extra_u)}``; an epoch is one pass
+    over the labeled loader. In epoch e the unlabeled rows are the head of a permutation of the
+    pool drawn from a generator seeded by (seed, e) (cycled when the pool is smaller than the
+    epoch needs), so every epoch sees a fresh sample of the pool and a resumed run sees what an
+    uninterrupted run saw. Under DDP each rank takes its strided share of those rows.
+    """
+
+    def __init__(self, labeled: SliceLoader, unlabeled: tuple[torch.Tensor, ...], *,
+                 batch_size: int, seed: int = 0):
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"unlabeled batch_size must be a positive integer, got {batch_size!r}")
+        n = len(unlabeled[0])
+        if n == 0 or any(len(t) != n for t in unlabeled):
+            raise ValueError(f"unlabeled tensors must be non-empty and aligned, got lengths "
+                             f"{[len(t) for t in unlabeled]}")
+        self.labeled, self.unlabeled = labeled, tuple(unlabeled)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.labeled)
+
+    def unlabeled_indices(self, epoch: int) -> torch.Tensor:
+        n = len(self.unlabeled[0])
+        world, rank = self.labeled.world_size, self.labeled.rank
+        need = len(self) * self.batch_size * world
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed + 7919, epoch))  # apart from labeled
+        order = torch.randperm(n, generator=g)
+        if need > n:
+            order = order.repeat(math.ceil(need / n))
+        return order[:need][rank::world]
+
+    def __iter__(self) -> Iterator:
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        epoch = self.labeled.epoch
+        idx = self.unlabeled_indices(epoch)
+        B = self.batch_size
+        for b, lab in enumerate(self.labeled):
+            rows = idx[b * B:(b + 1) * B]
+            yield {"labeled": lab, "unlabeled": tuple(t.index_select(0, rows) for t in self.unlabeled)}
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -145,11 +197,16 @@ class ArrayDataModule(L.LightningDataModule):
     shuffle : permute the training rows each epoch.
     drop_last : drop the last incomplete training batch.
     dtype : ``torch.float32`` (default) or ``torch.float64`` (or their names) for X.
+    train_extra : tensors aligned with X_train appended to each training batch (the tangents).
+    unlabeled : tensors ``(X_u, *extra_u)`` of an unlabeled pool: each training batch becomes
+        ``{"labeled": ..., "unlabeled": ...}`` (see :class:`PairedLoader`).
+    unlabeled_batch_size : pool rows paired with each labeled batch.
     """
 
     def __init__(self, X_train, y_train=None, X_val=None, y_val=None, *, batch_size: int = 100,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False,
-                 dtype: torch.dtype | str = torch.float32):
+                 dtype: torch.dtype | str = torch.float32, train_extra=(), unlabeled=None,
+                 unlabeled_batch_size: int = 100):
         super().__init__()
         check_positive("batch_size", batch_size)
         if int(batch_size) != batch_size:
@@ -167,7 +224,16 @@ class ArrayDataModule(L.LightningDataModule):
             raise ValueError(f"X_val has {self.X_val.shape[1]} features, X_train {self.X_train.shape[1]}")
         self.batch_size, self.seed, self.shuffle, self.drop_last = int(batch_size), int(seed), shuffle, drop_last
         self.dtype = dtype
-        self.save_hyperparameters(ignore=["X_train", "y_train", "X_val", "y_val"])
+        self.train_extra = tuple(_as_tensor(e, dtype, f"train_extra[{i}]") for i, e in enumerate(train_extra))
+        for i, e in enumerate(self.train_extra):
+            if len(e) != len(self.X_train):
+                raise ValueError(f"train_extra[{i}] has {len(e)} rows but X_train has {len(self.X_train)}")
+        self.unlabeled = None if unlabeled is None else tuple(
+            self._inputs(u, dtype, "unlabeled[0]") if i == 0 else _as_tensor(u, dtype, f"unlabeled[{i}]")
+            for i, u in enumerate(unlabeled))
+        self.unlabeled_batch_size = int(unlabeled_batch_size)
+        self.save_hyperparameters(ignore=["X_train", "y_train", "X_val", "y_val", "train_extra",
+                                          "unlabeled"])
 
     @staticmethod
     def _inputs(X, dtype, what: str) -> torch.Tensor:
@@ -199,11 +265,16 @@ class ArrayDataModule(L.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
-    def train_dataloader(self) -> SliceLoader:
+    def train_dataloader(self) -> SliceLoader | PairedLoader:
         rank, world = self._shard()
-        return SliceLoader(self.X_train, self.y_train, batch_size=self.batch_size, shuffle=self.shuffle,
-                           drop_last=self.drop_last, seed=self.seed, epoch_fn=self._epoch,
-                           rank=rank, world_size=world)
+        labeled = SliceLoader(self.X_train, self.y_train, batch_size=self.batch_size,
+                              shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
+                              epoch_fn=self._epoch, rank=rank, world_size=world,
+                              extra=self.train_extra)
+        if self.unlabeled is None:
+            return labeled
+        return PairedLoader(labeled, self.unlabeled, batch_size=self.unlabeled_batch_size,
+                            seed=self.seed)
 
     def val_dataloader(self) -> SliceLoader | list:
         if self.X_val is None:

@@ -161,3 +161,47 @@ def test_dtype_conversion_and_input_checks():
         ArrayDataModule(X, dtype=torch.int32)
     with pytest.raises(ValueError, match="need 0 <= rank < world_size, got rank=3"):
         SliceLoader(X, rank=3, world_size=3)
+
+
+# -- aligned extras and the paired unlabeled stream (the MTC's batches) ----------------------------
+
+def test_extra_tensors_stay_aligned_with_rows():
+    from pipelines.datamodule import ArrayDataModule
+    X = torch.arange(20, dtype=torch.float32).reshape(10, 2)
+    y = torch.arange(10)
+    U = X[:, None, :] * 10  # (10, 1, 2): row i's extra is 10 * row i
+    dm = ArrayDataModule(X, y, batch_size=3, seed=1, train_extra=(U,))
+    seen = []
+    for x, yb, Ub in dm.train_dataloader():
+        torch.testing.assert_close(Ub[:, 0, :], x * 10)
+        torch.testing.assert_close(x[:, 0], 2 * yb.float())
+        seen += yb.tolist()
+    assert sorted(seen) == list(range(10))
+
+
+def test_paired_loader_draws_fresh_pool_rows_each_epoch_deterministically():
+    from pipelines.datamodule import PairedLoader, SliceLoader
+    X, y = torch.rand(8, 3), torch.arange(8)
+    pool = torch.arange(50, dtype=torch.float32)[:, None].repeat(1, 3)
+    mk = lambda e: PairedLoader(SliceLoader(X, y, batch_size=4, seed=0, epoch=e), (pool, pool * 2),
+                                batch_size=5, seed=0)
+    b0 = list(mk(0))
+    assert len(b0) == 2 and set(b0[0]) == {"labeled", "unlabeled"}
+    xu, eu = b0[0]["unlabeled"]
+    assert xu.shape == (5, 3)
+    torch.testing.assert_close(eu, xu * 2)  # the pool's extra stays aligned
+    rows0 = torch.cat([b["unlabeled"][0][:, 0] for b in b0])
+    assert len(set(rows0.tolist())) == 10  # no repeats within an epoch when the pool is larger
+    rows0_again = torch.cat([b["unlabeled"][0][:, 0] for b in mk(0)])
+    rows1 = torch.cat([b["unlabeled"][0][:, 0] for b in mk(1)])
+    assert torch.equal(rows0, rows0_again) and not torch.equal(rows0, rows1)
+
+
+def test_paired_loader_cycles_a_small_pool():
+    from pipelines.datamodule import PairedLoader, SliceLoader
+    X, y = torch.rand(12, 2), torch.arange(12)
+    pool = torch.arange(4, dtype=torch.float32)[:, None]
+    batches = list(PairedLoader(SliceLoader(X, y, batch_size=3), (pool,), batch_size=4))
+    assert len(batches) == 4
+    rows = torch.cat([b["unlabeled"][0][:, 0] for b in batches])
+    assert sorted(set(rows.tolist())) == [0.0, 1.0, 2.0, 3.0] and len(rows) == 16
