@@ -202,6 +202,12 @@ def test_convex_labels_agree_with_a_brute_force_hull_test():
         assert (holes == 0) == bool(label)
         assert mask.sum() >= (19 if label else 10)
     assert set(a["factor_n_sets"][y == 0].tolist()) <= {2, 3, 4} and (a["factor_n_sets"][y == 1] == 1).all()
+    # the pixel count tells nothing: per split, both classes have the same histogram of counts
+    edges = np.linspace(0, 785, V.INK_BINS + 1)
+    for Xs, ys in ((a["X"], a["y"]), (a["X_test"], a["y_test"])):
+        ink = Xs.sum(1)
+        h1, h0 = np.histogram(ink[ys == 1], edges)[0], np.histogram(ink[ys == 0], edges)[0]
+        np.testing.assert_array_equal(h1, h0)
 
 
 @needs_mnist
