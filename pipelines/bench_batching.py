@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = results["TensorDataset + DataLoader"]["batches_per_s"]
     print(f"{'loader':32s} {'batches/s':>10s} {'rows/s':>12s} {'epoch (s)':>10s} {'speed-up':>9s}")
     for name, r in results.items():
-        print(f"{name:32s} {r['batches_per_s']:10.0f} {r['rows_per_s']:12.0f} {r['epoch_s']:10.3f} "
+        print(f"{name:32s} {r['batches_per_s']:10.0f} {r['rows_per_s']:12.0f} {r['epoch_s']:10.4f} "
               f"{r['batches_per_s'] / base:8.1f}x")
     return results
 

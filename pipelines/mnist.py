@@ -151,11 +151,17 @@ def _find(name: str, dirs: list[Path]) -> Path | None:
 def _download(name: str, target_dir: Path) -> tuple[Path | None, list[str]]:
     """Fetch ``name`` into ``target_dir`` from the first mirror that serves the right bytes."""
     errors = []
-    target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / name
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return None, [f"cannot create {target_dir}: {err}"]
     for mirror in MIRRORS:
         url = mirror + name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
+        except OSError as err:
+            return None, errors + [f"cannot write in {target_dir}: {err}"]
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
                 while block := r.read(1 << 20):

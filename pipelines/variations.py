@@ -307,9 +307,6 @@ def rectangles_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return X, (h > w).astype(np.int64), factors
 
 
-_PIXELS = np.stack([np.tile(np.arange(SIDE), SIDE), np.repeat(np.arange(SIDE), SIDE)], 1) + 0.5  # (784, 2) x, y
-
-
 def _convex_regions(n: int, rng: np.random.Generator, *, p: float, min_pixels: int,
                     chunk: int = 8192) -> np.ndarray:
     """``n`` intersections of k ~ Geometric(p) random half-planes with >= min_pixels pixels.
@@ -365,7 +362,7 @@ def _directions(max_step: int = 3) -> list[tuple[int, int]]:
 @functools.lru_cache(maxsize=1)
 def _line_ids() -> tuple[tuple[tuple[int, int], np.ndarray, int], ...]:
     """Per direction (dx, dy): each pixel's lattice-line number (784,) and the number of lines."""
-    x, y = (_PIXELS - 0.5).T.astype(np.int64)
+    y, x = np.divmod(np.arange(SIDE * SIDE), SIDE)  # pixel p is at row y, column x
     out = []
     for dx, dy in _directions():
         line = dy * x - dx * y  # constant along the direction (dx, dy)

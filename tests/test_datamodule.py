@@ -205,3 +205,14 @@ def test_paired_loader_cycles_a_small_pool():
     assert len(batches) == 4
     rows = torch.cat([b["unlabeled"][0][:, 0] for b in batches])
     assert sorted(set(rows.tolist())) == [0.0, 1.0, 2.0, 3.0] and len(rows) == 16
+
+
+def test_bench_batching_times_one_epoch_of_each_loader():
+    from pipelines.bench_batching import bench_batching
+
+    X, y = _data(1000)
+    results = bench_batching(X.numpy(), y.numpy(), batch_size=100, repeats=1)
+    assert set(results) == {"SliceLoader (ArrayDataModule)", "TensorDataset + DataLoader"}
+    for r in results.values():
+        assert r["batches"] == 10 and r["batches_per_s"] > 0
+        assert abs(r["rows_per_s"] - 100 * r["batches_per_s"]) < 1e-6 * r["rows_per_s"]
