@@ -118,3 +118,79 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+# -- what a layer learned, what a classifier gets wrong -----------------------------------------
+
+def filters_figure(W: np.ndarray, image_shape: tuple[int, int], *, n: int = 100) -> Figure:
+    """The first ``n`` rows of a first-layer weight matrix W (n_hidden, n_visible) as images."""
+    W = np.asarray(W)
+    return image_grid(W[:n], image_shape, ncols=10, scale_each=True, cmap="gray")
+
+
+def reconstruction_figure(x: np.ndarray, r: np.ndarray, image_shape: tuple[int, int],
+                          x_tilde: np.ndarray | None = None) -> Figure:
+    """Inputs, (corrupted inputs,) and reconstructions, one grid row each; x, r: (n, d)."""
+    rows, labels = [np.asarray(x)], ["input"]
+    if x_tilde is not None:
+        rows.append(np.asarray(x_tilde))
+        labels.append("corrupted")
+    rows.append(np.asarray(r))
+    labels.append("reconstruction")
+    return image_grid(np.concatenate(rows), image_shape, ncols=len(x), row_labels=labels)
+
+
+def curves_figure(history: dict[str, list[tuple[int, float]]], title: str = "") -> Figure:
+    """Per-epoch curves, one axis per metric: ``{name: [(epoch, value), ...]}``."""
+    names = sorted(history)
+    if not names:
+        raise ValueError("no metrics to plot")
+    fig = Figure(figsize=(3.2 * min(len(names), 4), 2.6 * -(-len(names) // 4)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(-(-len(names) // 4), min(len(names), 4), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        steps, values = zip(*history[name]) if history[name] else ((), ())
+        ax.plot(steps, values, marker=".", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> Figure:
+    """The confusion matrix (rows: true class, columns: predicted), with counts."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    fig = Figure(figsize=(0.45 * n_classes + 1.5, 0.45 * n_classes + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(cm, cmap="Blues")
+    for i in range(n_classes):
+        for j in range(n_classes):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(n_classes))
+    ax.set_yticks(range(n_classes))
+    err = 100 * float(np.mean(np.asarray(y_true) != np.asarray(y_pred)))
+    ax.set_title(f"test error {err:.2f}%", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def tangents_figure(X: np.ndarray, U: np.ndarray, image_shape: tuple[int, int]) -> Figure:
+    """Each input (first column) beside its tangents U (n, k, d) as images, one row per input."""
+    X, U = np.asarray(X), np.asarray(U)
+    n, k, _ = U.shape
+    cells = np.concatenate([X[:, None, :], U], axis=1).reshape(n * (k + 1), -1)
+    # tangents are signed: scale each image to its own range so the structure shows
+    return image_grid(cells, image_shape, ncols=k + 1, scale_each=True,
+                      titles=[("x" if j == 0 else f"u{j}") if i == 0 else "" for i in range(n)
+                              for j in range(k + 1)])

@@ -66,7 +66,6 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     from lightning.pytorch.loggers import MLFlowLogger
 
     from finetune.classifier import Classifier
-    from finetune.mtc import MTC
     from finetune.unroll import UnrolledEncoder, unroll_autoencoder
     from pretrain.stack import Stack
 
@@ -91,6 +90,7 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
                   decoder=decoder, seed=cfg.seed)
     train_extra, unlabeled = (), None
     if method in ("mtc", "mtc_all"):
+        from finetune.mtc import MTC
         from finetune.tangents import cached_tangents
 
         module = MTC(encoder, n_classes, beta=ft.beta, **common)
@@ -125,11 +125,18 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
         valid_error = 100 * keep.best_score[0]
         mlflow.log_metrics({"test/error": test_error, "best/val_error": valid_error,
                             "best/epoch": keep.best_epoch})
-        figures.log_classifier_figures(split.y_test, y_pred, n_classes, run_id=run.info.run_id,
-                                       uri=uri)
+        tracking.log_figure(figures.confusion_figure(split.y_test, y_pred, n_classes),
+                            "figures/confusion.png")
+        tracking.log_figure(figures.curves_figure(tracking.metric_history(run.info.run_id), method),
+                            "figures/learning_curves.png")
+        if method.startswith("mtc") and image_shape is not None:
+            n_show = min(5, len(U_lab))
+            tracking.log_figure(figures.tangents_figure(split.X_lab[:n_show],
+                                                        U_lab[:n_show, :min(8, ft.n_tangents)].numpy(),
+                                                        image_shape), "figures/tangents.png")
         log_model(module, split.X_test)
-    name = "mlp" if method == "mlp_no_pretraining" else method
-    inputs = "pixels (no pretraining)" if method == "mlp_no_pretraining" else "pretrained stack"
+    name = "mlp, no pretraining" if method == "mlp_no_pretraining" else method
+    inputs = "pixels" if method == "mlp_no_pretraining" else "stack"
     params = {"epoch": keep.best_epoch}
     if method.startswith("mtc"):
         params.update(beta=ft.beta, k=ft.n_tangents)
@@ -172,7 +179,7 @@ def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> 
         mlflow.log_metrics({"test/squared_error": err, "test/pca_squared_error": pca_err})
         log_model(module, split.X_test)
     metric = "squared error per image"
-    return [Row("deep_autoencoder", "pretrained stack", err, metric=metric,
+    return [Row("deep_autoencoder", "stack", err, metric=metric,
                 params={"epoch": keep.best_epoch}),
             Row(f"pca_{n_code}", "pixels", pca_err, metric=metric, params={"n_components": n_code})]
 

@@ -77,6 +77,32 @@ def load_layer(layer: Layer, path: Path, digest: str) -> None:
     layer.load_state_dict(blob["state_dict"])
 
 
+def log_layer_figures(layer: Layer, codes: torch.Tensor, *, k: int, run_id: str,
+                      image_shape: tuple[int, int] | None, n_examples: int = 10) -> None:
+    """Loss terms per epoch for every layer; filters and reconstructions (beside the corrupted
+    inputs, for a denoising layer) for the first layer of image data."""
+    from . import figures, tracking
+
+    history = tracking.metric_history(run_id)
+    if history:
+        tracking.log_figure(figures.curves_figure(history, f"layer {k + 1}"), "figures/loss_terms.png")
+    if k > 0 or image_shape is None:
+        return
+    tracking.log_figure(figures.filters_figure(layer.encoder_weight.detach().cpu().numpy(),
+                                               image_shape), "figures/filters.png")
+    x = codes[:n_examples]
+    with torch.no_grad():
+        r = layer.reconstruct(x)
+        x_tilde = None
+        kind = layer.hparams.get("corruption", "none")
+        if kind != "none":
+            from pretrain.corruption import corrupt
+            g = torch.Generator().manual_seed(0)
+            x_tilde = corrupt(x, kind, layer.hparams["corruption_level"], g).numpy()
+    tracking.log_figure(figures.reconstruction_figure(x.numpy(), r.numpy(), image_shape, x_tilde),
+                        "figures/reconstructions.png")
+
+
 def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | None, *,
                    cache_dir: Path, fit_layer) -> tuple[Stack, list[bool]]:
     """Greedy pretraining with per-layer caching.

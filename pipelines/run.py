@@ -6,6 +6,7 @@ re-run after a crash resumes at the first missing layer (DESIGN.md section 2).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,12 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from . import figures, tracking
+    from . import tracking
     from .baselines_stage import run_baselines
     from .datamodule import ArrayDataModule
     from .datasets import load_dataset
     from .finetuning import run_finetuning
-    from .pretraining import layer_digest, pretrain_stack
+    from .pretraining import layer_digest, log_layer_figures, pretrain_stack
     from .splits import make_split
     from .training import last_checkpoint, make_trainer, quiet_lightning
 
@@ -86,7 +87,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
                     callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)],
                     checkpointing=True, root_dir=cache_dir)
                 trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
-                figures.log_layer_figures(layer, codes, k=k, image_shape=ds.image_shape)
+                log_layer_figures(layer, codes, k=k, run_id=run.info.run_id,
+                                  image_shape=ds.image_shape)
 
         with tracking.start_run("pretrain", experiment_id=experiment_id, nested=True):
             stack, loaded = pretrain_stack(cfg, _tensor(split.X_pool), _tensor(split.X_valid),
@@ -112,7 +114,7 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
         tracking.log_text_artifact(md, "results/results.md")
         tracking.log_text_artifact(to_csv(rows), "results/results.csv")
         for r in rows:
-            key = r.metric.split(" (")[0].replace(" ", "_")
-            mlflow.log_metric(f"{key}/{r.method}/{r.inputs}", r.test)
+            key = re.sub(r"[^\w/.-]+", "_", f"{r.metric.split(' (')[0]}/{r.method}/{r.inputs}")
+            mlflow.log_metric(key, r.test)
         return RunResult(run_id=parent.info.run_id, tracking_uri=uri, rows=rows,
                          table_markdown=md, stack=stack, layers_loaded=loaded)

@@ -163,3 +163,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def metric_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of a run as ``{name: [(step, value), ...]}`` (Lightning logs epochs as steps
+    of its own; the epoch is logged as the metric ``epoch``, so curves use the index)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    out = {}
+    for name in client.get_run(run_id).data.metrics:
+        if name == "epoch":
+            continue
+        hist = sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+        out[name] = [(i, m.value) for i, m in enumerate(hist)]
+    return out

@@ -17,12 +17,14 @@ import lightning.pytorch as L
 def quiet_lightning() -> None:
     """Silence Lightning's start-up chatter (GPU/TPU availability, tips) for CLI runs."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda"):
+                 "pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*is not a valid datatype for.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*dataset source can be interpreted in multiple ways.*")
 
 
 def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(),
@@ -42,6 +44,7 @@ def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(
         enable_checkpointing=checkpointing,
         deterministic=deterministic,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,  # layers log per epoch; this only silences the interval warning
         **flags,
     )
 
