@@ -36,16 +36,18 @@ def _time_epoch(loader, n_batches: int | None, repeats: int) -> tuple[float, int
     return best, count
 
 
-def bench_batching(X: np.ndarray, y: np.ndarray | None = None, batch_size: int = 100,
-                   n_batches: int | None = None, repeats: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
+def bench_batching(X: np.ndarray, batch_size: int = 100, n_batches: int | None = None, *,
+                   y: np.ndarray | None = None, repeats: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
     """Batches per second of one epoch for each loader.
 
     Parameters
     ----------
-    X : (n, d) inputs; y : (n,) labels or None.
+    X : (n, d) inputs.
     batch_size : rows per batch.
     n_batches : stop each pass after this many batches (None: the whole epoch).
+    y : (n,) labels, batched with X when given.
     repeats : timed passes per loader (the best is kept).
+    seed : seed of both loaders' shuffling.
 
     Returns
     -------
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         what = "scikit-learn digits (MNIST files not found)"
     print(f"data: {what}, X {ds.X.shape[0]} x {ds.X.shape[1]} float32, batch size {args.batch_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    results = bench_batching(ds.X, ds.y, batch_size=args.batch_size, n_batches=args.n_batches,
+    results = bench_batching(ds.X, batch_size=args.batch_size, n_batches=args.n_batches, y=ds.y,
                              repeats=args.repeats)
     base = results["TensorDataset + DataLoader"]["batches_per_s"]
     print(f"{'loader':32s} {'batches/s':>10s} {'rows/s':>12s} {'epoch (s)':>10s} {'speed-up':>9s}")

@@ -211,7 +211,7 @@ def test_bench_batching_times_one_epoch_of_each_loader():
     from pipelines.bench_batching import bench_batching
 
     X, y = _data(1000)
-    results = bench_batching(X.numpy(), y.numpy(), batch_size=100, repeats=1)
+    results = bench_batching(X.numpy(), 100, y=y.numpy(), repeats=1)
     assert set(results) == {"SliceLoader (ArrayDataModule)", "TensorDataset + DataLoader"}
     for r in results.values():
         assert r["batches"] == 10 and r["batches_per_s"] > 0
