@@ -30,14 +30,18 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set finetune.labels=100 (repeatable).")
 @click.option("--data-dir", default=None, help="Where to look for data files (MNIST) first.")
+@click.option("--download", is_flag=True, help="Fetch missing MNIST files from the usual mirrors.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
-def run(config: str | None, overrides: tuple[str, ...], data_dir: str | None, print_config: bool) -> None:
+def run(config: str | None, overrides: tuple[str, ...], data_dir: str | None, download: bool,
+        print_config: bool) -> None:
     """Run a pipeline: CONFIG is a YAML path or a shipped name (default: quickstart)."""
     from .config import ConfigError, load_config
 
     overrides = list(overrides)
     if data_dir:
         overrides.append(f"data.data_dir={data_dir}")
+    if download:
+        overrides.append("data.download=true")
     try:
         cfg = load_config(config, overrides)
     except ConfigError as e:
@@ -64,24 +68,46 @@ def data() -> None:
 @click.option("--data-dir", default=None, help="Where to look for data files first.")
 def data_list(data_dir: str | None) -> None:
     """List the datasets and where their files are found."""
-    from .datasets import DATASETS, dataset_status
+    from .datasets import DATASETS
+    from .mnist import dataset_locations, find_mnist
+    from .variations import cache_path
 
+    try:
+        mnist = find_mnist(data_dir)
+        where = f"found in {next(iter(mnist.values())).parent} (md5 verified)"
+    except (FileNotFoundError, ValueError) as e:
+        mnist, where = None, f"not usable: {str(e).splitlines()[0]}"
+    dirs = dataset_locations(data_dir)
+    click.echo("searched, in order: " + ", ".join(str(d) for d in dirs))
     for name in DATASETS:
-        click.echo(f"{name:18s} {dataset_status(name, data_dir=data_dir)}")
+        if name == "digits":
+            status = "embedded (scikit-learn's 8x8 digits)"
+        elif name == "mnist":
+            status = where
+        elif name == "npz":
+            status = "your own file: --set data.name=npz --set data.path=FILE.npz"
+        else:
+            cached = [cache_path(d, name, 0) for d in dirs if cache_path(d, name, 0).exists()]
+            base = "MNIST" if name.startswith("mnist-") else "its recipe (no download)"
+            status = (f"generated from {base}, cached at {cached[0]}" if cached else
+                      "needs MNIST (see above)" if base == "MNIST" and not mnist else
+                      f"generated from {base} on first use")
+        click.echo(f"{name:18s} {status}")
 
 
 @data.command("show")
 @click.argument("name")
 @click.option("--data-dir", default=None, help="Where to look for data files first.")
+@click.option("--download", is_flag=True, help="Fetch missing MNIST files from the usual mirrors.")
 @click.option("--out", default=None, help="Image file to write (default: NAME-examples.png).")
 @click.option("--seed", default=0, show_default=True)
-def data_show(name: str, data_dir: str | None, out: str | None, seed: int) -> None:
+def data_show(name: str, data_dir: str | None, download: bool, out: str | None, seed: int) -> None:
     """Write a grid of examples of dataset NAME, one row per class."""
     from .datasets import load_dataset
     from .figures import example_grid, save_figure
 
     try:
-        ds = load_dataset(name, data_dir=data_dir, seed=seed)
+        ds = load_dataset(name, data_dir=data_dir, seed=seed, download=download)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     out = out or f"{name}-examples.png"
