@@ -129,8 +129,8 @@ def propdown(h, W, c, visible="bernoulli", sigma=1.0):
 
 
 def _bernoulli(p: torch.Tensor, generator) -> torch.Tensor:
-    # uniform-then-compare: three times faster than torch.bernoulli on CPU, same distribution
-    return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
+    # uniform-then-compare, in place: three times faster than torch.bernoulli on CPU, same law
+    return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype).lt_(p)
 
 
 def sample_h_given_v(v, W, b, *, generator=None, visible="bernoulli", sigma=1.0):
@@ -403,7 +403,8 @@ class RBM(Layer):
                 v = sample_v_given_h(h, W, c, generator=gibbs, visible=visible, sigma=sigma)[2]
             if train and self.persistent:
                 self.chains[:B] = v
-            rec = ((x - propdown(h0_mean, W, c, visible, sigma)[1]) ** 2).sum(1).mean()
+            r = propdown(h0_mean, W, c, visible, sigma)[1]  # (B, n_visible), mean-field up-down
+            rec = F.mse_loss(r, x, reduction="sum") / B
         ak = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden), v = v_k is a constant
         loss = (_free_energy_from(x, a0, c, visible, sigma).mean()
                 - _free_energy_from(v, ak, c, visible, sigma).mean())  # Eq. (13)
