@@ -1,0 +1,95 @@
+"""The pipeline end to end on digits: MLflow layout, stage cache on re-run, the logged model."""
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from pipelines.config import load_config
+from pipelines.run import run_pipeline
+
+TINY = ["pretrain.epochs=3", "pretrain.layers.0.n_hidden=32", "pretrain.layers.1.n_hidden=16",
+        "finetune.epochs=8", "finetune.methods=[mlp]", "finetune.labels=100",
+        "baselines.methods=[knn]", "baselines.inputs=[pixels,codes]"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    cfg = load_config("quickstart", TINY + [f"tracking.uri={uri}"])
+    result = run_pipeline(cfg, root=root / "mlruns")
+    yield cfg, root, result
+    mlflow.set_tracking_uri(None)
+
+
+def test_parent_run_with_nested_stage_runs(first_run):
+    cfg, root, result = first_run
+    mlflow.set_tracking_uri(result.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment])
+    names = dict(zip(runs.run_id, runs["tags.mlflow.runName"]))
+    parent_of = dict(zip(runs.run_id, runs["tags.mlflow.parentRunId"]))
+    assert names[result.run_id] == "quickstart"
+    stages = {names[r] for r, p in parent_of.items() if p == result.run_id}
+    assert stages == {"pretrain", "finetune", "baselines"}
+    pretrain_id = next(r for r, p in parent_of.items() if p == result.run_id and names[r] == "pretrain")
+    layers = sorted(names[r] for r, p in parent_of.items() if p == pretrain_id)
+    assert layers == ["layer 1 (cae_h 64-32)", "layer 2 (cae_h 32-16)"]
+    assert set(runs.status) == {"FINISHED"}
+    # per-epoch loss terms of a layer, each logged on its own
+    layer1 = next(r for r in parent_of if names[r].startswith("layer 1"))
+    hist = mlflow.MlflowClient().get_metric_history(layer1, "train/contraction")
+    assert len(hist) == cfg.pretrain.epochs and all(m.value > 0 for m in hist)
+    parent = runs[runs.run_id == result.run_id].iloc[0]
+    assert parent["params.finetune.labels"] == "100"
+    assert parent["tags.git_commit"]
+
+
+def test_results_table_logged_and_numbers_in_range(first_run):
+    _, _, result = first_run
+    methods = {(r.method, r.inputs) for r in result.rows}
+    assert methods == {("mlp", "stack"), ("knn", "pixels"), ("knn", "codes")}
+    for r in result.rows:
+        assert 0 <= r.test <= 100
+    knn = next(r for r in result.rows if r.method == "knn" and r.inputs == "pixels")
+    assert knn.test < 20  # k-NN on digits with 100 labels is near 10% error
+    md = mlflow.artifacts.load_text(f"runs:/{result.run_id}/results/results.md")
+    assert "| knn | pixels |" in md
+
+
+def test_rerun_loads_layers_from_cache_with_identical_codes(first_run):
+    cfg, root, result = first_run
+    again = run_pipeline(cfg, root=root / "mlruns")
+    assert again.layers_loaded == [True, True]
+    x = torch.rand(5, 64)
+    torch.testing.assert_close(again.stack.encode(x), result.stack.encode(x), rtol=0, atol=0)
+
+
+def test_changing_layer_2_reuses_layer_1(first_run):
+    cfg, root, _ = first_run
+    cfg2 = cfg.model_copy(deep=True)
+    cfg2.pretrain.layers[1].n_hidden = 8
+    cfg2.finetune.methods = []
+    cfg2.baselines.methods = []
+    res = run_pipeline(cfg2, root=root / "mlruns")
+    assert res.layers_loaded == [True, False]
+
+
+def test_logged_model_loads_and_predicts_as_in_memory(first_run):
+    _, _, result = first_run
+    client = mlflow.MlflowClient()
+    child = mlflow.search_runs(experiment_ids=[client.get_run(result.run_id).info.experiment_id],
+                               filter_string="tags.mlflow.runName = 'finetune mlp'").iloc[0]
+    model = mlflow.pytorch.load_model(f"runs:/{child.run_id}/model")
+    x = torch.rand(6, 64)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{child.run_id}/model")
+    out = pyfunc.predict(x.numpy())
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(np.asarray(out)), model(x), rtol=1e-5, atol=1e-6)
+    assert out.shape == (6, 10)
+
+
+def test_bad_layer_value_names_the_layer(tmp_path):
+    cfg = load_config("quickstart", ["pretrain.layers.1.kind=rbm", "pretrain.layers.1.contraction=0.1",
+                                     f"tracking.uri=sqlite:///{tmp_path / 'db.db'}"])
+    with pytest.raises(ValueError, match=r"pretrain\.layers\.1 \(rbm\): .*does not accept 'contraction'"):
+        run_pipeline(cfg, root=tmp_path)
