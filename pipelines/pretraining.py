@@ -26,10 +26,19 @@ class CheckpointMismatch(ValueError):
 
 
 def layer_digest(cfg: PipelineConfig, k: int) -> str:
-    """The hash that names layer ``k``'s output: everything that determines its weights."""
+    """The hash that names layer ``k``'s output: everything that determines its weights.
+
+    That is the seed, the unlabeled pool (dataset and validation size), the trainer's numerics
+    and layers 1..k; not the labels, the validation cap, the test subsample or fine-tuning.
+    """
     sub = cfg.model_copy(deep=True)
     sub.pretrain.layers = sub.pretrain.layers[: k + 1]
-    return sub.digest("seed", "data", "pretrain")
+    sub.data.valid_labels = sub.data.n_test = None
+    sub.data.download = False
+    sub.data.data_dir = None  # where the files were found does not change them (md5-checked)
+    sub.trainer.devices = sub.trainer.num_nodes = 1
+    sub.trainer.strategy = "auto"
+    return sub.digest("seed", "data", "pretrain", "trainer")
 
 
 def build_layers(cfg: PipelineConfig, n_visible: int) -> list[Layer]:
