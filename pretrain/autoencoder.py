@@ -32,6 +32,7 @@ Glorot & Bengio, Understanding the difficulty of training deep feedforward netwo
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ LOSSES = ("cross_entropy", "mse")
 
 
 def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
 
@@ -113,15 +114,19 @@ class AutoEncoder(Layer):
             raise ValueError(f"sparsity_kl reads codes as firing probabilities and needs "
                              f"hidden_unit='sigmoid', got hidden_unit={hidden_unit!r}; "
                              f"use sparsity_l1 instead")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        # plain ints in the hyperparameters (numpy integers do not seed a torch.Generator)
+        n_visible, n_hidden = int(n_visible), int(n_hidden)
+        higher_order_copies, seed = int(higher_order_copies), int(seed)
         self.save_hyperparameters()
 
         self.hidden_unit = hidden_unit
         self.visible_unit = visible_unit
         self._tied = tied
         g = torch.Generator().manual_seed(seed)  # the init depends on the seed alone
-        self.W = nn.Parameter(glorot_uniform(n_hidden, n_visible, hidden_unit, g))  # (n_hidden, n_visible)
+        # W: (n_hidden, n_visible)
+        self.W = nn.Parameter(glorot_uniform(n_hidden, n_visible, hidden_unit, g))
         self.b = nn.Parameter(torch.zeros(n_hidden))
         self.c = nn.Parameter(torch.zeros(n_visible))
         if tied:

@@ -38,8 +38,8 @@ def check_corruption(kind: str, level: float, *, name: str = "corruption_level")
     elif kind in ("masking", "salt_pepper"):
         check_probability(name, level)
     elif level != 0.0:
-        raise ValueError(f"{name}={level!r} was given with corruption='none': "
-                         f"choose a corruption kind ({', '.join(CORRUPTIONS[1:])}) or set the level to 0")
+        raise ValueError(f"{name}={level!r} was given with corruption='none': choose a "
+                         f"corruption kind ({', '.join(CORRUPTIONS[1:])}) or set the level to 0")
     return kind, level
 
 

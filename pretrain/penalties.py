@@ -25,6 +25,7 @@ Ng, Sparse autoencoder, CS294A lecture notes, 2011 (the KL sparsity penalty).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -117,10 +118,12 @@ def higher_order(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str, *
     """
     check_unit(unit, "hidden unit")
     check_positive("sigma", sigma, allow_zero=True)
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+    if isinstance(copies, bool) or not isinstance(copies, numbers.Integral) or copies < 1:
         raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+    copies = int(copies)
     act_grad = _act_grad(x, W, b, unit)  # (B, n_hidden)
-    x_tilde = corrupt(x.unsqueeze(0).expand(copies, *x.shape), "gaussian", sigma, generator)  # (C, B, n_visible)
+    x_copies = x.unsqueeze(0).expand(copies, *x.shape)  # (C, B, n_visible), no copy made
+    x_tilde = corrupt(x_copies, "gaussian", sigma, generator)  # (C, B, n_visible): x + eps
     act_grad_tilde = _act_grad(x_tilde, W, b, unit)  # (C, B, n_hidden)
     diff = act_grad.unsqueeze(0) - act_grad_tilde  # (C, B, n_hidden): diagonal of J(x) - J(x~), per row
     w_sq = (W * W).sum(dim=1)  # (n_hidden,)

@@ -7,8 +7,8 @@ class accepts can be overridden (overrides win over the preset).
 
 Sources of the defaults (all with the autoencoder's loss summed over inputs, averaged over the
 batch):
-- ``dae``: masking noise destroying 25% of the inputs (Vincent et al. 2008, Fig. 3 and the
-  Theano tutorial ``dA.py``, ``corruption_level=0.25``; JMLR 2010 tunes it in {0.1, ..., 0.4}).
+- ``dae``: masking noise destroying 25% of the inputs, inside the range of destruction
+  fractions (10% to 40%) that Vincent et al. (2008; JMLR 2010) choose from by validation.
 - ``cae``: lambda = 0.1, the Theano tutorial ``cA.py``'s ``contraction_level`` under the same
   loss convention (Rifai et al. 2011 select lambda by validation).
 - ``cae_h``: lambda = 0.1 and gamma = 0.1 with 4 perturbed copies of std 0.3: starting points
@@ -54,7 +54,7 @@ def accepted_keys(kind: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-def make_layer(kind: str, n_visible: int, n_hidden: int, **overrides) -> Layer:
+def make_layer(kind: str, n_visible: int, n_hidden: int, /, **overrides) -> Layer:
     """Build a layer of ``kind`` (one of ``KINDS``): its preset, then ``overrides``.
 
     Raises

@@ -101,7 +101,8 @@ def test_the_oracle_catches_the_classic_bugs():
         return (h * (1 - h)).mean(0).pow(2).matmul((W ** 2).sum(1)).expand(x.shape[0])
 
     def floor_division(x, W, b, unit):  # the Theano tutorial's `//`: right size, no gradient
-        return (P.contraction(x, W, b, unit).sum() // 1.0) / x.shape[0] * torch.ones(x.shape[0], dtype=x.dtype)
+        floored = P.contraction(x, W, b, unit).sum() // 1.0
+        return floored / x.shape[0] * torch.ones(x.shape[0], dtype=x.dtype)
 
     def detached(x, W, b, unit):
         return P.contraction(x, W, b, unit).detach()
@@ -251,7 +252,8 @@ def test_sparsity_kl_against_the_direct_formula():
 
 
 def test_sparsity_kl_is_zero_at_the_target_and_positive_elsewhere():
-    assert P.sparsity_kl(torch.full((10, 4), 0.2, dtype=torch.float64), 0.2).item() == pytest.approx(0, abs=1e-15)
+    at_target = torch.full((10, 4), 0.2, dtype=torch.float64)
+    assert P.sparsity_kl(at_target, 0.2).item() == pytest.approx(0, abs=1e-15)
     assert P.sparsity_kl(torch.full((10, 4), 0.3, dtype=torch.float64), 0.2).item() > 0
 
 
