@@ -139,6 +139,18 @@ class Layer(L.LightningModule):
     def test_step(self, batch, batch_idx):
         return self._step(batch, "test")
 
+    # -- checkpoints carry the noise streams -----------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the state of the layer's noise generators (corruption, Gibbs chains), so that a
+        layer resumed from a checkpoint draws exactly the noise an uninterrupted run draws."""
+        gens = getattr(self, "_generators", {})
+        checkpoint["generator_states"] = {k: g.get_state() for k, g in gens.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("generator_states", {})
+        if states:
+            self._generators = {k: torch.Generator().set_state(v) for k, v in states.items()}
+
     def configure_optimizers(self):
         o = self._opt
         if o["optimizer"] == "adam":
