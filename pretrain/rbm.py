@@ -213,7 +213,7 @@ def log_likelihood(v, W, b, c, visible="bernoulli", sigma=1.0, log_z=None) -> to
     return -free_energy(v, W, b, c, visible, sigma) - log_z  # Eq. (10)
 
 
-def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2**24):
+def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2**21):
     """Log pseudo-likelihood of binary visible vectors, Eq. (11) exact or Eq. (12) stochastic.
 
     Parameters
@@ -224,7 +224,8 @@ def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2
         stochastic estimate, Eq. (12): m bits per example drawn uniformly (with replacement),
         ``n_visible * mean_m log sigmoid(F(v~i) - F(v))``, unbiased for Eq. (11).
     chunk_elements : the exact sum builds (rows, n_visible, n_hidden) pre-activations in
-        chunks of at most this many elements, to bound memory.
+        chunks of at most this many elements (8 MB in float32 by default: small enough to be
+        reused by the allocator instead of mapped afresh for each chunk).
 
     Returns
     -------

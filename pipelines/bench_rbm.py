@@ -1,0 +1,252 @@
+"""Speed benchmark: one epoch of a 784-500 binary RBM (CD-1, batch 100) on MNIST.
+
+Three trainers on the same 60000 training images (float32, bytes / 255, in file order):
+
+(a) ``pretrain.rbm.RBM`` through a Lightning Trainer (max_epochs=1, no logger, no checkpoints);
+(a') the same, but with the loss terms summed over the epoch and ``self.log``-ged once at its end
+    instead of at every step (Lightning's ``log`` costs about a millisecond a call on CPU);
+(b) the same module's update in a plain loop (``loss_terms`` -> backward -> SGD step);
+(c) scikit-learn's ``BernoulliRBM(n_components=500, batch_size=100, n_iter=1,
+    learning_rate=0.1, random_state=0)``.
+
+Throughput is counted as 2 * B * n_visible * n_hidden flops per (B, n_visible) x (n_visible,
+n_hidden)-sized matmul, times the matmuls an update does (ours: 2 up-passes, 2 down-passes, 2
+weight-gradient products; scikit-learn's: 2 up, 1 down, 2 products), and set beside this
+machine's own fp32 ``torch.mm`` rate on the same shapes, measured in the same run. The
+"ideal" epoch is the time of the update's matmuls alone at that rate.
+
+Quality: the exact log pseudo-likelihood, Eq. (11) of ``pretrain.rbm``, of the trained models
+on the 10000 test images binarized at 0.5; beside it, the one-bit-flip estimate of
+scikit-learn's ``score_samples`` on the grey-level test images, with the same flipped bits for
+every model. All BLAS pools (torch's and numpy's) are limited to ``--threads``.
+
+    python -m pipelines.bench_rbm [--data-dir DIR] [--epochs 1] [--threads N] [--n-train N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from pipelines.mnist import load_mnist
+from pretrain.layer import batch_input
+from pretrain.rbm import RBM, pseudo_likelihood
+
+N_HIDDEN, BATCH, LR = 500, 100, 0.1
+
+
+class _Slices(torch.utils.data.Sampler):
+    """Contiguous batches as slices: a batch is a view of the data tensor, no per-sample Python."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
+
+    def __iter__(self):
+        return (slice(i, min(i + self.batch_size, self.n)) for i in range(0, self.n, self.batch_size))
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
+def loader(X: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=None,
+                                       sampler=_Slices(len(X), batch_size))
+
+
+def matmul_seconds(shape_a, shape_b, repeats: int = 300) -> float:
+    """Seconds of one fp32 ``torch.mm`` of the given shapes, best of three timed loops."""
+    a, b = torch.rand(*shape_a), torch.rand(*shape_b)
+    for _ in range(20):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
+
+
+class _EpochTimer:
+    """Wall time of the training epochs alone, without the Trainer's set-up and tear-down."""
+
+    def __init__(self):
+        import lightning.pytorch as L
+
+        timer = self
+
+        class Callback(L.Callback):
+            def on_train_epoch_start(self, trainer, module):
+                timer.start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, module):
+                timer.seconds.append(time.perf_counter() - timer.start)
+
+        self.seconds: list[float] = []
+        self.callback = Callback()
+
+
+class EpochLoggedRBM(RBM):
+    """The RBM with its loss terms accumulated over the epoch and logged once at the end."""
+
+    def _step(self, batch, stage):
+        x = batch_input(batch)
+        terms = self.loss_terms(x, train=stage == "train")
+        sums = self.__dict__.setdefault("_sums", {})
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.detach() * x.shape[0]
+        self.__dict__["_count"] = self.__dict__.get("_count", 0) + x.shape[0]
+        return terms["loss"]
+
+    def on_train_epoch_end(self):
+        for name, total in self.__dict__.pop("_sums").items():
+            self.log(f"train/{name}", total / self.__dict__["_count"])
+        self.__dict__["_count"] = 0
+
+
+def train_lightning(X, epochs, seed, cls=RBM):
+    import lightning.pytorch as L
+
+    rbm = cls(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
+    timer = _EpochTimer()
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        callbacks=[timer.callback])
+    t = time.perf_counter()
+    trainer.fit(rbm, loader(X, BATCH))
+    return rbm, time.perf_counter() - t, sum(timer.seconds) / epochs
+
+
+def train_raw(X, epochs, seed):
+    rbm = RBM(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
+    opt = rbm.configure_optimizers()
+    t = time.perf_counter()
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["momentum"] = rbm.momentum_at(epoch)
+        for i in range(0, len(X), BATCH):
+            opt.zero_grad()
+            rbm.loss_terms(X[i:i + BATCH], train=True)["loss"].backward()
+            opt.step()
+    return rbm, (time.perf_counter() - t) / epochs
+
+
+def train_sklearn(X, epochs, seed):
+    from sklearn.neural_network import BernoulliRBM
+
+    model = BernoulliRBM(n_components=N_HIDDEN, batch_size=BATCH, n_iter=epochs, learning_rate=LR,
+                         random_state=seed)
+    t = time.perf_counter()
+    model.fit(X)
+    return model, (time.perf_counter() - t) / epochs
+
+
+def _params(model):
+    """(W, b, c) of our RBM or of a scikit-learn BernoulliRBM, as float32 tensors."""
+    if isinstance(model, RBM):
+        return model.W.detach(), model.b.detach(), model.c.detach()
+    return tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in
+                 (model.components_, model.intercept_hidden_, model.intercept_visible_))
+
+
+def one_flip_score(V, flips, W, b, c):
+    """Mean of scikit-learn's ``score_samples`` estimator, n_visible * log sigmoid(F(v~i) - F(v)),
+    with the flipped bit ``flips`` (B,) given, so that every model sees the same bits."""
+    rows = torch.arange(len(V))
+    flipped = V.clone()
+    flipped[rows, flips] = 1 - flipped[rows, flips]
+    fe = lambda v: -(v @ c) - torch.nn.functional.softplus(v @ W.T + b).sum(1)  # Eq. (2)
+    return (V.shape[1] * torch.nn.functional.logsigmoid(fe(flipped) - fe(V))).mean().item()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default="../shared/data", help="folder with the MNIST .gz files")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="threads for torch and BLAS (default: the cores this process may use)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-sklearn-float64", action="store_true")
+    p.add_argument("--n-train", type=int, default=60000, help="first N training images (quick checks)")
+    args = p.parse_args(argv)
+
+    import logging
+
+    import lightning.pytorch as L
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # numpy's BLAS (scikit-learn) gets the same cores
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    L.seed_everything(args.seed, verbose=False)
+    say = lambda *a: print(*a, flush=True)
+
+    X_train, _, X_test, _ = load_mnist(args.data_dir)
+    X_train = X_train[:args.n_train]
+    X = torch.from_numpy(np.ascontiguousarray(X_train))  # (60000, 784) float32 in [0, 1]
+    n, n_v, n_b = X.shape[0], X.shape[1], -(-X.shape[0] // BATCH)
+    flop = 2 * BATCH * n_v * N_HIDDEN  # one matmul of an update
+    up = matmul_seconds((BATCH, n_v), (n_v, N_HIDDEN))
+    down = matmul_seconds((BATCH, N_HIDDEN), (N_HIDDEN, n_v))
+    outer = matmul_seconds((N_HIDDEN, BATCH), (BATCH, n_v))
+    ideal = {6: n_b * (2 * up + 2 * down + 2 * outer), 5: n_b * (2 * up + down + 2 * outer)}
+    rate = flop / up / 1e9
+    say(f"threads {args.threads}, load average {os.getloadavg()[0]:.1f}; fp32 torch.mm GFLOP/s: "
+        f"(100,784)x(784,500) {rate:.1f}, (100,500)x(500,784) {flop / down / 1e9:.1f}, "
+        f"(500,100)x(100,784) {flop / outer / 1e9:.1f}")
+
+    rows = []  # (name, s/epoch, matmuls per update, model)
+    rbm_l, fit_s, epoch_s = train_lightning(X, args.epochs, args.seed)
+    rows.append(("RBM, Lightning Trainer", epoch_s, 6, rbm_l))
+    say(f"  {rows[-1][0]}: {epoch_s:.2f} s/epoch (fit() with set-up {fit_s / args.epochs:.2f})")
+    rbm_e, _, epoch_s = train_lightning(X, args.epochs, args.seed, EpochLoggedRBM)
+    rows.append(("RBM, Lightning, log per epoch", epoch_s, 6, rbm_e))
+    say(f"  {rows[-1][0]}: {epoch_s:.2f} s/epoch")
+    rbm_r, epoch_s = train_raw(X, args.epochs, args.seed)
+    rows.append(("RBM, raw update loop", epoch_s, 6, rbm_r))
+    say(f"  {rows[-1][0]}: {epoch_s:.2f} s/epoch; same weights as through the Trainer: "
+        f"{torch.equal(rbm_r.W, rbm_l.W)}")
+    sk32, epoch_s = train_sklearn(X_train, args.epochs, args.seed)
+    rows.append(("sklearn BernoulliRBM float32", epoch_s, 5, sk32))
+    say(f"  {rows[-1][0]}: {epoch_s:.2f} s/epoch")
+    if not args.skip_sklearn_float64:
+        sk64, epoch_s = train_sklearn(X_train.astype(np.float64), args.epochs, args.seed)
+        rows.append(("sklearn BernoulliRBM float64", epoch_s, 5, sk64))
+        say(f"  {rows[-1][0]}: {epoch_s:.2f} s/epoch")
+
+    V = torch.from_numpy(X_test)  # (10000, 784) grey levels in [0, 1]
+    Vb = (V > 0.5).float()  # binarized: the pseudo-likelihood of Eq. (11) is defined on bits
+    flips = torch.randint(n_v, (len(V),), generator=torch.Generator().manual_seed(args.seed))
+    exact = {}  # the exact sum is 10000 x 784 x 500 softplus terms: once per distinct model
+    say(f"\nMNIST {n} x {n_v}, {N_HIDDEN} hidden, CD-1, batch {BATCH}, {args.epochs} epoch(s); "
+        f"pseudo-likelihood (nats per image) on the {len(V)} test images")
+    head = (f"{'trainer':<30} {'s/epoch':>8} {'matmuls':>7} {'GFLOP/s':>8} {'of mm rate':>10} "
+            f"{'ideal s':>8} {'PL exact (bin)':>14} {'PL 1-flip (grey)':>16}")
+    say(head)
+    say("-" * len(head))
+    with torch.no_grad():
+        for name, seconds, n_mm, model in rows:
+            W, b, c = _params(model)
+            key = next((k for k in exact if torch.equal(k[0], W)), None)
+            if key is None:
+                key = (W,)
+                exact[key] = pseudo_likelihood(Vb, W, b, c).mean().item()
+            gflops = n_b * n_mm * flop / seconds / 1e9
+            say(f"{name:<30} {seconds:8.2f} {n_mm:7d} {gflops:8.1f} {gflops / rate:10.0%} "
+                f"{ideal[n_mm]:8.2f} {exact[key]:14.2f} {one_flip_score(V, flips, W, b, c):16.2f}")
+    times = {name: seconds for name, seconds, _, _ in rows}
+    pl = {name: exact[next(k for k in exact if torch.equal(k[0], _params(m)[0]))] for name, _, _, m in rows}
+    sk = "sklearn BernoulliRBM float32"
+    say(f"\n'ideal s': the update's matmuls alone at the measured rates (ours 6 a batch, sklearn's 5)")
+    for name in ("RBM, Lightning Trainer", "RBM, Lightning, log per epoch", "RBM, raw update loop"):
+        say(f"{name:<30}: {times[sk] / times[name]:4.1f}x sklearn float32's speed (target >= 5x), "
+            f"matmul efficiency {ideal[6] / times[name]:4.0%} (target >= 60%), "
+            f"PL {pl[name]:.2f} vs {pl[sk]:.2f} (target: >=)")
+
+
+if __name__ == "__main__":
+    main()
