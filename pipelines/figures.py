@@ -194,3 +194,92 @@ def tangents_figure(X: np.ndarray, U: np.ndarray, image_shape: tuple[int, int]) 
     return image_grid(cells, image_shape, ncols=k + 1, scale_each=True,
                       titles=[("x" if j == 0 else f"u{j}") if i == 0 else "" for i in range(n)
                               for j in range(k + 1)])
+
+
+# -- what a trained autoencoder knows: fields, potentials, samples, spectra --------------------
+
+def _panels(n: int, size: float = 3.6) -> tuple[Figure, list]:
+    fig = Figure(figsize=(size * n, size))
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, n, squeeze=False).flat)
+
+
+def vector_field_figure(points: np.ndarray, fields: dict[str, np.ndarray], data: np.ndarray) -> Figure:
+    """The field ``r(x) - x`` as arrows at grid ``points`` (n, 2), one panel per model, the data on top.
+
+    ``fields`` maps a panel title to its (n, 2) vectors; arrows are drawn at their true length
+    (one unit of the field is one unit of the plane), so a step of ``x <- r(x)`` is the arrow.
+    """
+    points, data = np.asarray(points), np.asarray(data)
+    if not fields:
+        raise ValueError("no fields to plot")
+    fig, axes = _panels(len(fields))
+    for ax, (title, v) in zip(axes, fields.items()):
+        v = np.asarray(v)
+        ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:orange", alpha=0.5, lw=0, zorder=1)
+        ax.quiver(points[:, 0], points[:, 1], v[:, 0], v[:, 1], angles="xy", scale_units="xy",
+                  scale=1.0, width=0.004, color="k", zorder=2)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def potential_figure(xx: np.ndarray, yy: np.ndarray, potentials: dict[str, np.ndarray],
+                     data: np.ndarray, levels: int = 20) -> Figure:
+    """Filled contours of each model's potential F over a grid (xx, yy of equal shape), the data on top."""
+    data = np.asarray(data)
+    if not potentials:
+        raise ValueError("no potentials to plot")
+    fig, axes = _panels(len(potentials))
+    for ax, (title, F) in zip(axes, potentials.items()):
+        cs = ax.contourf(xx, yy, np.asarray(F).reshape(np.shape(xx)), levels=levels, cmap="viridis")
+        fig.colorbar(cs, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
+        ax.scatter(data[:, 0], data[:, 1], s=1, c="w", alpha=0.4, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sample_chains_figure(chains: np.ndarray, image_shape: tuple[int, int], *, n_chains: int = 10,
+                         n_steps: int = 10) -> Figure:
+    """Sample chains (n_chains, n_steps, d) as images: one grid row per chain, ``n_steps`` states
+    evenly spaced along it."""
+    chains = np.asarray(chains)
+    if chains.ndim != 3:
+        raise ValueError(f"chains must be (n_chains, n_steps, d), got shape {chains.shape}")
+    rows = chains[:n_chains]
+    cols = np.unique(np.linspace(0, chains.shape[1] - 1, min(n_steps, chains.shape[1])).round().astype(int))
+    cells = rows[:, cols].reshape(len(rows) * len(cols), -1)
+    return image_grid(cells, image_shape, ncols=len(cols),
+                      row_labels=[f"chain {i + 1}" for i in range(len(rows))])
+
+
+def singular_values_figure(S: np.ndarray, title: str = "") -> Figure:
+    """The singular value spectrum of a Jacobian: mean over examples (line) and 10-90% band.
+
+    ``S`` is (N, k), each row sorted in decreasing order; plotted on a log scale, so a few
+    large values and a long tail below show a low-dimensional manifold.
+    """
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim != 2 or S.size == 0:
+        raise ValueError(f"S must be a non-empty (N, k) array, got shape {S.shape}")
+    fig = Figure(figsize=(5.0, 3.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    i = np.arange(1, S.shape[1] + 1)
+    floor = max(S.max() * 1e-8, 1e-300)  # log axis: zeros drawn at a floor, not dropped
+    lo, hi = np.percentile(S, [10, 90], axis=0)
+    ax.fill_between(i, np.maximum(lo, floor), np.maximum(hi, floor), alpha=0.3, lw=0, label="10-90%")
+    ax.plot(i, np.maximum(S.mean(0), floor), marker=".", lw=1, label="mean")
+    ax.set_yscale("log")
+    ax.set_xlabel("index k", fontsize=8)
+    ax.set_ylabel("singular value of dh/dx", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title(title or f"Jacobian spectrum over {len(S)} examples", fontsize=9)
+    fig.tight_layout()
+    return fig
