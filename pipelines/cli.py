@@ -153,7 +153,7 @@ def analyze() -> None:
 @click.option("--uri", default=None, help="Tracking store (default: $MLFLOW_TRACKING_URI or ./mlruns).")
 @click.option("--data", type=click.Choice(["circle", "spiral"]), default="circle", show_default=True)
 @click.option("--hidden-unit", type=click.Choice(["sigmoid", "tanh"]), default="tanh", show_default=True)
-@click.option("--epochs", default=50, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) -> None:
     """Train a DAE and a CAE on 2-D toy data; plot r(x) - x and the potential."""
@@ -163,7 +163,7 @@ def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) 
                                 run_id=run_id, uri=uri)
     for kind in ("dae", "cae"):
         m = res[kind]
-        click.echo(f"{kind}: x <- r(x) x50 takes the mean distance to the curve from "
+        click.echo(f"{kind}: 50 steps of x <- r(x) take the mean distance to the curve from "
                    f"{m['distance_start']:.3f} to {m['distance_end']:.3f}; potential on the data "
                    f"{m['potential_data']:.3f}, far from it {m['potential_far']:.3f}")
     click.echo("wrote " + ", ".join(res["files"]))

@@ -207,18 +207,25 @@ def _panels(n: int, size: float = 3.6) -> tuple[Figure, list]:
 def vector_field_figure(points: np.ndarray, fields: dict[str, np.ndarray], data: np.ndarray) -> Figure:
     """The field ``r(x) - x`` as arrows at grid ``points`` (n, 2), one panel per model, the data on top.
 
-    ``fields`` maps a panel title to its (n, 2) vectors; arrows are drawn at their true length
-    (one unit of the field is one unit of the plane), so a step of ``x <- r(x)`` is the arrow.
+    ``fields`` maps a panel title to its (n, 2) vectors. Arrows share one scale per panel, set so
+    that the median arrow is half a grid spacing; arrows longer than two spacings (far from the
+    data, where the field grows linearly) are drawn at two spacings, their colour keeping the
+    true length.
     """
     points, data = np.asarray(points), np.asarray(data)
     if not fields:
         raise ValueError("no fields to plot")
     fig, axes = _panels(len(fields))
     for ax, (title, v) in zip(axes, fields.items()):
-        v = np.asarray(v)
+        v = np.asarray(v, dtype=np.float64)
+        length = np.linalg.norm(v, axis=1)
+        spacing = np.sqrt(np.ptp(points[:, 0]) * np.ptp(points[:, 1]) / len(points))
+        k = 0.5 * spacing / max(np.median(length), 1e-12)
+        shown = v * (np.minimum(k * length, 2 * spacing) / np.maximum(length, 1e-12))[:, None]
         ax.scatter(data[:, 0], data[:, 1], s=2, c="tab:orange", alpha=0.5, lw=0, zorder=1)
-        ax.quiver(points[:, 0], points[:, 1], v[:, 0], v[:, 1], angles="xy", scale_units="xy",
-                  scale=1.0, width=0.004, color="k", zorder=2)
+        q = ax.quiver(points[:, 0], points[:, 1], shown[:, 0], shown[:, 1], length, angles="xy",
+                      scale_units="xy", scale=1.0, width=0.004, cmap="viridis", zorder=2)
+        fig.colorbar(q, ax=ax, shrink=0.8, label="|r(x) - x|").ax.tick_params(labelsize=6)
         ax.set_title(title, fontsize=9)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
@@ -228,13 +235,21 @@ def vector_field_figure(points: np.ndarray, fields: dict[str, np.ndarray], data:
 
 def potential_figure(xx: np.ndarray, yy: np.ndarray, potentials: dict[str, np.ndarray],
                      data: np.ndarray, levels: int = 20) -> Figure:
-    """Filled contours of each model's potential F over a grid (xx, yy of equal shape), the data on top."""
+    """Filled contours of each model's potential F over a grid (xx, yy of equal shape), the data on top.
+
+    The colour levels span the upper three quarters of each panel's values (the lowest quarter,
+    far corners where F falls quadratically, shares the bottom colour), so the structure around
+    the data shows.
+    """
     data = np.asarray(data)
     if not potentials:
         raise ValueError("no potentials to plot")
     fig, axes = _panels(len(potentials))
     for ax, (title, F) in zip(axes, potentials.items()):
-        cs = ax.contourf(xx, yy, np.asarray(F).reshape(np.shape(xx)), levels=levels, cmap="viridis")
+        F = np.asarray(F, dtype=np.float64).reshape(np.shape(xx))
+        lo, hi = np.percentile(F, 25), F.max()
+        cs = ax.contourf(xx, yy, np.clip(F, lo, hi), levels=np.linspace(lo, hi, levels + 1),
+                         cmap="viridis")
         fig.colorbar(cs, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
         ax.scatter(data[:, 0], data[:, 1], s=1, c="w", alpha=0.4, lw=0)
         ax.set_title(title, fontsize=9)
