@@ -10,7 +10,9 @@ from finetune.baselines import run_baseline
 from .report import Row
 
 
-def run_baselines(cfg, stack, split, *, uri: str, experiment_id: str) -> list[Row]:
+def run_baselines(cfg, stack, split, *, uri: str, experiment_id: str,
+                  methods: list[str] | None = None) -> list[Row]:
+    """Rows of each baseline in ``methods`` (default: ``cfg.baselines.methods``)."""
     import mlflow
 
     from .finetuning import fit_classifier
@@ -24,7 +26,7 @@ def run_baselines(cfg, stack, split, *, uri: str, experiment_id: str) -> list[Ro
         inputs.pop("pixels")
 
     rows = []
-    for method in cfg.baselines.methods:
+    for method in cfg.baselines.methods if methods is None else methods:
         for where, (X_lab, X_valid, X_test) in inputs.items():
             if method == "mlp":
                 if where != "pixels":

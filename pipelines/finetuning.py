@@ -182,17 +182,3 @@ def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> 
     return [Row("deep_autoencoder", "stack", err, metric=metric,
                 params={"epoch": keep.best_epoch}),
             Row(f"pca_{n_code}", "pixels", pca_err, metric=metric, params={"n_components": n_code})]
-
-
-def run_finetuning(cfg, stack, split, ds, *, uri: str, experiment_id: str,
-                   cache_dir: Path) -> list[Row]:
-    """Every method of ``cfg.finetune.methods`` on the trained ``stack``."""
-    rows = []
-    for method in cfg.finetune.methods:
-        if method == "deep_autoencoder":
-            rows += fit_deep_autoencoder(cfg, split, stack=stack, uri=uri, experiment_id=experiment_id)
-        else:
-            rows.append(fit_classifier(cfg, split, stack=stack, method=method, uri=uri,
-                                       experiment_id=experiment_id, cache_dir=cache_dir,
-                                       image_shape=ds.image_shape))
-    return rows

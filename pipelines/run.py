@@ -6,8 +6,9 @@ re-run after a crash resumes at the first missing layer (DESIGN.md section 2).
 """
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     from .baselines_stage import run_baselines
     from .datamodule import ArrayDataModule
     from .datasets import load_dataset
-    from .finetuning import run_finetuning
+    from .finetuning import fit_classifier, fit_deep_autoencoder
     from .pretraining import layer_digest, log_layer_figures, pretrain_stack
     from .splits import make_split
     from .training import last_checkpoint, make_trainer, quiet_lightning
@@ -59,9 +60,22 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed, n_valid=cfg.data.n_valid,
                        valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test)
     cache_dir = root / "cache"
+    digest = cfg.digest("seed", "data", "pretrain", "finetune", "baselines")
+    stale = tracking.mark_stale_runs(experiment_id, digest)
 
-    with tracking.start_run(cfg.name, experiment_id=experiment_id,
-                            tags=tracking.environment_tags()) as parent:
+    def cached_rows(stage: str, method: str, compute) -> list[Row]:
+        """A finished stage's rows are found by config hash instead of being computed again."""
+        path = cache_dir / "results" / f"{digest}-{stage}-{method}.json"
+        if path.exists():
+            return [Row(**d) for d in json.loads(path.read_text())]
+        rows = compute()
+        tracking.atomic_write_text(path, json.dumps([asdict(r) for r in rows]))
+        return rows
+
+    tags = {**tracking.environment_tags(), "layerwise.digest": digest}
+    if stale:
+        tags["layerwise.resumed_from"] = ",".join(stale[:1])
+    with tracking.start_run(cfg.name, experiment_id=experiment_id, tags=tags) as parent:
         tracking.log_config(cfg)
         for context, X, y in (("pool", split.X_pool, None), ("labeled", split.X_lab, split.y_lab),
                               ("validation", split.X_valid, split.y_valid),
@@ -84,7 +98,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
                 ckpt_dir = cache_dir / f"layer{k + 1}-{digest}-ckpt"
                 trainer = make_trainer(
                     cfg.trainer, max_epochs=spec.epochs or cfg.pretrain.epochs, logger=logger,
-                    callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)],
+                    # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends
+                    callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1)],
                     checkpointing=True, root_dir=cache_dir)
                 trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
                 log_layer_figures(layer, codes, k=k, run_id=run.info.run_id,
@@ -100,12 +115,21 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
         # -- stage 2: fine-tuning (MLP, MTC, deep autoencoder) ------------------------------
         rows: list[Row] = []
         with tracking.start_run("finetune", experiment_id=experiment_id, nested=True):
-            rows += run_finetuning(cfg, stack, split, ds, uri=uri, experiment_id=experiment_id,
-                                   cache_dir=cache_dir)
+            for method in cfg.finetune.methods:
+                if method == "deep_autoencoder":
+                    compute = lambda: fit_deep_autoencoder(cfg, split, stack=stack, uri=uri,
+                                                           experiment_id=experiment_id)
+                else:
+                    compute = lambda: [fit_classifier(
+                        cfg, split, stack=stack, method=method, uri=uri, experiment_id=experiment_id,
+                        cache_dir=cache_dir, image_shape=ds.image_shape)]
+                rows += cached_rows("finetune", method, compute)
 
         # -- stage 3: baselines on pixels and on codes --------------------------------------
         with tracking.start_run("baselines", experiment_id=experiment_id, nested=True):
-            rows += run_baselines(cfg, stack, split, uri=uri, experiment_id=experiment_id)
+            for method in cfg.baselines.methods:
+                rows += cached_rows("baselines", method, lambda: run_baselines(
+                    cfg, stack, split, uri=uri, experiment_id=experiment_id, methods=[method]))
 
         # -- stage 4: the results table -------------------------------------------------------
         title = (f"{cfg.name}: {ds.name}, {len(split.y_lab)} labels, "

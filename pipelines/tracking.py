@@ -112,6 +112,26 @@ def start_run(name: str, *, experiment_id: str, nested: bool = False,
         mlflow.end_run(status="FINISHED")
 
 
+def mark_stale_runs(experiment_id: str, digest: str) -> list[str]:
+    """Mark runs of the same config left RUNNING by a killed process (and their nested runs)
+    as KILLED; return their ids. A process killed with SIGKILL cannot end its own runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    stale = [r.info.run_id for r in client.search_runs(
+        [experiment_id], f"tags.`layerwise.digest` = '{digest}' and attributes.status = 'RUNNING'")]
+    frontier = list(stale)
+    while frontier:  # nested runs, level by level (tag filters take no IN lists)
+        parent = frontier.pop()
+        children = [c.info.run_id for c in client.search_runs(
+            [experiment_id], f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent}'")]
+        frontier += children
+        stale += children
+    for run_id in stale:
+        client.set_terminated(run_id, status="KILLED")
+    return stale
+
+
 def log_config(cfg) -> None:
     """The resolved config as params (dotted keys) and as ``config.yaml``."""
     import mlflow

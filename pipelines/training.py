@@ -24,6 +24,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*is not a valid datatype for.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*Total length of `list` across ranks is zero.*")
     warnings.filterwarnings("ignore", ".*dataset source can be interpreted in multiple ways.*")
 
 

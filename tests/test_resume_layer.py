@@ -21,7 +21,7 @@ KINDS = {"dae": dict(corruption_level=0.3), "cae_h": dict(higher_order_copies=2)
 def _fit(kind, epochs, root, ckpt=None):
     layer = make_layer(kind, 12, 6, seed=1, **KINDS[kind])
     trainer = make_trainer(None, max_epochs=epochs, checkpointing=True, root_dir=root,
-                           callbacks=[ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)])
+                           callbacks=[ModelCheckpoint(dirpath=root, save_last=True, save_top_k=1)])
     trainer.fit(layer, datamodule=ArrayDataModule(X, batch_size=32, seed=3), ckpt_path=ckpt)
     return layer
 
