@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,20 +47,29 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     from .datamodule import ArrayDataModule
     from .datasets import load_dataset
     from .finetuning import fit_classifier, fit_deep_autoencoder
-    from .pretraining import layer_digest, log_layer_figures, pretrain_stack
+    from .pretraining import build_layers, layer_digest, log_layer_figures, pretrain_stack
     from .splits import make_split
     from .training import last_checkpoint, make_trainer, quiet_lightning
 
     quiet_lightning()
     root = Path(root)
-    uri = resolve_uri(cfg.tracking.uri)
-    experiment_id = tracking.setup(uri, cfg.tracking.experiment)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
+    # bad data and splits fail here, before anything is written
     ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path,
                       seed=cfg.seed, download=cfg.data.download)
     split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed, n_valid=cfg.data.n_valid,
                        valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test)
+    build_layers(cfg, ds.X.shape[1])  # bad layer settings too
+
+    uri = resolve_uri(cfg.tracking.uri)
+    try:
+        tracking.check_reachable(uri)
+    except ConnectionError as e:
+        local = tracking.default_uri(root)
+        warnings.warn(f"{e}\nWriting this run to the local store {local} instead.", stacklevel=2)
+        print(f"warning: {e}\nwriting this run to the local store {local} instead", file=sys.stderr)
+        uri = local
+    experiment_id = tracking.setup(uri, cfg.tracking.experiment)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     cache_dir = root / "cache"
     digest = cfg.digest("seed", "data", "pretrain", "finetune", "baselines")
     stale = tracking.mark_stale_runs(experiment_id, digest)
