@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,7 +64,6 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
         tracking.check_reachable(uri)
     except ConnectionError as e:
         local = tracking.default_uri(root)
-        warnings.warn(f"{e}\nWriting this run to the local store {local} instead.", stacklevel=2)
         print(f"warning: {e}\nwriting this run to the local store {local} instead", file=sys.stderr)
         uri = local
     experiment_id = tracking.setup(uri, cfg.tracking.experiment)
@@ -112,7 +110,10 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
                     # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends
                     callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1)],
                     checkpointing=True, root_dir=cache_dir)
-                trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
+                try:
+                    trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
+                except ValueError as e:  # bad inputs for this layer (e.g. codes outside [0, 1])
+                    raise ValueError(f"pretrain.layers.{k} (layer {k + 1}, {spec.kind}): {e}") from None
                 log_layer_figures(layer, codes, k=k, run_id=run.info.run_id,
                                   image_shape=ds.image_shape)
 
