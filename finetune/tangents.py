@@ -1,0 +1,404 @@
+"""Tangents of the data manifold: the leading right singular vectors of a stack's Jacobian.
+
+For a stack of layers ``h_l = s_l(W_l h_{l-1} + b_l)`` (``pretrain.stack``) with h_0 = x in R^d:
+
+    (1) a_l = W_l h_{l-1} + b_l,   h_l = s_l(a_l),   D_l = diag(s_l'(a_l))        l = 1..L
+    (2) J(x) = dh_L/dx = D_L W_L D_{L-1} W_{L-1} ... D_1 W_1                    (n_L, d)
+    (3) J V:    t_0 = V,  t_l = s_l'(a_l) * (W_l t_{l-1}),    J V = t_L          forward chain
+    (4) J^T U:  g_L = U,  g_{l-1} = W_l^T (s_l'(a_l) * g_l),  J^T U = g_0        backward chain
+    (5) J(x) = sum_i sigma_i p_i v_i^T,  sigma_1 >= sigma_2 >= ...               the SVD
+        B_x = {v_1, ..., v_k}: the k leading right singular vectors, the directions in which
+        the code changes most; the MTC takes them as the tangent plane of the manifold at x.
+
+Neither (3) nor (4) forms J: each is one matmul per layer on a whole batch of vectors, so the
+tangents are computed matrix-free, for a whole batch at once, by a randomized block Krylov
+method on J^T J (Musco and Musco 2015; Halko, Martinsson and Tropp 2011 for the randomized
+start), with m = k + oversample Krylov vectors built in blocks of b:
+
+    (6) Q_0 = orth(J^T Omega),  Omega ~ N(0, I) of shape (n_L, b)               start in the row space
+    (7) Q_j = orth((I - K_j K_j^T) J^T J Q_{j-1}),  K_j = [Q_0 .. Q_{j-1}]      j = 1 .. ceil(m/b) - 1
+    (8) K = [Q_0 .. Q_{s-1}] (d, m) orthonormal,  P = J K (n_L, m),
+        P^T P = Y Theta Y^T  (Rayleigh-Ritz),  v_i = K y_i,  sigma_i = ||P y_i|| = sqrt(theta_i)
+
+Eq. (7) keeps every block (not only the last, as subspace iteration does): for the same
+number of products with J the Krylov space holds polynomials of higher degree in J^T J, and
+it was 2 to 4 times cheaper for a given accuracy on MNIST stacks. ``orth`` is block classical
+Gram-Schmidt against K done twice ("twice is enough"), then a symmetric orthonormalisation of
+the block through the eigendecomposition of its (b, b) Gram matrix in float64; a direction
+that projection reduces to rounding error (the Krylov space has exhausted the row space of J,
+whose rank is at most n_L) is replaced by a random one, so K stays orthonormal and the result
+is defined even for k >= rank J (then sigma_i = 0 and v_i completes an orthonormal basis).
+The heavy products (3), (4) run in the stack's dtype; Gram matrices and eigen problems in
+float64.
+
+When min(n_L, d) <= m the Krylov space would be the whole row space anyway; then J itself,
+built by (4) on the n_L unit vectors (or (3) on the d unit vectors), costs no more products,
+and its batched SVD is exact: ``method="auto"`` takes that path, ``"explicit"`` and
+``"krylov"`` force one. Either way memory per batch is bounded and J is never formed for the
+whole set.
+
+How good the tangents are depends on the spectrum: the top-k subspace is only defined up to
+the gap sigma_k - sigma_{k+1}, so with a flat spectrum (random weights) principal angles to
+the exact subspace stay large while the captured energy ``sum_i ||J v_i||^2 / sum_i
+sigma_i^2`` is near 1. ``pipelines.bench_tangents`` measures both against the exact SVD.
+
+References
+----------
+Rifai, Dauphin, Vincent, Bengio and Muller, The manifold tangent classifier, NIPS 2011.
+Halko, Martinsson and Tropp, Finding structure with randomness, SIAM Review 53(2), 2011.
+Musco and Musco, Randomized block Krylov methods for stronger and faster approximate
+singular value decomposition, NIPS 2015.
+Giraud, Langou, Rozloznik and van den Eshof, Rounding error analysis of the classical
+Gram-Schmidt orthogonalization process, Numer. Math. 101, 2005 ("twice is enough").
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pretrain.stack import Stack
+from pretrain.units import activation, derivative
+
+METHODS = ("auto", "krylov", "explicit")
+
+# A direction whose squared norm after projection is below this many float eps of the block's
+# squared norm is rounding error, not Krylov information: it is replaced by a random one.
+_BREAKDOWN_EPS = 100.0
+
+
+# -- the Jacobian, matrix-free ----------------------------------------------------------------
+def _params(stack: Stack) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+    """``(W_l, b_l, unit_l)`` of every layer, bottom-up."""
+    return [(layer.encoder_weight, layer.encoder_bias, layer.hidden_unit) for layer in stack]
+
+
+def _forward(params, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Eq. (1): the code h_L (B, n_L) and the slopes s_l'(a_l) (B, n_l) of every layer."""
+    slopes = []
+    h = x
+    for W, b, unit in params:
+        a = torch.addmm(b, h, W.T)  # (B, n_l), Eq. (1)
+        h = activation(unit, a)
+        slopes.append(derivative(unit, a, h))
+    return h, slopes
+
+
+def _jvp_rows(params, slopes, T: torch.Tensor) -> torch.Tensor:
+    """Eq. (3) on m vectors per example stored as rows: T (B, m, d) -> (J T^T)^T (B, m, n_L).
+
+    Rows rather than columns, so that each layer is one (B m, n_{l-1}) x (n_{l-1}, n_l) matmul;
+    the slope is applied in place on the matmul's fresh output (no second large buffer).
+    """
+    B, m = T.shape[:2]
+    for (W, _, _), s in zip(params, slopes):
+        T = (T.reshape(B * m, -1) @ W.T).view(B, m, -1).mul_(s[:, None, :])  # Eq. (3)
+    return T
+
+
+def _vjp_rows(params, slopes, R: torch.Tensor) -> torch.Tensor:
+    """Eq. (4) on rows: R (B, m, n_L) -> (J^T R^T)^T (B, m, d). R is not modified."""
+    B, m = R.shape[:2]
+    for layer, ((W, _, _), s) in enumerate(zip(reversed(params), reversed(slopes))):
+        R = R * s[:, None, :] if layer == 0 else R.mul_(s[:, None, :])
+        R = (R.view(B * m, -1) @ W).view(B, m, -1)  # Eq. (4)
+    return R
+
+
+def _check_input(stack: Stack, x: torch.Tensor, what: str = "x") -> None:
+    if x.ndim != 2 or x.shape[1] != stack.n_visible:
+        raise ValueError(f"{what} must have shape (B, {stack.n_visible}) to match the stack's "
+                         f"n_visible, got {tuple(x.shape)}")
+
+
+def jvp(stack: Stack, x: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The code and Jacobian-vector products of Eq. (3), without forming J.
+
+    Parameters
+    ----------
+    stack : layers with ``encoder_weight``, ``encoder_bias`` and ``hidden_unit``.
+    x : (B, d) inputs.
+    V : (B, d, m) m vectors per example.
+
+    Returns
+    -------
+    h : (B, n_L) the code ``stack.encode(x)``.
+    JV : (B, n_L, m) ``J(x) V``.
+    """
+    _check_input(stack, x)
+    if V.ndim != 3 or V.shape[:2] != x.shape:
+        raise ValueError(f"V must have shape ({x.shape[0]}, {x.shape[1]}, m), got {tuple(V.shape)}")
+    params = _params(stack)
+    h, slopes = _forward(params, x)
+    return h, _jvp_rows(params, slopes, V.transpose(1, 2).contiguous()).transpose(1, 2)
+
+
+def vjp(stack: Stack, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Transposed Jacobian products of Eq. (4): U (B, n_L, m) -> J(x)^T U (B, d, m)."""
+    _check_input(stack, x)
+    if U.ndim != 3 or U.shape[0] != x.shape[0] or U.shape[1] != stack.n_hidden:
+        raise ValueError(f"U must have shape ({x.shape[0]}, {stack.n_hidden}, m), got {tuple(U.shape)}")
+    params = _params(stack)
+    _, slopes = _forward(params, x)
+    return _vjp_rows(params, slopes, U.transpose(1, 2).contiguous()).transpose(1, 2)
+
+
+# -- small dense linear algebra, batched ------------------------------------------------------
+@contextlib.contextmanager
+def _one_thread():
+    """Run batched LAPACK calls on small matrices single-threaded.
+
+    torch loops over the batch and MKL threads each small call; for eigh/svd above 25 rows
+    (divide and conquer) that made them 10x slower on a busy 2-core machine (measured).
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """Eq. (7)'s orth: rows of Z (B, b, d) made orthonormal and orthogonal to the rows of K (B, j, d).
+
+    Two passes of block classical Gram-Schmidt against K, each followed by the symmetric
+    orthonormalisation ``(Z Z^T)^{-1/2} Z`` (the (b, b) eigenproblem in float64). The Gram
+    matrix is formed in Z's dtype: in float32 the first pass leaves an orthogonality error
+    of about eps cond(Z)^2, which the second pass, starting from nearly orthonormal rows,
+    removes (as in CholeskyQR2). Directions lost to rounding are replaced by random ones (see
+    the module docstring).
+    """
+    eps = torch.finfo(Z.dtype).eps * _BREAKDOWN_EPS
+    ref = (Z * Z).sum(-1).amax(-1).double()  # (B,) the block's largest squared row norm
+    for _ in range(2):  # "twice is enough"
+        if K is not None and K.shape[1]:
+            Z = Z - (Z @ K.transpose(1, 2)) @ K  # (B, b, d)
+        lam, V = torch.linalg.eigh((Z @ Z.transpose(1, 2)).double())  # (B, b), (B, b, b)
+        lost = lam <= eps * ref[:, None]  # (B, b)
+        scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
+        Z = (V.transpose(1, 2) * scale[:, :, None]).to(Z.dtype) @ Z  # (B, b, d): orthonormal rows or 0
+        if lost.any():
+            noise = torch.randn(Z.shape, generator=generator, dtype=Z.dtype,
+                                device=Z.device) / math.sqrt(Z.shape[-1])
+            Z = torch.where(lost[:, :, None], noise, Z)
+        ref = torch.ones_like(ref)  # the second pass starts from rows of norm 1
+    return Z
+
+
+def _fix_signs(U: torch.Tensor) -> torch.Tensor:
+    """Flip each row of U (B, k, d) so that its largest-magnitude entry is positive."""
+    idx = U.abs().argmax(-1, keepdim=True)  # (B, k, 1)
+    sign = torch.sign(torch.gather(U, -1, idx))
+    return U * torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+def _krylov_batch(params, x, k, m, b, generator):
+    """Eqs. (6)-(8) on one batch: (B, d) -> U (B, k, d), S (B, k)."""
+    h, slopes = _forward(params, x)
+    B, d = x.shape
+    n_L = h.shape[1]
+    sizes = [b] * (m // b) + ([m % b] if m % b else [])
+    K = x.new_empty(B, m, d)  # the Krylov basis, rows orthonormal
+    P = x.new_empty(B, m, n_L)  # J K^T as rows
+    omega = torch.randn(B, sizes[0], n_L, generator=generator, dtype=x.dtype, device=x.device)
+    with _one_thread():
+        Q = _orthonormalize(_vjp_rows(params, slopes, omega), None, generator)  # Eq. (6)
+    j = 0
+    for i, size in enumerate(sizes):
+        K[:, j:j + size] = Q
+        P[:, j:j + size] = _jvp_rows(params, slopes, Q)
+        j += size
+        if i + 1 < len(sizes):
+            Z = _vjp_rows(params, slopes, P[:, j - size:j])  # J^T J Q_{i}
+            nxt = sizes[i + 1]
+            if nxt < size:  # the last block is smaller: keep its leading directions
+                Z = Z[:, :nxt]
+            with _one_thread():
+                Q = _orthonormalize(Z, K[:, :j], generator)  # Eq. (7)
+    with _one_thread():
+        theta, Y = torch.linalg.eigh((P @ P.transpose(1, 2)).double())  # Eq. (8), ascending
+    Yk = Y.flip(-1)[:, :, :k].transpose(1, 2).to(x.dtype)  # (B, k, m), descending theta
+    U = Yk @ K  # (B, k, d), Eq. (8)
+    # sigma_i = ||J v_i|| from P rather than sqrt(theta_i): the square root of a Gram eigenvalue
+    # has an absolute error of sqrt(eps) sigma_1, the norm only eps sigma_1 (small sigma_i stay small)
+    S = torch.linalg.vector_norm(Yk @ P, dim=-1)  # (B, k)
+    return U, S
+
+
+def explicit_jacobian(stack: Stack, x: torch.Tensor) -> torch.Tensor:
+    """J(x) of Eq. (2) for a batch, (B, d) -> (B, n_L, d), from the cheaper of (3) and (4).
+
+    Memory is B n_L d: call it on batches, not on a whole data set.
+    """
+    _check_input(stack, x)
+    params = _params(stack)
+    _, slopes = _forward(params, x)
+    B, d = x.shape
+    n_L = stack.n_hidden
+    if n_L <= d:  # rows of J = J^T e_i
+        eye = torch.eye(n_L, dtype=x.dtype, device=x.device).expand(B, n_L, n_L)
+        return _vjp_rows(params, slopes, eye.contiguous())
+    eye = torch.eye(d, dtype=x.dtype, device=x.device).expand(B, d, d)
+    return _jvp_rows(params, slopes, eye.contiguous()).transpose(1, 2)
+
+
+def _explicit_batch(stack, x, k):
+    """Exact tangents of one batch through the SVD of the explicit Jacobian: U (B, k, d), S (B, k)."""
+    J = explicit_jacobian(stack, x)  # (B, n_L, d)
+    with _one_thread():
+        _, S, Vh = torch.linalg.svd(J, full_matrices=False)  # Eq. (5)
+    return Vh[:, :k], S[:, :k]
+
+
+# -- the tangents of a data set ---------------------------------------------------------------
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size: int,
+             batch_size: int, method: str) -> tuple[str, int]:
+    """Validate the arguments of ``tangents``; return the method and the Krylov dimension m."""
+    _check_input(stack, X, "X")
+    _check_int("k", k, 1)
+    _check_int("oversample", oversample, 0)
+    _check_int("block_size", block_size, 1)
+    _check_int("batch_size", batch_size, 1)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    d, n_L = stack.n_visible, stack.n_hidden
+    if k > n_L:
+        raise ValueError(f"k={k} tangents asked but the stack's top code has n_hidden={n_L}: "
+                         f"J(x) is ({n_L}, {d}) and has at most {n_L} non-zero singular values; "
+                         f"ask for k <= {n_L}")
+    if k > d:
+        raise ValueError(f"k={k} tangents asked but the input has only d={d} dimensions")
+    if not torch.isfinite(X).all():
+        raise ValueError("X contains NaN or inf: tangents are only defined at finite inputs")
+    m = min(k + oversample, d)
+    if method == "auto":
+        method = "explicit" if min(n_L, d) <= m else "krylov"
+    return method, m
+
+
+@torch.no_grad()
+def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, block_size: int = 4,
+             batch_size: int = 512, seed: int = 0, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The MTC's tangents B_x of Eq. (5) for every row of X, batched and matrix-free.
+
+    Parameters
+    ----------
+    stack : the pretrained stack; J(x) is the Jacobian of its top code.
+    X : (N, d) inputs.
+    k : number of tangents per example (``1 <= k <= min(n_hidden, d)``).
+    oversample : Krylov vectors beyond k: the space of Eq. (7) has ``m = k + oversample``
+        dimensions (at most d). More is more accurate and proportionally slower (about 2 m
+        products with J per example).
+    block_size : b, vectors per Krylov block; the space holds polynomials of degree about m / b
+        in J^T J. Smaller blocks converge faster per product, larger ones resolve clusters of
+        equal singular values and make bigger matmuls.
+    batch_size : examples per batch (memory about ``batch_size * m * (d + n_hidden)`` numbers).
+    seed : seed of the random start Omega; results depend on it and on batch_size, within the
+        method's accuracy.
+    method : ``"auto"`` (explicit SVD when ``min(n_hidden, d) <= m``, else Krylov),
+        ``"krylov"`` or ``"explicit"``.
+
+    Returns
+    -------
+    U : (N, k, d) orthonormal rows: the k leading right singular vectors of J(x), each with its
+        largest entry positive.
+    S : (N, k) the singular values, descending.
+
+    Computed in the stack's dtype (X is converted), on the stack's device; returned on X's device.
+    """
+    method, m = _resolve(stack, X, k, oversample, block_size, batch_size, method)
+    W0 = stack[0].encoder_weight
+    dtype, device = W0.dtype, W0.device
+    params = [(W.detach(), b.detach(), unit) for W, b, unit in _params(stack)]
+    was = stack.training
+    stack.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    N, d = X.shape
+    U = torch.empty(N, k, d, dtype=dtype, device=X.device)
+    S = torch.empty(N, k, dtype=dtype, device=X.device)
+    try:
+        for i in range(0, N, batch_size):
+            x = X[i:i + batch_size].to(device=device, dtype=dtype)
+            if method == "explicit":
+                u, s = _explicit_batch(stack, x, k)
+            else:
+                u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator)
+            U[i:i + batch_size] = _fix_signs(u).to(X.device)
+            S[i:i + batch_size] = s.to(X.device)
+    finally:
+        stack.train(was)
+    return U, S
+
+
+# -- cache ----------------------------------------------------------------------------------------
+def _digest_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
+    """A sha256 of everything the tangents depend on.
+
+    The stack enters through what J depends on, each layer's unit, encoder weight and bias
+    (rather than the raw state_dict, which misses the unit and, for a Gaussian RBM, sigma);
+    then X's bytes, k and the options of ``tangents``.
+    """
+    h = hashlib.sha256()
+    for W, b, unit in _params(stack):
+        h.update(unit.encode())
+        _digest_tensor(h, W)
+        _digest_tensor(h, b)
+    _digest_tensor(h, X)
+    h.update(repr((k, sorted(options.items()))).encode())
+    return h.hexdigest()
+
+
+def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.PathLike, *,
+                    oversample: int = 15, block_size: int = 4, batch_size: int = 512, seed: int = 0,
+                    method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``tangents(...)``, stored in ``cache_dir`` and read back on the next call with the same inputs.
+
+    The file is ``tangents-<key>.pt`` with the key of ``tangent_key``: a different stack, X, k
+    or option misses. It is written to a temporary file and renamed, so an interrupted run
+    leaves no half-written cache, and loaded with ``weights_only=True``; a file whose stored key
+    or shapes do not match is recomputed and overwritten.
+    """
+    options = dict(oversample=oversample, block_size=block_size, batch_size=batch_size, seed=seed,
+                   method=method)
+    _resolve(stack, X, k, oversample, block_size, batch_size, method)  # fail before hashing
+    key = tangent_key(stack, X, k, **options)
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"tangents-{key[:32]}.pt"
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable (truncated by hand, older format): recompute below
+            saved = None
+        if (isinstance(saved, dict) and saved.get("key") == key
+                and tuple(saved["U"].shape) == (len(X), k, X.shape[1])):
+            return saved["U"].to(X.device), saved["S"].to(X.device)
+    U, S = tangents(stack, X, k, **options)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"key": key, "U": U.cpu(), "S": S.cpu()}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return U, S

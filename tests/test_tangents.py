@@ -1,0 +1,227 @@
+"""Tangents: J V and J^T U against autograd, the Krylov tangents against the explicit SVD."""
+import copy
+import os
+
+import pytest
+import torch
+
+import finetune.tangents as tg
+from finetune.tangents import cached_tangents, explicit_jacobian, jvp, tangents, vjp
+from pretrain.autoencoder import AutoEncoder
+from pretrain.rbm import RBM
+from pretrain.stack import Stack
+
+
+def _stack(sizes, units, *, rbm_on_top=False, seed=0, dtype=torch.float64):
+    layers = [AutoEncoder(a, c, hidden_unit=u, seed=seed + i)
+              for i, (a, c, u) in enumerate(zip(sizes[:-1], sizes[1:], units))]
+    if rbm_on_top:
+        layers[-1] = RBM(sizes[-2], sizes[-1], seed=seed + 10)
+    return Stack(layers).to(dtype)
+
+
+def _x(n, d, seed=0, dtype=torch.float64):
+    return torch.rand(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _autograd_jacobian(stack, x):
+    """(B, n_L, d): the per-example blocks of the jacobian of the batched encode."""
+    full = torch.autograd.functional.jacobian(stack.encode, x)  # (B, n_L, B, d)
+    idx = torch.arange(len(x))
+    return full[idx, :, idx]
+
+
+def _angle(U, V):
+    """Largest principal angle (radians) between the row spaces of U and V, per example."""
+    cos = torch.linalg.svdvals(U.double() @ V.double().transpose(1, 2)).clamp(max=1.0)
+    return torch.arccos(cos).amax(-1)
+
+
+STACKS = [
+    ((12, 9, 7, 5), ("sigmoid", "tanh", "sigmoid"), True),   # two autoencoders and an RBM on top
+    ((10, 8, 6), ("relu", "linear"), False),
+    ((6, 9, 11), ("tanh", "sigmoid"), True),                  # n_L > d: the other explicit branch
+]
+
+
+@pytest.mark.parametrize("sizes,units,rbm", STACKS)
+def test_jvp_vjp_and_explicit_jacobian_match_autograd(sizes, units, rbm):
+    stack = _stack(sizes, units, rbm_on_top=rbm)
+    x = _x(4, sizes[0]) * 2 - 1
+    J_ref = _autograd_jacobian(stack, x)  # (4, n_L, d)
+    assert J_ref.abs().max() > 1e-3  # a dead Jacobian would make the comparisons vacuous
+    g = torch.Generator().manual_seed(1)
+    V = torch.randn(4, sizes[0], 3, generator=g, dtype=torch.float64)
+    U = torch.randn(4, sizes[-1], 2, generator=g, dtype=torch.float64)
+    h, JV = jvp(stack, x, V)
+    torch.testing.assert_close(h, stack.encode(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(JV, J_ref @ V, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(vjp(stack, x, U), J_ref.transpose(1, 2) @ U, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(explicit_jacobian(stack, x), J_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_gaussian_rbm_jacobian_uses_the_scaled_weight():
+    stack = Stack([RBM(10, 7, visible="gaussian", sigma=0.5, seed=3),
+                   AutoEncoder(7, 4, hidden_unit="tanh", seed=4)]).double()
+    x = torch.randn(3, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(explicit_jacobian(stack, x), _autograd_jacobian(stack, x),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_adjoint_identity():
+    stack = _stack((64, 30, 12), ("sigmoid", "tanh"))
+    x = _x(5, 64)
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(5, 64, 4, generator=g, dtype=torch.float64)
+    u = torch.randn(5, 12, 4, generator=g, dtype=torch.float64)
+    lhs = (jvp(stack, x, v)[1] * u).sum((1, 2))  # <J v, u>
+    rhs = (v * vjp(stack, x, u)).sum((1, 2))  # <v, J^T u>
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=0)
+    assert lhs.abs().min() > 1e-3
+
+
+def _exact(stack, X):
+    _, S, Vh = torch.linalg.svd(explicit_jacobian(stack, X).detach())
+    return Vh, S
+
+
+def test_krylov_tangents_match_the_svd_below_full_rank():
+    # m = k + oversample = 30 Krylov vectors for a Jacobian of rank 40: a genuine approximation
+    stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
+    X = _x(8, 64)
+    Vh, S_ref = _exact(stack, X)
+    U, S = tangents(stack, X, 5, oversample=25, method="krylov")
+    assert _angle(U, Vh[:, :5]).max() < 1e-3
+    torch.testing.assert_close(S, S_ref[:, :5], rtol=1e-4, atol=0)
+    # fewer Krylov vectors, a visibly worse subspace: the size of the space is what buys accuracy
+    U_small, _ = tangents(stack, X, 5, oversample=5, method="krylov")
+    assert _angle(U_small, Vh[:, :5]).max() > 10 * _angle(U, Vh[:, :5]).max()
+
+
+@pytest.mark.parametrize("method", ["krylov", "explicit", "auto"])
+def test_tangents_exact_when_the_space_holds_the_row_space(method):
+    # stack 64-30-12: rank J <= 12 <= m = 5 + 7, so every method is exact
+    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    X = _x(8, 64)
+    Vh, S_ref = _exact(stack, X)
+    U, S = tangents(stack, X, 5, oversample=7, block_size=3, method=method)
+    assert _angle(U, Vh[:, :5]).max() < 1e-6
+    torch.testing.assert_close(S, S_ref[:, :5], rtol=1e-10, atol=0)
+    torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(5, dtype=U.dtype).expand(8, 5, 5),
+                               rtol=0, atol=1e-12)
+    assert (S[:, 1:] <= S[:, :-1]).all()
+    top = U.gather(-1, U.abs().argmax(-1, keepdim=True))
+    assert (top > 0).all()  # sign convention: the largest entry of every tangent is positive
+
+
+@pytest.mark.parametrize("method", ["krylov", "explicit"])
+def test_k_beyond_the_rank_gives_zero_singular_values_and_an_orthonormal_completion(method):
+    # linear units and W_1 of rank 3: J = W_2 W_1 has rank 3 < k = 5
+    g = torch.Generator().manual_seed(4)
+    stack = Stack([AutoEncoder(20, 10, hidden_unit="linear", seed=0),
+                   AutoEncoder(10, 8, hidden_unit="linear", seed=1)]).double()
+    with torch.no_grad():  # built in float64: a float32 product has rank 3 only up to rounding
+        stack[0].W.copy_(torch.randn(10, 3, generator=g, dtype=torch.float64)
+                         @ torch.randn(3, 20, generator=g, dtype=torch.float64))
+    X = _x(4, 20)
+    Vh, S_ref = _exact(stack, X)
+    U, S = tangents(stack, X, 5, oversample=0 if method == "explicit" else 2, method=method)
+    torch.testing.assert_close(S[:, :3], S_ref[:, :3], rtol=1e-10, atol=0)
+    assert S[:, 3:].abs().max() < 1e-10 * S[:, 0].min()
+    assert _angle(U[:, :3], Vh[:, :3]).max() < 1e-6  # the row space is found exactly
+    torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(5, dtype=U.dtype).expand(4, 5, 5),
+                               rtol=0, atol=1e-10)
+
+
+def test_cluster_of_equal_singular_values():
+    # one linear layer W = 3 Q_1 + Q_2 (orthonormal rows): sigma = 3 three times, then 1
+    g = torch.Generator().manual_seed(5)
+    Q = torch.linalg.qr(torch.randn(30, 8, generator=g, dtype=torch.float64))[0].T  # (8, 30)
+    layer = AutoEncoder(30, 8, hidden_unit="linear", seed=0).double()
+    with torch.no_grad():
+        layer.W.copy_(Q * torch.tensor([3.0, 3, 3, 1, 1, 1, 1, 1], dtype=torch.float64)[:, None])
+    stack = Stack([layer])
+    X = _x(3, 30)
+    for method, oversample in (("krylov", 3), ("explicit", 0)):
+        # k = 3 spans the whole cluster: the subspace is defined although its basis is not
+        U, S = tangents(stack, X, 3, oversample=oversample, block_size=3, method=method)
+        torch.testing.assert_close(S, torch.full_like(S, 3.0), rtol=1e-10, atol=0)
+        assert _angle(U, Q[None, :3].expand(3, 3, 30)).max() < 1e-6
+        # k = 2 inside the cluster: any two directions of it are right; they must lie in it
+        U, S = tangents(stack, X, 2, oversample=oversample + 1, block_size=3, method=method)
+        torch.testing.assert_close(S, torch.full_like(S, 3.0), rtol=1e-10, atol=0)
+        outside = U - (U @ Q[:3].T) @ Q[:3]
+        assert outside.abs().max() < 1e-8
+
+
+def test_bad_arguments_raise_naming_the_problem():
+    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    X = _x(4, 64)
+    with pytest.raises(ValueError, match=r"k=13 .* at most 12 non-zero singular values"):
+        tangents(stack, X, 13)
+    with pytest.raises(ValueError, match=r"X must have shape \(B, 64\)"):
+        tangents(stack, X[:, :10], 3)
+    with pytest.raises(ValueError, match="oversample must be an integer >= 0, got -1"):
+        tangents(stack, X, 3, oversample=-1)
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
+        tangents(stack, X, 0)
+    with pytest.raises(ValueError, match="unknown method 'lanczos'"):
+        tangents(stack, X, 3, method="lanczos")
+    bad = X.clone()
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tangents(stack, bad, 3)
+    with pytest.raises(ValueError, match=r"V must have shape \(4, 64, m\)"):
+        jvp(stack, X, torch.zeros(4, 12, 2, dtype=X.dtype))
+
+
+def test_seeded_and_float32_agrees_with_float64():
+    stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
+    X = _x(8, 64)
+    opts = dict(oversample=25, method="krylov", batch_size=5)
+    U1, S1 = tangents(stack, X, 5, **opts)
+    U2, S2 = tangents(stack, X, 5, **opts)
+    assert torch.equal(U1, U2) and torch.equal(S1, S2)
+    U3, _ = tangents(stack, X, 5, **{**opts, "seed": 1})
+    assert not torch.equal(U1, U3)  # the seed does drive the random start
+    assert _angle(U1, U3).max() < 2e-3  # ... and both converge to the same subspace
+    U32, S32 = tangents(stack.float(), X.float(), 5, **opts)
+    assert U32.dtype == torch.float32
+    assert _angle(U32, U1).max() < 5e-3
+    torch.testing.assert_close(S32.double(), S1, rtol=1e-4, atol=0)
+    # float X with a double stack: computed in the stack's dtype
+    assert tangents(stack.double(), X.float(), 5, **opts)[0].dtype == torch.float64
+
+
+def test_cache_round_trip_and_misses(tmp_path, monkeypatch):
+    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    X = _x(6, 64)
+    U, S = cached_tangents(stack, X, 4, tmp_path, oversample=2)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"  # no temporary file left behind
+    U_ref, S_ref = tangents(stack, X, 4, oversample=2)
+    assert torch.equal(U, U_ref) and torch.equal(S, S_ref)
+
+    calls = []
+    real = tg.tangents
+    monkeypatch.setattr(tg, "tangents", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    U2, S2 = cached_tangents(stack, X, 4, tmp_path, oversample=2)
+    assert calls == [] and torch.equal(U2, U) and torch.equal(S2, S)  # a hit: nothing computed
+
+    other = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    with torch.no_grad():
+        other[1].W[0, 0] += 1e-3
+    cached_tangents(other, X, 4, tmp_path, oversample=2)  # another stack misses
+    X2 = X.clone()
+    X2[0, 0] += 1e-6
+    cached_tangents(stack, X2, 4, tmp_path, oversample=2)  # another X misses
+    cached_tangents(stack, X, 3, tmp_path, oversample=2)  # another k misses
+    tanh_top = copy.deepcopy(stack)  # same weights, another unit
+    tanh_top[1].hidden_unit = "tanh"
+    cached_tangents(tanh_top, X, 4, tmp_path, oversample=2)
+    assert len(calls) == 4 and len(list(tmp_path.iterdir())) == 5
+
+    files[0].write_bytes(b"truncated")  # a damaged cache file is recomputed, not trusted
+    U3, _ = cached_tangents(stack, X, 4, tmp_path, oversample=2)
+    assert len(calls) == 5 and torch.equal(U3, U)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
