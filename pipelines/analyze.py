@@ -388,7 +388,7 @@ def draw_samples(stack, X_start, *, n_samples: int, n_chains: int = 100, burn_in
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if isinstance(burn_in, bool) or int(burn_in) != burn_in or burn_in < 0:
         raise ValueError(f"burn_in must be an integer >= 0, got {burn_in!r}")
-    X_start = torch.as_tensor(np.asarray(X_start, dtype=np.float32))
+    X_start = _inputs_for(stack, X_start)
     n_chains = min(int(n_chains), int(n_samples))
     rng = np.random.default_rng(seed)
     x0 = X_start[torch.from_numpy(rng.choice(len(X_start), n_chains, replace=n_chains > len(X_start)))]
@@ -480,13 +480,19 @@ def batch_jacobians(stack, x: torch.Tensor) -> torch.Tensor:
     return J
 
 
+def _inputs_for(stack, X) -> torch.Tensor:
+    """X as a tensor of the stack's dtype."""
+    dtype = next(iter(stack)).encoder_weight.dtype
+    return X.to(dtype) if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X), dtype=dtype)
+
+
 @torch.no_grad()
 def jacobian_singular_values(stack, X, *, batch_size: int = 128) -> np.ndarray:
     """Per-example singular values of Eq. (3), decreasing: (N, min(n_hidden_L, n_visible)).
 
     Memory is one (batch_size, n_k, n_visible) Jacobian at a time.
     """
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    X = _inputs_for(stack, X)
     return torch.cat([torch.linalg.svdvals(batch_jacobians(stack, X[i:i + batch_size]))
                       for i in range(0, len(X), batch_size)]).numpy()
 
@@ -505,7 +511,7 @@ def jacobian_tangents(stack, X, k: int, *, batch_size: int = 128) -> tuple[np.nd
         from finetune.tangents import tangents
     except ImportError:
         tangents = None
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    X = _inputs_for(stack, X)
     if tangents is not None:
         U, S = tangents(stack, X, k)
         return np.asarray(torch.as_tensor(U).detach()), np.asarray(torch.as_tensor(S).detach())

@@ -70,12 +70,13 @@ def curve(name: str, n: int = 20000) -> np.ndarray:
 def distance_to_points(x: np.ndarray, points: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Distance of each row of x (n, 2) to its nearest row of ``points`` (m, 2), in batches."""
     x, points = np.asarray(x, dtype=np.float64), np.asarray(points, dtype=np.float64)
+    p_sq = (points**2).sum(1)  # (m,)
     out = np.empty(len(x))
     for i in range(0, len(x), batch_size):
-        d2 = ((x[i:i + batch_size, None, :] - points[None]) ** 2).sum(-1)  # (b, m)
-        out[i:i + batch_size] = np.sqrt(d2.min(1))
+        xb = x[i:i + batch_size]
+        d2 = (xb**2).sum(1, keepdims=True) - 2.0 * xb @ points.T + p_sq  # (b, m): one matmul
+        out[i:i + batch_size] = np.sqrt(np.maximum(d2.min(1), 0.0))
     return out
-
 
 TOY = ("circle", "spiral")
 

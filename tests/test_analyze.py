@@ -1,0 +1,280 @@
+"""The analysis stage: toy data, the vector-field command, the energy classifier on digits,
+loading a pipeline run's stack back, sampling it with a Parzen estimate, the Jacobian spectrum.
+
+The run-based tests build a pipeline-shaped run with the pipeline's own pieces (config logged
+as an artifact, a nested ``pretrain`` run with one nested ``layer k`` run per layer logging its
+digest, layers saved to the stage cache by ``pretrain_stack``) but train the small layers
+directly, which is ten times faster than ``run_pipeline``; the slow test runs the real pipeline.
+"""
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.datasets import load_digits
+
+from pipelines import tracking
+from pipelines.analyze import (EnergyClassifier, batch_jacobians, draw_samples, fit_autoencoder,
+                               jacobian_singular_values, jacobian_tangents, load_run, sample_run,
+                               spectrum_run, spectrum_summary, toy_autoencoder)
+from pipelines.cli import main
+from pipelines.parzen import parzen_estimate
+from pipelines.toy import distance_to_circle, distance_to_points, noisy_circle, spiral, toy_data
+from pretrain.autoencoder import AutoEncoder
+from pretrain.energy import layer_potential
+from pretrain.rbm import RBM
+from pretrain.stack import Stack
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# -- toy data -------------------------------------------------------------------------------------
+
+
+def test_toy_data_is_seeded_and_lies_on_its_curve():
+    a, b, c = noisy_circle(5000, noise=0.05, seed=1), noisy_circle(5000, noise=0.05, seed=1), noisy_circle(5000, seed=2)
+    assert a.shape == (5000, 2) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    r = np.linalg.norm(a, axis=1)
+    assert abs(r.mean() - 1.0) < 0.005 and abs(r.std() - 0.05) < 0.005
+    exact = distance_to_circle(a)
+    approx = distance_to_points(a[:1000], noisy_circle(20000, noise=0.0, seed=0))
+    assert np.abs(exact[:1000] - approx).max() < 1e-3  # nearest of 20000 points ~3e-4 apart
+    s = spiral(3000, noise=0.0, seed=0)
+    radius = np.linalg.norm(s, axis=1)
+    assert 0.19 < radius.min() and radius.max() < 1.01  # from start=0.2 to ~1
+    with pytest.raises(ValueError, match="toy data"):
+        toy_data("moons")
+
+
+# -- the vector field ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze") / "mlruns"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    yield root, uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_vector_field_command_moves_points_onto_the_circle(tmp_path, store):
+    """``layerwise analyze vector-field`` trains a DAE and a CAE (2-100-2, tanh) on the noisy
+    circle: 50 steps of x <- r(x) from 400 points >= 0.3 off the circle must cut their mean
+    distance to it at least three-fold (measured: ~0.82 -> 0.07 and 0.05), and the potential must
+    be higher on the data than on a ring of radius 3."""
+    _, uri = store
+    exp = tracking.setup(uri, "analysis-tests")
+    with tracking.start_run("holder", experiment_id=exp) as run:
+        pass
+    out = tmp_path / "vf"
+    res = CliRunner().invoke(main, ["analyze", "vector-field", "--out", str(out), "--run-id",
+                                    run.info.run_id, "--uri", uri])
+    assert res.exit_code == 0, res.output
+    for name in ("vector_field.png", "potential.png", "vector_field.json"):
+        assert (out / name).stat().st_size > 1000 or name.endswith(".json")
+    import json
+    numbers = json.loads((out / "vector_field.json").read_text())
+    for kind in ("dae", "cae"):
+        m = numbers[kind]
+        assert m["distance_start"] > 0.5
+        assert m["distance_ratio"] < 1 / 3, (kind, m)
+        assert m["potential_data"] > m["potential_far"] + 0.3, (kind, m)
+    logged = mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics
+    assert logged["analysis/dae/distance_ratio"] == pytest.approx(numbers["dae"]["distance_ratio"])
+    arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "analysis")}
+    assert {"analysis/vector_field.png", "analysis/potential.png"} <= arts
+
+
+def test_untrained_toy_autoencoder_does_not_pass_the_same_bar():
+    """The check above is not met by construction: an untrained 2-100-2 autoencoder's iteration
+    does not bring points onto the circle."""
+    ae = toy_autoencoder("dae", seed=0).eval()
+    P = torch.from_numpy(noisy_circle(400, radius=1.8, noise=0.1, seed=3))
+    with torch.no_grad():
+        x = P
+        for _ in range(50):
+            x = ae.reconstruct(x)
+    ratio = distance_to_circle(x.numpy()).mean() / distance_to_circle(P.numpy()).mean()
+    assert ratio > 1 / 3
+
+
+# -- the energy classifier ------------------------------------------------------------------------------
+
+
+def test_energy_classifier_on_digits_beats_chance_by_far():
+    """50 training digits per class, one DAE (64-50-64, tanh, linear decoder) per class, the class
+    of the highest potential: chance is 90% error; measured about 4%."""
+    d = load_digits()
+    X, y = (d.data / 16.0).astype(np.float32), d.target
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:50] for k in range(10)])
+    test = np.setdiff1d(np.arange(len(y)), train)
+    clf = EnergyClassifier(random_state=0).fit(X[train], y[train])
+    err = 1.0 - clf.score(X[test], y[test])
+    assert err < 0.2, err
+    F = clf.decision_function(X[test[:5]])
+    assert F.shape == (5, 10)
+    with torch.no_grad():
+        want = layer_potential(clf.autoencoders_[3], torch.from_numpy(X[test[:5]])).numpy()
+    np.testing.assert_allclose(F[:, 3], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="2 classes"):
+        EnergyClassifier().fit(X[:10], np.zeros(10))
+
+
+# -- a pipeline run, loaded back ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(store):
+    from pipelines.config import load_config
+    from pipelines.datasets import load_dataset
+    from pipelines.pretraining import layer_digest, pretrain_stack
+    from pipelines.splits import make_split
+
+    root, uri = store
+    cfg = load_config("quickstart", ["pretrain.layers.0.n_hidden=32", "pretrain.layers.1.n_hidden=16",
+                                     f"tracking.uri={uri}"])
+    ds = load_dataset("digits", seed=cfg.seed)
+    split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed)
+    exp = tracking.setup(uri, cfg.tracking.experiment)
+
+    def fit_layer(k, layer, codes, val_codes):
+        with tracking.start_run(f"layer {k + 1} ({cfg.pretrain.layers[k].kind})", experiment_id=exp, nested=True):
+            mlflow.log_params({"kind": cfg.pretrain.layers[k].kind, "index": k + 1, "digest": layer_digest(cfg, k)})
+            fit_autoencoder(layer, codes, epochs=10, batch_size=32, seed=k)
+
+    with tracking.start_run(cfg.name, experiment_id=exp) as parent:
+        tracking.log_config(cfg)
+        with tracking.start_run("pretrain", experiment_id=exp, nested=True):
+            stack, _ = pretrain_stack(cfg, torch.from_numpy(split.X_pool), None, cache_dir=root / "cache",
+                                      fit_layer=fit_layer)
+    return parent.info.run_id, uri, stack.eval(), split
+
+
+def test_load_run_rebuilds_the_cached_stack(pipeline_run, tmp_path):
+    run_id, uri, stack, split = pipeline_run
+    loaded = load_run(run_id, uri=uri)
+    x = torch.from_numpy(split.X_test[:20])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.stack.encode(x), stack.encode(x), rtol=0, atol=0)
+    assert np.array_equal(loaded.split.X_test, split.X_test)
+    with pytest.raises(FileNotFoundError, match="layer1-"):
+        load_run(run_id, uri=uri, root=tmp_path)  # no cache/ there
+    with pytest.raises(ValueError, match="not in"):
+        load_run("0" * 32, uri=uri)
+
+
+def test_sample_run_logs_a_parzen_estimate_far_above_noise(pipeline_run):
+    """The CAE chain's samples of the trained stack, scored on digits test with sigma chosen on
+    validation, must beat uniform-noise "samples" by a wide margin (measured: model about -10
+    nats, noise -40, the pool itself +28)."""
+    run_id, uri, _, split = pipeline_run
+    out = sample_run(run_id, uri=uri, n_samples=2000, n_chains=50, burn_in=5, seed=0)
+    assert out["sampler"] == "cae-chain" and out["n_samples"] == 2000
+    noise = np.random.default_rng(0).random((2000, 64)).astype(np.float32)
+    noise_ll, _, _ = parzen_estimate(noise, split.X_valid, split.X_test)
+    assert out["parzen_ll"] > noise_ll + 10, (out["parzen_ll"], noise_ll)
+    assert out["parzen_ll"] < out["parzen_ll_pool"]  # real digits are the better "samples"
+    assert math.isfinite(out["parzen_stderr"]) and 0 < out["parzen_stderr"] < 2
+    client = mlflow.MlflowClient(uri)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["analysis/parzen_ll"] == pytest.approx(out["parzen_ll"])
+    assert logged["analysis/parzen_sigma"] == pytest.approx(out["parzen_sigma"])
+    arts = {a.path for a in client.list_artifacts(run_id, "analysis")}
+    assert {"analysis/sample_chains.png", "analysis/parzen.md"} <= arts
+    assert client.get_run(run_id).info.status == "FINISHED"  # logging did not reopen the run
+
+
+def test_sample_command_prints_the_table_and_fails_cleanly(pipeline_run, tmp_path):
+    run_id, uri, _, _ = pipeline_run
+    res = CliRunner().invoke(main, ["analyze", "sample", "--run-id", run_id, "--uri", uri, "--n-samples",
+                                    "500", "--chains", "20", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "| this stack |" in res.output and (tmp_path / "sample_chains.png").exists()
+    bad = CliRunner().invoke(main, ["analyze", "sample", "--run-id", "f" * 32, "--uri", uri])
+    assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_spectrum_run_logs_the_spectrum(pipeline_run, tmp_path):
+    run_id, uri, stack, split = pipeline_run
+    res = CliRunner().invoke(main, ["analyze", "spectrum", "--run-id", run_id, "--uri", uri,
+                                    "--examples", "200", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "spectrum.png").exists() and (tmp_path / "tangents.png").exists()
+    S = jacobian_singular_values(stack, split.X_test[:200])
+    want = spectrum_summary(S)
+    logged = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    assert logged["analysis/spectrum/participation_ratio"] == pytest.approx(want["participation_ratio"], rel=1e-5)
+    assert 1 <= want["above_10pct"] <= 16 and want["participation_ratio"] < 16
+
+
+# -- Jacobians, tangents, samplers on untrained stacks ----------------------------------------------------
+
+
+def _stack():
+    torch.manual_seed(0)  # not used by the layers (seeded), kept out of the global stream anyway
+    return Stack([AutoEncoder(12, 7, hidden_unit="tanh", seed=0), RBM(7, 5, seed=1)]).double()
+
+
+def test_batch_jacobians_and_singular_values_match_autograd():
+    stack = _stack()
+    with torch.no_grad():
+        stack[1].W.mul_(100)  # RBM init is N(0, 0.01^2): make the second layer matter
+    X = torch.rand(9, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    J = torch.stack([torch.autograd.functional.jacobian(lambda v: stack.encode(v[None])[0], x) for x in X])
+    with torch.no_grad():
+        torch.testing.assert_close(batch_jacobians(stack, X), J, rtol=1e-10, atol=1e-12)
+    S = jacobian_singular_values(stack, X, batch_size=4)  # batches of 4, 4, 1
+    np.testing.assert_allclose(S, torch.linalg.svdvals(J).float().numpy(), rtol=1e-5, atol=1e-7)
+    U, S3 = jacobian_tangents(stack, X, 3)
+    assert U.shape == (9, 3, 12) and S3.shape == (9, 3)
+    U = torch.from_numpy(U).double()
+    torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(9, 3, 3),
+                               atol=1e-4, rtol=0)
+    # u_i are right singular vectors: ||J u_i|| = s_i
+    torch.testing.assert_close(torch.linalg.vector_norm(J @ U.transpose(1, 2), dim=1),
+                               torch.from_numpy(S[:, :3]).double(), rtol=1e-3, atol=1e-6)
+
+
+def test_draw_samples_dispatches_on_the_top_layer():
+    X = np.random.default_rng(0).random((30, 12)).astype(np.float32)
+    ae_stack = Stack([AutoEncoder(12, 7, seed=0), AutoEncoder(7, 5, seed=1)])
+    s, chains, name = draw_samples(ae_stack, X, n_samples=45, n_chains=10, burn_in=3, seed=0)
+    assert name == "cae-chain" and s.shape == (45, 12) and chains.shape == (10, 3 + 5, 12)
+    np.testing.assert_array_equal(s, chains[:, 3:].reshape(-1, 12)[:45])
+    s2, _, _ = draw_samples(ae_stack, X, n_samples=45, n_chains=10, burn_in=3, seed=0)
+    np.testing.assert_array_equal(s, s2)
+    dbn = Stack([RBM(12, 7, seed=0), RBM(7, 5, seed=1)])
+    s, chains, name = draw_samples(dbn, X, n_samples=20, n_chains=10, burn_in=0, seed=0)
+    assert name == "dbn-gibbs" and s.shape == (20, 12) and (0 <= s).all() and (s <= 1).all()
+    with pytest.raises(ValueError, match="n_samples"):
+        draw_samples(dbn, X, n_samples=0)
+
+
+@pytest.mark.slow
+def test_real_pipeline_run_is_sampled_and_analysed(tmp_path):
+    """End to end: ``run_pipeline`` (pretraining only), then sample and spectrum on its run."""
+    from pipelines.config import load_config
+    from pipelines.run import run_pipeline
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    cfg = load_config("quickstart", ["pretrain.epochs=5", "pretrain.layers.0.n_hidden=32",
+                                     "pretrain.layers.1.n_hidden=16", "finetune.methods=[]",
+                                     "baselines.methods=[]", f"tracking.uri={uri}"])
+    result = run_pipeline(cfg, root=tmp_path / "mlruns")
+    out = sample_run(result.run_id, uri=uri, n_samples=1000, n_chains=50)
+    assert math.isfinite(out["parzen_ll"])
+    spec = spectrum_run(result.run_id, uri=uri, n_examples=100)
+    metrics = mlflow.MlflowClient(uri).get_run(result.run_id).data.metrics
+    assert metrics["analysis/parzen_ll"] == pytest.approx(out["parzen_ll"])
+    assert metrics["analysis/spectrum/top_singular_value"] == pytest.approx(spec["top_singular_value"])
+    mlflow.set_tracking_uri(None)
