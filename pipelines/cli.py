@@ -176,7 +176,7 @@ def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) 
 @click.option("--n-samples", default=10000, show_default=True)
 @click.option("--chains", "n_chains", default=100, show_default=True)
 @click.option("--burn-in", default=10, show_default=True)
-@click.option("--noise", default=0.1, show_default=True, help="Std of the CAE chain's noise.")
+@click.option("--noise", default=0.3, show_default=True, help="Std of the CAE chain's noise.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", default=None, help="Also write the figures here.")
 def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed, out_dir) -> None:
