@@ -133,8 +133,8 @@ def _bernoulli(p: torch.Tensor, generator) -> torch.Tensor:
     return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype).lt_(p)
 
 
-def sample_h_given_v(v, W, b, *, generator=None, visible="bernoulli", sigma=1.0):
-    """One draw of h ~ P(h|v), Eq. (3)/(7).
+def sample_h_given_v(v, W, b, *, generator, visible="bernoulli", sigma=1.0):
+    """One draw of h ~ P(h|v), Eq. (3)/(7), from the seeded ``torch.Generator`` ``generator``.
 
     Returns
     -------
@@ -144,8 +144,8 @@ def sample_h_given_v(v, W, b, *, generator=None, visible="bernoulli", sigma=1.0)
     return a, mean, _bernoulli(mean, generator)
 
 
-def sample_v_given_h(h, W, c, *, generator=None, visible="bernoulli", sigma=1.0):
-    """One draw of v ~ p(v|h), Eq. (4) (binary) or Eq. (8) (Gaussian).
+def sample_v_given_h(h, W, c, *, generator, visible="bernoulli", sigma=1.0):
+    """One draw of v ~ p(v|h), Eq. (4) (binary) or Eq. (8) (Gaussian), from ``generator``.
 
     Returns
     -------
@@ -158,7 +158,7 @@ def sample_v_given_h(h, W, c, *, generator=None, visible="bernoulli", sigma=1.0)
     return a, mean, mean + sigma * noise
 
 
-def gibbs_step(v, W, b, c, *, generator=None, visible="bernoulli", sigma=1.0):
+def gibbs_step(v, W, b, c, *, generator, visible="bernoulli", sigma=1.0):
     """One Gibbs step v -> h ~ P(h|v) -> v' ~ p(v|h) (lisa-lab's ``gibbs_vhv``); returns v' (B, n_visible)."""
     _, _, h = sample_h_given_v(v, W, b, generator=generator, visible=visible, sigma=sigma)
     return sample_v_given_h(h, W, c, generator=generator, visible=visible, sigma=sigma)[2]
