@@ -8,12 +8,11 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
 from finetune.classifier import Classifier
-
-pytest.importorskip("finetune.tangent_prop", reason="finetune.tangent_prop (the penalty) has not landed")
-from finetune.mtc import MTC, tangent_distance, tangent_distance_knn  # noqa: E402
-from finetune.unroll import UnrolledEncoder, unroll_autoencoder  # noqa: E402
-from pretrain.autoencoder import AutoEncoder  # noqa: E402
-from pretrain.stack import GreedyStack, Stack  # noqa: E402
+from finetune.mtc import MTC, tangent_distance, tangent_distance_knn
+from finetune.tangents import tangents
+from finetune.unroll import UnrolledEncoder, unroll_autoencoder
+from pretrain.autoencoder import AutoEncoder
+from pretrain.stack import GreedyStack, Stack
 
 
 def trainer(epochs):
@@ -159,7 +158,6 @@ def mean_omega(model, x, U):
 
 
 def test_short_fits_lower_the_tangent_penalty_on_labeled_and_on_unlabeled_data(digits, stack):
-    tangents = pytest.importorskip("finetune.tangents", reason="finetune.tangents has not landed").tangents
     k = 5
     U_l, _ = tangents(stack, digits["x_l"], k)
     U_u, _ = tangents(stack, digits["x_u"], k)
@@ -183,10 +181,9 @@ def test_short_fits_lower_the_tangent_penalty_on_labeled_and_on_unlabeled_data(d
                             pool=mean_omega(model, digits["x_u"], U_u), error=error,
                             val_error=t.callback_metrics["val/error"].item(),
                             logged=t.callback_metrics.get("train/tangent"))
-    print(result)
     assert result["clf"]["logged"] is None and result["mtc"]["logged"] > 0
     assert result["mtc"]["val_error"] == pytest.approx(result["mtc"]["error"], abs=1e-6)
-    for name in ("mtc", "mtc_all"):
+    for name in ("mtc", "mtc_all"):  # measured 0.348 -> 0.128 (mtc), 0.112 (mtc_all)
         assert result[name]["test"] < 0.5 * result["clf"]["test"], result
         assert result[name]["error"] < 0.25, result  # still a classifier, not a constant
     # penalising the pool flattens the output there more than penalising 200 labeled examples
