@@ -87,7 +87,8 @@ class DeepAutoencoder(L.LightningModule):
         """Eqs. (2)-(3) of a batch x (B, n_visible); ``loss`` is ``rec``."""
         n_visible = self.encoder.n_visible
         if x.ndim != 2 or x.shape[1] != n_visible:
-            raise ValueError(f"DeepAutoencoder expects inputs of shape (B, {n_visible}), got {tuple(x.shape)}")
+            raise ValueError(f"DeepAutoencoder expects inputs of shape (B, {n_visible}), "
+                             f"got {tuple(x.shape)}")
         z = self.decoder.logits(self.encoder(x))  # (B, n_visible)
         rec = self.decoder.error_from_logits(z, x).mean()  # Eq. (2)
         r = activation(self.decoder.output_unit, z.detach())  # (B, n_visible)

@@ -70,7 +70,7 @@ class MTC(Classifier):
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
-        """``o(x)``, the class probabilities that Eq. (1) differentiates: (B, n_visible) -> (B, n_classes)."""
+        """``o(x)``, the probabilities Eq. (1) differentiates: (B, n_visible) -> (B, n_classes)."""
         return torch.softmax(self(x), dim=1)
 
     def _check_tangents(self, x: torch.Tensor, U: torch.Tensor, part: str) -> None:
@@ -157,7 +157,8 @@ def tangent_distance_knn(X_train: torch.Tensor, y_train: torch.Tensor, U_train: 
     n_neighbors : votes per query; a tie goes to the tied class with the nearest neighbour.
     batch_size : queries per block (memory grows as batch_size * N * k).
     """
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or not 1 <= n_neighbors <= len(X_train):
+    if (isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int)
+            or not 1 <= n_neighbors <= len(X_train)):
         raise ValueError(f"n_neighbors must be an integer in [1, {len(X_train)}], got {n_neighbors!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")

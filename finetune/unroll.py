@@ -73,7 +73,8 @@ class UnrolledEncoder(nn.Module):
     def __init__(self, stack: Stack):
         super().__init__()
         layers = _layers(stack)
-        self.layers = nn.ModuleList(_linear(layer.encoder_weight, layer.encoder_bias) for layer in layers)
+        self.layers = nn.ModuleList(_linear(layer.encoder_weight, layer.encoder_bias)
+                                    for layer in layers)
         self.units = [layer.hidden_unit for layer in layers]
         self.sizes = [layers[0].n_visible] + [layer.n_hidden for layer in layers]
 
@@ -195,7 +196,7 @@ class UnrolledDecoder(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Forget the pretrained weights: Glorot-uniform own W' (shared ones follow the encoder), zero c."""
+        """Forget the pretrained weights: Glorot-uniform own W' (shared W follow the encoder), zero c."""
         for dec in self.layers:
             if not dec.shared:
                 n_out, n_in = dec.W_prime.shape
