@@ -89,15 +89,19 @@ def _forward(params, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]
     return h, slopes
 
 
-def _jvp_rows(params, slopes, T: torch.Tensor) -> torch.Tensor:
+def _jvp_rows(params, slopes, T: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (3) on m vectors per example stored as rows: T (B, m, d) -> (J T^T)^T (B, m, n_L).
 
     Rows rather than columns, so that each layer is one (B m, n_{l-1}) x (n_{l-1}, n_l) matmul;
-    the slope is applied in place on the matmul's fresh output (no second large buffer).
+    the slope is applied in place on the matmul's fresh output, the last one written to ``out``
+    when given (no second large buffer, no copy).
     """
     B, m = T.shape[:2]
-    for (W, _, _), s in zip(params, slopes):
-        T = (T.reshape(B * m, -1) @ W.T).view(B, m, -1).mul_(s[:, None, :])  # Eq. (3)
+    for layer, ((W, _, _), s) in enumerate(zip(params, slopes)):
+        T = (T.reshape(B * m, -1) @ W.T).view(B, m, -1)
+        if out is not None and layer == len(params) - 1:
+            return torch.mul(T, s[:, None, :], out=out)  # Eq. (3)
+        T = T.mul_(s[:, None, :])  # Eq. (3)
     return T
 
 
@@ -175,10 +179,10 @@ def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Ge
     the module docstring).
     """
     eps = torch.finfo(Z.dtype).eps * _BREAKDOWN_EPS
-    ref = (Z * Z).sum(-1).amax(-1).double()  # (B,) the block's largest squared row norm
+    ref = torch.linalg.vector_norm(Z, dim=-1).amax(-1).double() ** 2  # (B,) largest squared row norm
     for _ in range(2):  # "twice is enough"
         if K is not None and K.shape[1]:
-            Z = Z - (Z @ K.transpose(1, 2)) @ K  # (B, b, d)
+            Z = torch.baddbmm(Z, Z @ K.transpose(1, 2), K, alpha=-1)  # Z - (Z K^T) K, (B, b, d)
         lam, V = torch.linalg.eigh((Z @ Z.transpose(1, 2)).double())  # (B, b), (B, b, b)
         lost = lam <= eps * ref[:, None]  # (B, b)
         scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
@@ -212,7 +216,7 @@ def _krylov_batch(params, x, k, m, b, generator):
     j = 0
     for i, size in enumerate(sizes):
         K[:, j:j + size] = Q
-        P[:, j:j + size] = _jvp_rows(params, slopes, Q)
+        _jvp_rows(params, slopes, Q, out=P[:, j:j + size])
         j += size
         if i + 1 < len(sizes):
             Z = _vjp_rows(params, slopes, P[:, j - size:j])  # J^T J Q_{i}
