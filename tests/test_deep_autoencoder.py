@@ -17,15 +17,6 @@ def trainer(epochs):
                      deterministic=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: a second OpenMP thread only spins, and under load it costs 50x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, _ = load_digits(return_X_y=True)

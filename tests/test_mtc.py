@@ -21,15 +21,6 @@ def trainer(epochs):
                      deterministic=True, num_sanity_val_steps=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: a second OpenMP thread only spins, and under load it costs 50x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """Pixels in [0, 1]: 200 labeled, 400 test, the remaining 1197 unlabeled."""

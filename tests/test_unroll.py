@@ -10,15 +10,6 @@ from pretrain.stack import Stack
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: a second OpenMP thread only spins, and under load it costs 50x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ae_stack(dtype=torch.float64):
     """64-32 tied sigmoid, 32-16 untied tanh/linear, 16-8 tied relu/sigmoid: mixed units and tying."""
     layers = [AutoEncoder(64, 32, seed=1),
