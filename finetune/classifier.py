@@ -135,7 +135,8 @@ class Classifier(L.LightningModule):
         batch_size = _batch_size(batch)
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True,
-                     prog_bar=name in ("loss", "error"), batch_size=batch_size)
+                     prog_bar=name in ("loss", "error"), batch_size=batch_size,
+                     sync_dist=True)  # under DDP every rank selects on the same numbers
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -106,7 +106,7 @@ class DeepAutoencoder(L.LightningModule):
                 f"(lr={self.hparams.lr}); lower it or check the data for NaN/inf.")
         for name in ("rec", "squared_error"):
             self.log(f"{stage}/{name}", terms[name].detach(), on_step=False, on_epoch=True,
-                     prog_bar=name == "rec", batch_size=x.shape[0])
+                     prog_bar=name == "rec", batch_size=x.shape[0], sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
         local = tracking.default_uri(root)
         print(f"warning: {e}\nwriting this run to the local store {local} instead", file=sys.stderr)
         uri = local
+    if not tracking.is_rank_zero():
+        # under DDP every rank runs the pipeline; only rank 0 writes to the tracking store
+        uri = tracking.default_uri(tempfile.mkdtemp(prefix="layerwise-rank-"))
     experiment_id = tracking.setup(uri, cfg.tracking.experiment)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cache_dir = root / "cache"

@@ -36,6 +36,14 @@ def artifact_root(uri: str) -> str | None:
     return None  # a server decides
 
 
+def is_rank_zero() -> bool:
+    """True in the process of global rank 0 (and in any non-distributed run). Read from the
+    launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID), as Lightning does."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail early, with the fix, when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):

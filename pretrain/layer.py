@@ -127,7 +127,8 @@ class Layer(L.LightningModule):
                 f"lower lr or check the data. No weights were written from this step.")
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True,
-                     prog_bar=name == "loss", batch_size=x.shape[0])
+                     prog_bar=name == "loss", batch_size=x.shape[0],
+                     sync_dist=True)  # under DDP: the mean over all ranks' batches
         return loss
 
     def training_step(self, batch, batch_idx):
