@@ -163,6 +163,9 @@ class PipelineConfig(_Section):
 
     name: str = "quickstart"
     seed: int = 0
+    # torch intra-op threads; None keeps torch's default (one per core). Small models (digits)
+    # run faster on one thread: waking idle threads costs more than a tiny matmul saves.
+    threads: int | None = Field(None, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

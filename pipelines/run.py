@@ -52,6 +52,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     from .training import last_checkpoint, make_trainer, quiet_lightning
 
     quiet_lightning()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     root = Path(root)
     # bad data and splits fail here, before anything is written
     ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path,
