@@ -89,6 +89,15 @@ def _forward(params, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]
     return h, slopes
 
 
+def _scale(T: torch.Tensor, s: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``T * s[:, None, :]``, in place (or into ``out``) when autograd does not need T."""
+    if torch.is_grad_enabled() and (T.requires_grad or s.requires_grad):
+        return T * s[:, None, :]
+    if out is not None:
+        return torch.mul(T, s[:, None, :], out=out)
+    return T.mul_(s[:, None, :])
+
+
 def _jvp_rows(params, slopes, T: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (3) on m vectors per example stored as rows: T (B, m, d) -> (J T^T)^T (B, m, n_L).
 
@@ -97,11 +106,10 @@ def _jvp_rows(params, slopes, T: torch.Tensor, out: torch.Tensor | None = None) 
     when given (no second large buffer, no copy).
     """
     B, m = T.shape[:2]
+    last = len(params) - 1
     for layer, ((W, _, _), s) in enumerate(zip(params, slopes)):
         T = (T.reshape(B * m, -1) @ W.T).view(B, m, -1)
-        if out is not None and layer == len(params) - 1:
-            return torch.mul(T, s[:, None, :], out=out)  # Eq. (3)
-        T = T.mul_(s[:, None, :])  # Eq. (3)
+        T = _scale(T, s, out if layer == last else None)  # Eq. (3)
     return T
 
 
@@ -109,8 +117,8 @@ def _vjp_rows(params, slopes, R: torch.Tensor) -> torch.Tensor:
     """Eq. (4) on rows: R (B, m, n_L) -> (J^T R^T)^T (B, m, d). R is not modified."""
     B, m = R.shape[:2]
     for layer, ((W, _, _), s) in enumerate(zip(reversed(params), reversed(slopes))):
-        R = R * s[:, None, :] if layer == 0 else R.mul_(s[:, None, :])
-        R = (R.view(B * m, -1) @ W).view(B, m, -1)  # Eq. (4)
+        R = R * s[:, None, :] if layer == 0 else _scale(R, s)
+        R = (R.reshape(B * m, -1) @ W).view(B, m, -1)  # Eq. (4)
     return R
 
 

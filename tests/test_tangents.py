@@ -225,3 +225,22 @@ def test_cache_round_trip_and_misses(tmp_path, monkeypatch):
     U3, _ = cached_tangents(stack, X, 4, tmp_path, oversample=2)
     assert len(calls) == 5 and torch.equal(U3, U)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_jvp_is_differentiable_in_the_weights():
+    # J V may sit inside a training loss (a higher-order penalty): its gradient must be right
+    stack = _stack((9, 7, 5), ("sigmoid", "tanh"))
+    x = _x(3, 9)
+    V = torch.randn(3, 9, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    params = list(stack.parameters())
+    params = [p for p in params if p.requires_grad]
+    got = torch.autograd.grad((jvp(stack, x, V)[1] ** 2).sum(), params, allow_unused=True)
+    J = torch.autograd.functional.jacobian(stack.encode, x, create_graph=True)
+    idx = torch.arange(3)
+    ref = torch.autograd.grad(((J[idx, :, idx] @ V) ** 2).sum(), params, allow_unused=True)
+    for g, r in zip(got, ref):
+        if r is None:
+            assert g is None or g.abs().max() == 0
+        else:
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    assert any(r is not None and r.abs().max() > 1e-3 for r in ref)
