@@ -6,6 +6,7 @@ as an artifact, a nested ``pretrain`` run with one nested ``layer k`` run per la
 digest, layers saved to the stage cache by ``pretrain_stack``) but train the small layers
 directly, which is ten times faster than ``run_pipeline``; the slow test runs the real pipeline.
 """
+import json
 import math
 
 import mlflow
@@ -17,8 +18,9 @@ from sklearn.datasets import load_digits
 
 from pipelines import tracking
 from pipelines.analyze import (EnergyClassifier, batch_jacobians, draw_samples, fit_autoencoder,
-                               jacobian_singular_values, jacobian_tangents, load_run, sample_run,
-                               spectrum_run, spectrum_summary, toy_autoencoder)
+                               iterate_reconstruction, jacobian_singular_values, jacobian_tangents,
+                               load_run, off_manifold_points, sample_run, spectrum_run,
+                               spectrum_summary, toy_autoencoder)
 from pipelines.cli import main
 from pipelines.parzen import parzen_estimate
 from pipelines.toy import distance_to_circle, distance_to_points, noisy_circle, spiral, toy_data
@@ -68,9 +70,10 @@ def store(tmp_path_factory):
 
 def test_vector_field_command_moves_points_onto_the_circle(tmp_path, store):
     """``layerwise analyze vector-field`` trains a DAE and a CAE (2-100-2, tanh) on the noisy
-    circle: 50 steps of x <- r(x) from 400 points >= 0.3 off the circle must cut their mean
-    distance to it at least three-fold (measured: ~0.82 -> 0.07 and 0.05), and the potential must
-    be higher on the data than on a ring of radius 3."""
+    circle: 50 steps of x <- r(x) from 400 points >= 0.3 off the circle must at least halve their
+    mean distance to it (measured with seed 0: 0.82 -> 0.07 for the DAE, 0.05 for the CAE; other
+    seeds 0.04-0.41 of the start; an untrained autoencoder multiplies it by ~13, see below), and
+    the potential must be higher on the data than on a ring of radius 3."""
     _, uri = store
     exp = tracking.setup(uri, "analysis-tests")
     with tracking.start_run("holder", experiment_id=exp) as run:
@@ -79,14 +82,12 @@ def test_vector_field_command_moves_points_onto_the_circle(tmp_path, store):
     res = CliRunner().invoke(main, ["analyze", "vector-field", "--out", str(out), "--run-id",
                                     run.info.run_id, "--uri", uri])
     assert res.exit_code == 0, res.output
-    for name in ("vector_field.png", "potential.png", "vector_field.json"):
-        assert (out / name).stat().st_size > 1000 or name.endswith(".json")
-    import json
+    assert (out / "vector_field.png").stat().st_size > 10_000 and (out / "potential.png").stat().st_size > 10_000
     numbers = json.loads((out / "vector_field.json").read_text())
     for kind in ("dae", "cae"):
         m = numbers[kind]
         assert m["distance_start"] > 0.5
-        assert m["distance_ratio"] < 1 / 3, (kind, m)
+        assert m["distance_ratio"] < 0.5, (kind, m)
         assert m["potential_data"] > m["potential_far"] + 0.3, (kind, m)
     logged = mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics
     assert logged["analysis/dae/distance_ratio"] == pytest.approx(numbers["dae"]["distance_ratio"])
@@ -95,16 +96,12 @@ def test_vector_field_command_moves_points_onto_the_circle(tmp_path, store):
 
 
 def test_untrained_toy_autoencoder_does_not_pass_the_same_bar():
-    """The check above is not met by construction: an untrained 2-100-2 autoencoder's iteration
-    does not bring points onto the circle."""
-    ae = toy_autoencoder("dae", seed=0).eval()
-    P = torch.from_numpy(noisy_circle(400, radius=1.8, noise=0.1, seed=3))
-    with torch.no_grad():
-        x = P
-        for _ in range(50):
-            x = ae.reconstruct(x)
-    ratio = distance_to_circle(x.numpy()).mean() / distance_to_circle(P.numpy()).mean()
-    assert ratio > 1 / 3
+    """The bar above is not met by construction: from the same points, an untrained 2-100-2
+    autoencoder's iteration moves them away from the circle."""
+    P = torch.from_numpy(off_manifold_points("circle", seed=1))  # the points vector_field_analysis uses
+    for kind in ("dae", "cae"):
+        x = iterate_reconstruction(toy_autoencoder(kind, seed=0).eval(), P, 50)[-1]
+        assert distance_to_circle(x.numpy()).mean() > 2 * distance_to_circle(P.numpy()).mean()
 
 
 # -- the energy classifier ------------------------------------------------------------------------------
@@ -175,14 +172,14 @@ def test_load_run_rebuilds_the_cached_stack(pipeline_run, tmp_path):
 
 def test_sample_run_logs_a_parzen_estimate_far_above_noise(pipeline_run):
     """The CAE chain's samples of the trained stack, scored on digits test with sigma chosen on
-    validation, must beat uniform-noise "samples" by a wide margin (measured: model about -10
-    nats, noise -40, the pool itself +28)."""
+    validation, must beat uniform-noise "samples" by a wide margin (measured: model -0.3 nats,
+    noise -40, the pool itself +28; the 60-epoch quickstart stack gets +22)."""
     run_id, uri, _, split = pipeline_run
     out = sample_run(run_id, uri=uri, n_samples=2000, n_chains=50, burn_in=5, seed=0)
     assert out["sampler"] == "cae-chain" and out["n_samples"] == 2000
     noise = np.random.default_rng(0).random((2000, 64)).astype(np.float32)
     noise_ll, _, _ = parzen_estimate(noise, split.X_valid, split.X_test)
-    assert out["parzen_ll"] > noise_ll + 10, (out["parzen_ll"], noise_ll)
+    assert out["parzen_ll"] > noise_ll + 20, (out["parzen_ll"], noise_ll)
     assert out["parzen_ll"] < out["parzen_ll_pool"]  # real digits are the better "samples"
     assert math.isfinite(out["parzen_stderr"]) and 0 < out["parzen_stderr"] < 2
     client = mlflow.MlflowClient(uri)
@@ -214,7 +211,8 @@ def test_spectrum_run_logs_the_spectrum(pipeline_run, tmp_path):
     want = spectrum_summary(S)
     logged = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
     assert logged["analysis/spectrum/participation_ratio"] == pytest.approx(want["participation_ratio"], rel=1e-5)
-    assert 1 <= want["above_10pct"] <= 16 and want["participation_ratio"] < 16
+    assert f"participation ratio {want['participation_ratio']:.2f}" in res.output
+    assert np.all(np.diff(S, axis=1) <= 0)  # each row sorted, largest first
 
 
 # -- Jacobians, tangents, samplers on untrained stacks ----------------------------------------------------
