@@ -113,7 +113,7 @@ def iterate_reconstruction(layer: Layer, x: torch.Tensor, n_steps: int) -> torch
     """Eq. (1): the trajectories ``x_0 = x, x_{t+1} = r(x_t)``; (n_steps + 1, B, d)."""
     out = [x]
     for _ in range(int(n_steps)):
-        out.append(layer.reconstruct(out[-1]))
+        out.append(layer.reconstruct(out[-1]))  # Eq. (1)
     return torch.stack(out)
 
 
@@ -479,7 +479,7 @@ def batch_jacobians(stack, x: torch.Tensor) -> torch.Tensor:
         a = h @ W.T + b  # (B, n_k)
         h = activation(unit, a)
         d = derivative(unit, a, h)  # (B, n_k)
-        J = d[:, :, None] * (W if J is None else torch.matmul(W, J))  # (B, n_k, n_visible)
+        J = d[:, :, None] * (W if J is None else torch.matmul(W, J))  # Eq. (3): (B, n_k, n_visible)
     return J
 
 

@@ -133,7 +133,7 @@ def select_sigma(samples, X_valid, sigmas: Sequence[float] = DEFAULT_SIGMAS, *, 
         raise ValueError("sigmas is empty: give at least one kernel width")
     scores = {s: float(parzen_log_likelihood(samples, X_valid, s, batch_size, dtype=dtype).mean())
               for s in sigmas}
-    return max(scores, key=scores.get), scores
+    return max(scores, key=scores.get), scores  # Eq. (3)
 
 
 def parzen_estimate(samples, X_valid, X_test, sigmas: Sequence[float] = DEFAULT_SIGMAS, *,
