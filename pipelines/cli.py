@@ -210,5 +210,39 @@ def analyze_spectrum(run_id, uri, root, n_examples, out_dir) -> None:
                f"participation ratio {res['participation_ratio']:.2f}")
 
 
+BENCH_SUITES = {
+    "semi-supervised": "MNIST with 100-3000 labels: SVM, k-NN, NN, CAE, MTC beside the MTC paper.",
+    "variations": "The Larochelle variation sets (regenerated): SVM, DAE-3, RBM-3, CAE-1, CAE-2, MTC.",
+    "knowledge-free": "MNIST with all labels: k-NN, SVM, NN, CAE, MTC beside the MTC paper.",
+    "deep-autoencoder": "784-1000-500-250-30 RBM-pretrained autoencoder, without pretraining, and PCA.",
+    "speed": "The speed benchmarks in one table, beside references measured in the same run.",
+}
+
+
+def _bench_command(suite: str, summary: str) -> None:
+    @bench.command(suite, help=f"{summary} Resumes from the cells it finished.")
+    @click.option("--profile", type=click.Choice(["tiny", "quick", "full"]), default="quick",
+                  show_default=True, help="Sizes and epochs: quick (~20 min on 2 cores), full (the papers').")
+    @click.option("--seeds", type=int, default=None, help="Seeds per cell (default: the profile's).")
+    @click.option("--data-dir", default=None, help="Where to look for the MNIST files first.")
+    @click.option("--root", default="mlruns", show_default=True,
+                  help="Folder for cell results and caches (bench/ inside it).")
+    def command(profile: str, seeds: int | None, data_dir: str | None, root: str) -> None:
+        from .bench_runner import run_bench
+
+        try:
+            res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
+                            log=lambda line: click.echo(line, err=True))
+        except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError) as e:
+            _fail(str(e))
+        click.echo(res.markdown)
+        figure = f", figure {res.figure_path}" if res.figure_path else ""
+        click.echo(f"tables in {res.directory}{figure}; MLflow run {res.run_id} in {res.tracking_uri}")
+
+
+for _suite, _summary in BENCH_SUITES.items():
+    _bench_command(_suite, _summary)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,222 @@
+"""Benchmarks: resumable cells, tables over seeds beside the papers, and each suite end to end."""
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import bench_suites as bs
+from pipelines.bench_runner import (Cell, CellStore, Summary, mean_std, pivot_markdown, run_bench,
+                                    run_cells, settings_digest, summarize, to_csv, to_markdown)
+
+MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+HAVE_MNIST = (MNIST / "mnist" / "train-images-idx3-ubyte.gz").exists()
+
+
+def _cells(n=4):
+    return [Cell(f"c{i}", {"method": "m", "labels": i}, 0, {"i": i}) for i in range(n)]
+
+
+# -- resumption -------------------------------------------------------------------------------------
+
+def test_finished_cell_skipped_half_written_temp_ignored(tmp_path):
+    store = CellStore(tmp_path)
+    cells = _cells(3)
+    store.save({"id": "c0", "value": 7.5, "keys": cells[0].keys, "seed": 0})
+    # what a kill during atomic_write_text leaves: a temporary name, half a JSON document
+    (tmp_path / ".c1.json.x1y2.tmp").write_text('{"id": "c1", "val')
+    calls = []
+    results = run_cells(cells, store, lambda c: calls.append(c.id) or {"value": 10.0 + c.task["i"]},
+                        log=lambda m: None)
+    assert calls == ["c1", "c2"]  # c0 read back, c1 computed despite its temp file
+    assert [r["value"] for r in results] == [7.5, 11.0, 12.0]
+    saved = json.loads((tmp_path / "c1.json").read_text())
+    assert saved["value"] == 11.0 and saved["keys"] == cells[1].keys and saved["task"] == {"i": 1}
+
+
+def test_interrupted_suite_resumes_at_first_missing_cell(tmp_path):
+    store, cells, calls = CellStore(tmp_path), _cells(4), []
+
+    def flaky(cell):
+        calls.append(cell.id)
+        if cell.id == "c2":
+            raise KeyboardInterrupt  # stopped mid-suite
+        return {"value": float(cell.task["i"])}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cells(cells, store, flaky, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c0.json", "c1.json"]
+    calls.clear()
+    results = run_cells(cells, store, lambda c: calls.append(c.id) or {"value": float(c.task["i"])},
+                        log=lambda m: None)
+    assert calls == ["c2", "c3"] and [r["value"] for r in results] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_unreadable_or_foreign_cell_file_is_recomputed(tmp_path):
+    store = CellStore(tmp_path)
+    (tmp_path / "c0.json").write_text("not json")
+    (tmp_path / "c1.json").write_text(json.dumps({"id": "other", "value": 1.0}))
+    calls = []
+    run_cells(_cells(2), store, lambda c: calls.append(c.id) or {"value": 3.0}, log=lambda m: None)
+    assert calls == ["c0", "c1"]
+
+
+def test_duplicate_cell_ids_and_missing_value_refused(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        run_cells([Cell("a", {}, 0), Cell("a", {}, 1)], CellStore(tmp_path), lambda c: {"value": 1.0})
+    with pytest.raises(ValueError, match="numeric 'value'"):
+        run_cells([Cell("a", {}, 0)], CellStore(tmp_path), lambda c: {"valid": 1.0}, log=lambda m: None)
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_results_folder_named_by_profile_sizes_not_seed_count():
+    suite, quick = bs.SUITES["semi-supervised"], bs.PROFILES["quick"]
+    d = settings_digest(suite.settings(quick))
+    assert d == settings_digest(suite.settings(bs.get_profile("quick", seeds=5)))  # more seeds extend
+    assert d != settings_digest(suite.settings(replace(quick, pretrain_epochs=6)))
+    assert d != settings_digest(bs.SUITES["knowledge-free"].settings(quick))
+
+
+# -- tables ----------------------------------------------------------------------------------------
+
+def _synthetic():
+    rows = []
+    for L, vals in ((100, (12.0, 13.0, 14.0)), (600, (5.5,))):
+        for m in ("mtc", "knn"):
+            for s, v in enumerate(vals):
+                rows.append({"id": f"{L}-{m}-{s}", "keys": {"validation": "paper", "labels": L, "method": m},
+                             "seed": s, "value": v + (m == "knn"), "metric": "test error (%)"})
+    return rows
+
+
+def test_summaries_mean_std_and_difference_to_paper():
+    sums = summarize(_synthetic(), bs.SUITES["semi-supervised"].paper)
+    assert [(s.keys["labels"], s.keys["method"], s.n) for s in sums] == [
+        (100, "mtc", 3), (100, "knn", 3), (600, "mtc", 1), (600, "knn", 1)]
+    mtc100 = sums[0]
+    assert mtc100.mean == pytest.approx(13.0) and mtc100.std == pytest.approx(1.0)  # sample std, n - 1
+    assert mtc100.paper == 12.03 and mtc100.difference == pytest.approx(0.97)
+    assert sums[1].paper is None and sums[1].difference is None  # k-NN: no figure in that table
+    assert sums[2].std is None and sums[2].paper == 5.13 and sums[2].difference == pytest.approx(0.37)
+    assert mean_std(mtc100) == "13.00 ± 1.00" and mean_std(sums[2]) == "5.50"
+
+
+def test_markdown_csv_and_pivot():
+    sums = summarize(_synthetic(), bs.SUITES["semi-supervised"].paper)
+    md = to_markdown(sums, ["labels", "method"], title="T", notes=["a note"])
+    lines = md.splitlines()
+    assert lines[0] == "### T" and "| labels | method | ours (mean ± std) | seeds | paper | ours - paper |" in lines
+    assert "| 100 | mtc | 13.00 ± 1.00 | 3 | 12.03 | +0.97 |" in lines
+    assert "| 100 | knn | 14.00 ± 1.00 | 3 | - | - |" in lines
+    assert "| 600 | mtc | 5.50 | 1 | 5.13 | +0.37 |" in lines and lines[-1] == "a note"
+    table = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert len(table) == 1 + len(sums)  # header + one row per group
+    csv_rows = [r.split(",") for r in to_csv(sums, ["labels", "method"]).strip().splitlines()]
+    assert csv_rows[0] == ["labels", "method", "metric", "mean", "std", "seeds", "paper", "difference"]
+    assert csv_rows[1][:2] == ["100", "mtc"] and float(csv_rows[1][3]) == 13.0
+    assert float(csv_rows[1][7]) == pytest.approx(0.97) and csv_rows[2][6] == ""
+    piv = pivot_markdown(sums, "labels", "method").splitlines()
+    assert piv[0] == "| labels | mtc | knn |"
+    assert piv[2] == "| 100 | 13.00 ± 1.00 (12.03) | 14.00 ± 1.00 (-) |"
+    assert piv[3] == "| 600 | 5.50 (5.13) | 6.50 (-) |"
+
+
+def test_paper_figures_where_published():
+    semi, var = bs.SUITES["semi-supervised"].paper, bs.SUITES["variations"].paper
+    assert [semi({"method": "svm", "labels": L}) for L in bs.LABELS] == [23.44, 8.85, 7.77, 4.21]
+    assert semi({"method": "mtc_all", "labels": 3000}) == 2.57 and semi({"method": "cae", "labels": 200}) is None
+    assert var({"dataset": "mnist-bg-img-rot", "method": "dae3"}) == 43.76
+    assert var({"dataset": "rect", "method": "cae2"}) == 1.21
+    assert var({"dataset": "convex", "method": "svm"}) is None and var({"dataset": "rect", "method": "mtc"}) is None
+    kf = bs.SUITES["knowledge-free"].paper
+    assert [kf({"method": m}) for m in ("knn", "nn", "svm", "cae", "mtc")] == [3.09, 1.60, 1.40, 1.04, 0.81]
+
+
+def test_quick_title_states_its_sizes():
+    title = bs.SUITES["semi-supervised"].title(bs.PROFILES["quick"])
+    for words in ("quick profile", "pool 10000", "validation 10000", "test 2000", "1 seed",
+                  "5 pretraining epochs", "500-unit layers"):
+        assert words in title
+    assert "5 seeds" in bs.SUITES["variations"].title(bs.PROFILES["full"])
+
+
+def test_unknown_suite_profile_and_bad_seeds():
+    with pytest.raises(ValueError, match="unknown benchmark suite 'semi'"):
+        run_bench("semi")
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        bs.get_profile("fast")
+    with pytest.raises(ValueError, match="seeds must be a positive integer, got 0"):
+        bs.get_profile("quick", seeds=0)
+
+
+def test_run_bench_tracks_and_resumes(tmp_path, monkeypatch):
+    """The runner with a synthetic suite: one parent run, a nested run per computed cell, the
+    table logged; a second run computes nothing and gives the same table."""
+    import mlflow
+
+    calls = []
+
+    def run_cell(ctx, cell):
+        calls.append(cell.id)
+        return {"value": 10.0 + cell.seed + cell.keys["labels"] / 100}
+
+    fake = bs.Suite("fake", ["labels", "method"],
+                    lambda p: [Cell(f"L{L}-s{s}", {"labels": L, "method": "mtc"}, s, {"L": L})
+                               for L in (100, 600) for s in range(p.seeds)],
+                    run_cell, bs.SUITES["semi-supervised"].paper,
+                    lambda s, r, p: to_markdown(s, ["labels", "method"], title="fake"), lambda s, r, p: None,
+                    lambda p: "fake suite")
+    monkeypatch.setitem(bs.SUITES, "fake", fake)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = run_bench("fake", profile="tiny", seeds=2, root=tmp_path, log=lambda m: None)
+    assert calls == ["L100-s0", "L100-s1", "L600-s0", "L600-s1"]
+    assert "| 100 | mtc | 11.50 ± 0.71 | 2 | 12.03 | -0.53 |" in first.markdown
+    again = run_bench("fake", profile="tiny", seeds=2, root=tmp_path, log=lambda m: None)
+    assert len(calls) == 4 and again.markdown == first.markdown and again.directory == first.directory
+    assert (first.directory / "table.csv").read_text() == first.csv
+    mlflow.set_tracking_uri(first.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["layerwise-bench"])
+    nested = runs[runs["tags.mlflow.parentRunId"] == first.run_id]
+    assert sorted(nested["tags.mlflow.runName"]) == ["L100-s0", "L100-s1", "L600-s0", "L600-s1"]
+    assert set(runs.status) == {"FINISHED"}
+    assert mlflow.artifacts.load_text(f"runs:/{again.run_id}/results/table.md") == first.markdown
+    mlflow.set_tracking_uri(None)
+
+
+# -- every suite on the tiny profile -------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MNIST, reason="MNIST files not found in ../shared/data/mnist")
+@pytest.mark.parametrize("suite", list(bs.SUITES))
+def test_suite_tiny_end_to_end(suite, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    t0 = time.perf_counter()
+    res = run_bench(suite, profile="tiny", data_dir=str(MNIST), root=tmp_path, log=lambda m: None)
+    cells = bs.SUITES[suite].cells(bs.PROFILES["tiny"])
+    keys = bs.SUITES[suite].key_names
+    assert len(res.results) == len(cells) and len(res.summaries) == len(cells)  # one seed: a row per cell
+    rows = [r for r in res.csv.strip().splitlines()[1:]]
+    assert len(rows) == len(cells)
+    assert res.csv.splitlines()[0].startswith(",".join(keys))
+    values = [r["value"] for r in res.results]
+    assert all(math.isfinite(v) for v in values)
+    if suite in ("semi-supervised", "variations", "knowledge-free"):
+        assert "| paper |" in res.markdown and any(s.paper is not None for s in res.summaries)
+        assert all(0 <= v <= 100 for v in values)
+        for s in res.summaries:  # the SVM is far better than chance on every set
+            if s.keys["method"] == "svm":
+                chance = 50.0 if s.keys.get("dataset") in ("rect", "rect-img", "convex") else 90.0
+                assert s.mean < 0.8 * chance, s
+    elif suite == "deep-autoencoder":
+        assert all(v > 0 for v in values) and "| paper |" in res.markdown
+        err = {s.keys["model"]: s.mean for s in res.summaries}
+        assert err["pca"] < 20  # 30 components keep most of a digit (predicting the mean image: ~52)
+    else:
+        assert all(v > 0 for v in values)
+        assert {r["keys"]["benchmark"] for r in res.results} == set(bs.SPEED_BENCHMARKS)
+    if suite != "speed":
+        assert res.figure_path is not None and res.figure_path.stat().st_size > 10000
+    print(f"{suite}: {time.perf_counter() - t0:.0f} s")
