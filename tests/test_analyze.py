@@ -30,14 +30,6 @@ from pretrain.rbm import RBM
 from pretrain.stack import Stack
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- toy data -------------------------------------------------------------------------------------
 
 

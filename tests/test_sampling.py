@@ -14,14 +14,6 @@ from pretrain.sampling import (cae_step, decode_down, gibbs_chain, jacobian_nois
 from pretrain.stack import Stack
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
