@@ -33,7 +33,27 @@ def to_markdown(rows: list[Row], title: str | None = None) -> str:
     for r in rows:
         chosen = ", ".join(f"{k}={_short(v)}" for k, v in r.params.items())
         lines.append(f"| {r.method} | {r.inputs} | {r.metric} | {_fmt(r.test)} | {_fmt(r.valid)} | {chosen} |")
-    return "\n".join(lines) + "\n"
+    summary = verdict(rows)
+    return "\n".join(lines) + "\n" + (f"\n{summary}\n" if summary else "")
+
+
+def verdict(rows: list[Row]) -> str:
+    """One line that says which method won and where the MTC stands against SVM and k-NN."""
+    errs = [r for r in rows if r.metric == "test error (%)"]
+    if not errs:
+        return ""
+    win = min(errs, key=lambda r: r.test)
+    line = f"Lowest test error: {win.method} on {win.inputs}, {win.test:.2f}%."
+    mtc = [r for r in errs if r.method.startswith("mtc")]
+    refs = [min((r for r in errs if r.method == m), key=lambda r: r.test, default=None)
+            for m in ("svm", "knn")]
+    refs = [r for r in refs if r is not None]
+    if mtc and refs:
+        best = min(mtc, key=lambda r: r.test)
+        parts = [f"{'below' if best.test < r.test else 'not below'} {r.method} ({r.inputs}, "
+                 f"{r.test:.2f}%)" for r in refs]
+        line += f" Best MTC ({best.method}, {best.test:.2f}%) is " + " and ".join(parts) + "."
+    return line
 
 
 def _short(v) -> str:
