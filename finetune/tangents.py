@@ -31,16 +31,24 @@ is defined even for k >= rank J (then sigma_i = 0 and v_i completes an orthonorm
 The heavy products (3), (4) run in the stack's dtype; Gram matrices and eigen problems in
 float64.
 
-When min(n_L, d) <= m the Krylov space would be the whole row space anyway; then J itself,
-built by (4) on the n_L unit vectors (or (3) on the d unit vectors), costs no more products,
-and its batched SVD is exact: ``method="auto"`` takes that path, ``"explicit"`` and
+Cost, and the choice of path. Eqs. (6)-(8) cost ``b + m + (m - last block)``, about 2m,
+products with J or J^T per example, each ``2 sum_l n_l n_{l-1}`` flops, plus O(m^2 d) for the
+orthogonalisation. J itself, built by (4) on the n_L unit vectors (or (3) on the d unit
+vectors), costs min(n_L, d) products, and its batched SVD is exact: ``method="auto"`` takes
+that path when it needs no more products than the Krylov method, ``"explicit"`` and
 ``"krylov"`` force one. Either way memory per batch is bounded and J is never formed for the
-whole set.
+whole set. Measured on 2 CPU cores, 4096 random inputs, CPU seconds (explicit / Krylov):
+64-30-12, k=5, m=12: 1.0 / 2.6; 64-100-40, k=5, m=30: 2.1 / 5.3; 784-500-50, k=15, m=30:
+11.5 / 9.3; 784-500-100, k=15, m=30: 26.7 / 10.2; for the MNIST stack 784-1000-500 the
+explicit SVD is about 25 times dearer than Krylov with m=30 (``pipelines.bench_tangents``).
 
 How good the tangents are depends on the spectrum: the top-k subspace is only defined up to
-the gap sigma_k - sigma_{k+1}, so with a flat spectrum (random weights) principal angles to
-the exact subspace stay large while the captured energy ``sum_i ||J v_i||^2 / sum_i
-sigma_i^2`` is near 1. ``pipelines.bench_tangents`` measures both against the exact SVD.
+the gap sigma_k - sigma_{k+1}. On MNIST through an untrained 784-1000-500 sigmoid stack, k=15,
+the spectrum is flat (median sigma_16 / sigma_15 = 0.993): the Krylov tangents capture a
+median 71% (m=20), 88% (m=30, the default) and 97% (m=45) of the energy
+``sum_{i<=k} sigma_i^2`` of the exact top-15 subspace, while their principal angles to it stay
+near pi/2, since that subspace is barely defined. With a gap, convergence is fast: the tests
+reach angles below 1e-3 rad with m=30 for a Jacobian of rank 40.
 
 References
 ----------
@@ -296,8 +304,14 @@ def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size:
         raise ValueError("X contains NaN or inf: tangents are only defined at finite inputs")
     m = min(k + oversample, d)
     if method == "auto":
-        method = "explicit" if min(n_L, d) <= m else "krylov"
+        method = "explicit" if min(n_L, d) <= krylov_products(m, block_size) else "krylov"
     return method, m
+
+
+def krylov_products(m: int, block_size: int) -> int:
+    """Products with J or J^T per example of Eqs. (6)-(8) for m Krylov vectors in blocks of b."""
+    b = min(block_size, m)
+    return b + m + (m - (m % b or b))
 
 
 @torch.no_grad()
@@ -319,7 +333,8 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, blo
     batch_size : examples per batch (memory about ``batch_size * m * (d + n_hidden)`` numbers).
     seed : seed of the random start Omega; results depend on it and on batch_size, within the
         method's accuracy.
-    method : ``"auto"`` (explicit SVD when ``min(n_hidden, d) <= m``, else Krylov),
+    method : ``"auto"`` (the explicit SVD when J costs no more products with J than the
+        Krylov method, ``min(n_hidden, d) <= krylov_products(m, block_size)``, else Krylov),
         ``"krylov"`` or ``"explicit"``.
 
     Returns

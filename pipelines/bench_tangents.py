@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from finetune.tangents import explicit_jacobian, tangents
+from finetune.tangents import explicit_jacobian, krylov_products, tangents
 from pretrain.autoencoder import AutoEncoder
 from pretrain.stack import Stack
 
@@ -66,10 +66,7 @@ def matmul_rate(rows: int, d: int, h: int, seconds: float = 2.0) -> float:
 def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES) -> float:
     """Flops of the products with J and J^T for one example (see the module docstring)."""
     m = min(k + oversample, sizes[0])
-    b = min(block_size, m)
-    last = m % b or b
-    products = b + m + (m - last)
-    return 2.0 * products * sum(a * c for a, c in zip(sizes[:-1], sizes[1:]))
+    return 2.0 * krylov_products(m, block_size) * sum(a * c for a, c in zip(sizes[:-1], sizes[1:]))
 
 
 def build_stack(seed: int, pretrain_epochs: int, X: torch.Tensor, contraction: float = 0.1) -> Stack:
