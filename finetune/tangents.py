@@ -316,7 +316,8 @@ def krylov_products(m: int, block_size: int) -> int:
 
 @torch.no_grad()
 def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, block_size: int = 4,
-             batch_size: int = 512, seed: int = 0, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+             batch_size: int = 512, seed: int = 0,
+             method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The MTC's tangents B_x of Eq. (5) for every row of X, batched and matrix-free.
 
     Parameters

@@ -135,12 +135,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.sample = min(args.sample, args.n)
 
     X = load_images(args.data_dir, max(args.n, args.sample))
     stack = build_stack(args.seed, args.pretrain_epochs, X, args.contraction)
-    print(f"stack {'-'.join(map(str, SIZES))} sigmoid, "
-          f"{f'CAE-pretrained (lambda {args.contraction}) {args.pretrain_epochs} epochs on 10000 images' if args.pretrain_epochs else 'untrained'}; "
-          f"k={K}; {torch.get_num_threads()} threads; n={args.n}")
+    weights = (f"CAE-pretrained (lambda {args.contraction}) {args.pretrain_epochs} epochs on 10000 "
+               f"images" if args.pretrain_epochs else "untrained")
+    print(f"stack {'-'.join(map(str, SIZES))} sigmoid, {weights}; k={K}; "
+          f"{torch.get_num_threads()} threads; n={args.n}")
     rows = args.batch_size * args.block_size
     rate0 = matmul_rate(rows, SIZES[0], SIZES[1])
     print(f"fp32 matmul rate ({rows}x{SIZES[0]} @ {SIZES[0]}x{SIZES[1]}): {rate0:.1f} GFLOP/s")
