@@ -57,7 +57,9 @@ def _check_float(name: str, value, *, low: float, high: float = np.inf, low_open
                  high_open: bool = True) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
     if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        ok = above and below
     if not ok:
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
         raise ValueError(f"{name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
@@ -97,13 +99,15 @@ def _check_layers(layers) -> list[tuple[str, int]]:
             raise ValueError(f"layers[{k}] must be a (kind, n_hidden) pair, got {spec!r}")
         kind, n_hidden = spec
         if kind not in KINDS:
-            raise ValueError(f"layers[{k}] has unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+            raise ValueError(f"layers[{k}] has unknown kind {kind!r}: choose one of "
+                             f"{', '.join(KINDS)}")
         out.append((kind, _check_int(f"layers[{k}] n_hidden", n_hidden, 1)))
     return out
 
 
 def _quiet_seed(seed: int) -> None:
-    """Lightning's global seed (dropout-free modules still draw their init from it in places)."""
+    """Lightning's global seed, for any code below that draws from torch's or numpy's global
+    RNG (the layers, the head and the tangents take their own seeded generators)."""
     import lightning.pytorch as L
 
     from .training import quiet_lightning
@@ -179,7 +183,8 @@ class StackedPretrainer(TransformerMixin, BaseEstimator):
             try:
                 built.append(make_layer(kind, n_in, n_hidden, **kwargs))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"layers[{k}] ({kind}, layer_params[{k}]={overrides!r}): {e}") from None
+                raise ValueError(f"layers[{k}] ({kind}, layer_params[{k}]={overrides!r}): "
+                                 f"{e}") from None
             n_in = n_hidden
         return built
 
@@ -216,12 +221,11 @@ class StackedPretrainer(TransformerMixin, BaseEstimator):
         """Eq. (1): the stack's top code of every row, (N, d) -> (N, n_hidden) float32."""
         check_is_fitted(self, "stack_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        return self.stack_.transform(_tensor(X)).numpy()
+        return self.stack_.transform(_tensor(X)).numpy()  # Eq. (1)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.transformer_tags.preserves_dtype = ["float32"]  # codes are float32 for any input
         return tags
 
 
@@ -275,9 +279,9 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
                 i_tr, i_val = train_test_split(idx, test_size=p["validation_fraction"],
                                                stratify=y_enc, random_state=p["seed"])
             except ValueError as e:
-                raise ValueError(f"validation_fraction={self.validation_fraction!r} cannot hold out a "
-                                 f"stratified validation set of these {len(X)} examples in {K} "
-                                 f"classes ({e}); give more examples per class or "
+                raise ValueError(f"validation_fraction={self.validation_fraction!r} cannot hold "
+                                 f"out a stratified validation set of these {len(X)} examples "
+                                 f"in {K} classes ({e}); give more examples per class or "
                                  f"validation_fraction=0 (no early stopping)") from None
         else:
             i_tr, i_val = idx, idx[:0]
@@ -292,7 +296,8 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
         callbacks = []
         if validate:
             keep = KeepBest("val/error", "val/ce")
-            callbacks = [keep, EarlyStopping(monitor="val/error", patience=p["patience"], mode="min")]
+            stop = EarlyStopping(monitor="val/error", patience=p["patience"], mode="min")
+            callbacks = [keep, stop]
         trainer = make_trainer(max_epochs=p["epochs"], callbacks=callbacks)
         trainer.fit(module, datamodule=dm)
         if validate:
@@ -310,19 +315,13 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "module_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
         x = _tensor(X)
-        proba = torch.cat([self.module_.predict_proba(x[i:i + 4096])
-                           for i in range(0, len(x), 4096)]) if len(x) else x.new_zeros(0, len(self.classes_))
-        return proba.double().numpy()
+        proba = [self.module_.predict_proba(x[i:i + 4096]) for i in range(0, len(x), 4096)]
+        return torch.cat(proba).double().numpy()  # (N, K); validate_data rejects N = 0
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of every row, as a value of ``classes_``: (N, d) -> (N,)."""
         proba = self.predict_proba(X)  # checks that the estimator is fitted first
         return self.classes_[np.argmax(proba, axis=1)]
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags
 
 
 class StackedMLPClassifier(_StackedClassifier):
@@ -355,7 +354,8 @@ class StackedMLPClassifier(_StackedClassifier):
     """
 
     def __init__(self, layers=(("cae", 100),), *, pretrain_epochs=10, epochs=50, batch_size=32,
-                 lr=0.003, validation_fraction=0.2, patience=20, random_state=0, layer_params=None):
+                 lr=0.003, validation_fraction=0.2, patience=20, random_state=0,
+                 layer_params=None):
         self.layers = layers
         self.pretrain_epochs = pretrain_epochs
         self.epochs = epochs
