@@ -261,12 +261,13 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         check_classification_targets(y)
         p = self._check_params(X.shape[1])
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
-        y_enc = y_enc.reshape(-1).astype(np.int64)
-        K = len(self.classes_)
+        classes, y_enc = np.unique(y, return_inverse=True)
+        y_enc = y_enc.reshape(-1).astype(np.int64)  # labels as 0..K-1, in sorted order
+        K = len(classes)
         if K < 2:
-            raise ValueError(f"y has a single class ({self.classes_[0]!r}): a classifier needs "
+            raise ValueError(f"y has a single class ({classes[0]!r}): a classifier needs "
                              f"examples of at least two classes")
+        self.classes_ = classes
 
         self.pretrainer_ = StackedPretrainer(self.layers, epochs=p["pretrain_epochs"],
                                              batch_size=p["batch_size"], random_state=p["seed"],
