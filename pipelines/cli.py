@@ -227,9 +227,16 @@ def _bench_command(suite: str, summary: str) -> None:
     @click.option("--data-dir", default=None, help="Where to look for the MNIST files first.")
     @click.option("--root", default="mlruns", show_default=True,
                   help="Folder for cell results and caches (bench/ inside it).")
-    def command(profile: str, seeds: int | None, data_dir: str | None, root: str) -> None:
+    @click.option("--threads", type=int, default=None,
+                  help="torch threads (default: torch's); 1 is faster on a busy machine.")
+    def command(profile: str, seeds: int | None, data_dir: str | None, root: str,
+                threads: int | None) -> None:
         from .bench_runner import run_bench
 
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
         try:
             res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
                             log=lambda line: click.echo(line, err=True))

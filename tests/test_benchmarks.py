@@ -137,7 +137,7 @@ def test_paper_figures_where_published():
 
 def test_quick_title_states_its_sizes():
     title = bs.SUITES["semi-supervised"].title(bs.PROFILES["quick"])
-    for words in ("quick profile", "pool 10000", "validation 10000", "test 2000", "1 seed",
+    for words in ("quick profile", "pool 10000", "validation 2000 of the last 10000", "test 2000", "1 seed",
                   "5 pretraining epochs", "500-unit layers"):
         assert words in title
     assert "5 seeds" in bs.SUITES["variations"].title(bs.PROFILES["full"])
