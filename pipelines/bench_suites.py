@@ -280,10 +280,13 @@ def prepare(ctx: Context, cell: Cell) -> None:
 
 
 def _valid_labels(ctx: Context, data: str, cap: int | None) -> int | None:
-    if cap is None:
-        return None
+    """``make_split``'s ``valid_labels`` for at most ``cap`` validation rows: None (all rows) when
+    the cap holds them all, else a class-balanced count the rarest class can fill."""
     ds = ctx.dataset(data)
-    return max(ds.n_classes, min(cap, ds.n_valid) // ds.n_classes * ds.n_classes)
+    if cap is None or cap >= ds.n_valid:
+        return None
+    rarest = int(np.bincount(ds.y[len(ds.y) - ds.n_valid:], minlength=ds.n_classes).min())
+    return max(1, min(cap // ds.n_classes, rarest)) * ds.n_classes
 
 
 def classify(ctx: Context, cell: Cell) -> dict:
