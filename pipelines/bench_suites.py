@@ -465,9 +465,11 @@ def autoencoder_figure(summaries, results, p: Profile):
     models = [m for m in ("rbm-pretrained", "no-pretraining", "pca") if m in first]
     rows = [("test", np.asarray(first[models[0]]["extra"]["originals"]))]
     rows += [(m, np.asarray(first[m]["extra"]["reconstructions"])) for m in models]
-    fig = Figure(figsize=(N_SHOW * 0.8 + 4.5 * len(models[:2]), 0.85 * len(rows) + 0.4))
+    n_scatter = len(models[:2])
+    fig = Figure(figsize=(N_SHOW * 0.8 + 4.0 * n_scatter, 0.85 * len(rows) + 0.5))
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(len(rows), N_SHOW + 6 * len(models[:2]))
+    grid = fig.add_gridspec(len(rows), N_SHOW + n_scatter, width_ratios=[1] * N_SHOW + [5] * n_scatter,
+                            wspace=0.1)
     for i, (name, images) in enumerate(rows):
         for j in range(min(N_SHOW, len(images))):
             ax = fig.add_subplot(grid[i, j])
@@ -476,7 +478,7 @@ def autoencoder_figure(summaries, results, p: Profile):
             if j == 0:
                 ax.set_ylabel(name, fontsize=7)
     for k, m in enumerate(models[:2]):
-        ax = fig.add_subplot(grid[:, N_SHOW + 6 * k + 1:N_SHOW + 6 * (k + 1)])
+        ax = fig.add_subplot(grid[:, N_SHOW + k])
         xy, y = np.asarray(first[m]["extra"]["codes_2d"]), np.asarray(first[m]["extra"]["code_labels"])
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
         ax.set_title(f"{m}: codes, first 2 PCs", fontsize=8)
@@ -517,9 +519,9 @@ def speed(ctx: Context, cell: Cell) -> dict:
     if name == "rbm":
         from . import bench_rbm
 
-        Xt = torch.from_numpy(X)
-        _, _, ours = bench_rbm.train_lightning(Xt, 1, 0)
-        _, ref = bench_rbm.train_sklearn(X, 1, 0)
+        # both return (model, wall seconds per epoch, ...); the tail has changed between versions
+        ours = bench_rbm.train_lightning(torch.from_numpy(X), 1, 0)[1]
+        ref = bench_rbm.train_sklearn(X, 1, 0)[1]
         n = len(X)
         return _speed(n / ours, "images/s", f"RBM 784-{bench_rbm.N_HIDDEN} CD-1, Lightning epoch", n / ref,
                       "sklearn BernoulliRBM")
