@@ -62,6 +62,7 @@ Gram-Schmidt orthogonalization process, Numer. Math. 101, 2005 ("twice is enough
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 import os
@@ -316,8 +317,8 @@ def krylov_products(m: int, block_size: int) -> int:
 
 @torch.no_grad()
 def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, block_size: int = 4,
-             batch_size: int = 512, seed: int = 0,
-             method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+             batch_size: int = 512, seed: int = 0, method: str = "auto",
+             device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MTC's tangents B_x of Eq. (5) for every row of X, batched and matrix-free.
 
     Parameters
@@ -344,12 +345,18 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, blo
         largest entry positive.
     S : (N, k) the singular values, descending.
 
-    Computed in the stack's dtype (X is converted), on the stack's device; returned on X's device.
+    device : where the products run (e.g. ``"cuda"``); default: the stack's device. The stack
+        itself stays where it is (the explicit method works on a copy).
+
+    Computed in the stack's dtype (X is converted), on ``device``; returned on X's device.
     """
     method, m = _resolve(stack, X, k, oversample, block_size, batch_size, method)
     W0 = stack[0].encoder_weight
-    dtype, device = W0.dtype, W0.device
-    params = [(W.detach(), b.detach(), unit) for W, b, unit in _params(stack)]
+    dtype = W0.dtype
+    device = W0.device if device is None else torch.device(device)
+    params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in _params(stack)]
+    if method == "explicit" and device != W0.device:
+        stack = copy.deepcopy(stack).to(device)
     was = stack.training
     stack.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -396,11 +403,12 @@ def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
 
 def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.PathLike, *,
                     oversample: int = 15, block_size: int = 4, batch_size: int = 512, seed: int = 0,
-                    method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    method: str = "auto",
+                    device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``tangents(...)``, stored in ``cache_dir`` and read back on the next call with the same inputs.
 
     The file is ``tangents-<key>.pt`` with the key of ``tangent_key``: a different stack, X, k
-    or option misses. It is written to a temporary file and renamed, so an interrupted run
+    or option misses (``device`` says only where they are computed: not part of the key). It is written to a temporary file and renamed, so an interrupted run
     leaves no half-written cache, and loaded with ``weights_only=True``; a file whose stored key
     or shapes do not match is recomputed and overwritten.
     """
@@ -418,7 +426,7 @@ def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.P
         if (isinstance(saved, dict) and saved.get("key") == key
                 and tuple(saved["U"].shape) == (len(X), k, X.shape[1])):
             return saved["U"].to(X.device), saved["S"].to(X.device)
-    U, S = tangents(stack, X, k, **options)
+    U, S = tangents(stack, X, k, **options, device=device)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=cache_dir)
     try:

@@ -285,9 +285,15 @@ class BenchResult:
     tracking_uri: str
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir: str | None = None,
               root: str | Path = "mlruns", uri: str | None = None,
-              log: Callable[[str], None] = print) -> BenchResult:
+              log: Callable[[str], None] = print, accelerator: str = "cpu") -> BenchResult:
     """Run (or resume) benchmark ``suite`` of ``pipelines.bench_suites.SUITES``.
 
     Parameters
@@ -299,6 +305,9 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
     root : the folder holding ``bench/`` (cell results, layer and tangent caches).
     uri : the MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI``, else ``<root>/mlflow.db``).
     log : receives one progress line per cell.
+    accelerator : the Trainer flag for every network (``cpu``, ``gpu``, ``auto``); the MTC's
+        tangents are computed on the same device. Not part of the results' hash: a suite
+        resumes across devices.
     """
     from .bench_suites import SUITES, Context, get_profile
 
@@ -328,8 +337,12 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
         uri = tracking.default_uri(root)
     experiment_id = tracking.setup(uri, EXPERIMENT)
     stale = tracking.mark_stale_runs(experiment_id, digest)
+    if accelerator != "cpu" and torch_cuda_available():
+        import torch
+
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
     ctx = Context(prof, data_dir=data_dir, root=root, uri=uri, experiment_id=experiment_id,
-                  experiment=EXPERIMENT, log=log)
+                  experiment=EXPERIMENT, log=log, accelerator=accelerator)
     tags = {**tracking.environment_tags(), "layerwise.digest": digest, "layerwise.bench": suite,
             "layerwise.profile": prof.name}
     if stale:

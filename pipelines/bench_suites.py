@@ -163,11 +163,14 @@ def stack_layers(p: Profile, stack: str) -> list[dict]:
     return [dict(d) for d in table[stack]]
 
 
-def bench_config(p: Profile, data: str, stack: str, seed: int, experiment: str = "layerwise-bench"):
+def bench_config(p: Profile, data: str, stack: str, seed: int, experiment: str = "layerwise-bench",
+                 accelerator: str = "cpu"):
     """The pipeline config of one (dataset, stack, seed): a shipped config with the profile's sizes.
 
     The MTC config (``mnist_mtc``) gives the fine-tuning settings of every classifier; the deep
-    autoencoder's (``mnist_deep_autoencoder``) those of ``rbm-ae``.
+    autoencoder's (``mnist_deep_autoencoder``) those of ``rbm-ae``. ``accelerator`` is the
+    Trainer flag (``cpu``, ``gpu``, ``auto``); on a GPU, ``deterministic`` becomes ``"warn"``
+    (CUDA has no deterministic kernel for some backward passes).
     """
     from .config import LayerConfig, load_config
 
@@ -183,6 +186,9 @@ def bench_config(p: Profile, data: str, stack: str, seed: int, experiment: str =
     ft.epochs, ft.patience, ft.n_tangents = p.finetune_epochs, p.patience, p.n_tangents
     ft.deep_autoencoder_epochs = p.autoencoder_epochs
     cfg.tracking.experiment = experiment
+    cfg.trainer.accelerator = accelerator
+    if accelerator != "cpu":
+        cfg.trainer.deterministic = "warn"
     return cfg
 
 
@@ -190,8 +196,10 @@ class Context:
     """What the cells of one suite run share: datasets, pretrained stacks, caches, tracking."""
 
     def __init__(self, profile: Profile, *, data_dir: str | None, root: Path, uri: str,
-                 experiment_id: str, experiment: str, log: Callable[[str], None] = print):
+                 experiment_id: str, experiment: str, log: Callable[[str], None] = print,
+                 accelerator: str = "cpu"):
         self.profile, self.data_dir, self.root = profile, data_dir, Path(root)
+        self.accelerator = accelerator
         self.uri, self.experiment_id, self.experiment, self.log = uri, experiment_id, experiment, log
         self._datasets: dict = {}
         self._stacks: dict = {}
@@ -225,7 +233,7 @@ class Context:
         return self.root / "bench" / "cache" / f"{name}-pool{len(ds.X) - ds.n_valid}"
 
     def config(self, data: str, stack: str, seed: int):
-        return bench_config(self.profile, data, stack, seed, self.experiment)
+        return bench_config(self.profile, data, stack, seed, self.experiment, self.accelerator)
 
     def stack(self, data: str, stack: str):
         """The stack pretrained on ``data``'s pool (seed ``STACK_SEED``), from the per-layer cache

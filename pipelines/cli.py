@@ -229,8 +229,10 @@ def _bench_command(suite: str, summary: str) -> None:
                   help="Folder for cell results and caches (bench/ inside it).")
     @click.option("--threads", type=int, default=None,
                   help="torch threads (default: torch's); 1 is faster on a busy machine.")
+    @click.option("--accelerator", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
+                  show_default=True, help="Lightning's accelerator flag for every network.")
     def command(profile: str, seeds: int | None, data_dir: str | None, root: str,
-                threads: int | None) -> None:
+                threads: int | None, accelerator: str) -> None:
         from .bench_runner import run_bench
 
         if threads is not None:
@@ -239,7 +241,7 @@ def _bench_command(suite: str, summary: str) -> None:
             torch.set_num_threads(max(1, threads))
         try:
             res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
-                            log=lambda line: click.echo(line, err=True))
+                            log=lambda line: click.echo(line, err=True), accelerator=accelerator)
         except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError) as e:
             _fail(str(e))
         click.echo(res.markdown)

@@ -148,7 +148,7 @@ class TrainerConfig(_Section):
     strategy: str = "auto"
     num_nodes: int = Field(1, ge=1)
     precision: str = "32-true"
-    deterministic: bool = True
+    deterministic: bool | Literal["warn"] = True  # "warn": deterministic where CUDA has a kernel
 
 
 class TrackingConfig(_Section):

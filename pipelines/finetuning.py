@@ -72,7 +72,7 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     from . import figures, tracking
     from .datamodule import ArrayDataModule
     from .pretraining import build_layers
-    from .training import KeepBest, make_trainer
+    from .training import KeepBest, compute_device, make_trainer
 
     ft = cfg.finetune
     n_classes = int(max(split.y_lab.max(), split.y_valid.max(), split.y_test.max())) + 1
@@ -94,12 +94,13 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
         from finetune.tangents import cached_tangents
 
         module = MTC(encoder, n_classes, beta=ft.beta, **common)
+        device = compute_device(cfg.trainer)
         U_lab, _ = cached_tangents(stack, _as_tensor(split.X_lab), ft.n_tangents,
-                                   cache_dir=cache_dir / "tangents")
+                                   cache_dir=cache_dir / "tangents", device=device)
         train_extra = (U_lab,)
         if method == "mtc_all":
             U_pool, _ = cached_tangents(stack, _as_tensor(split.X_pool), ft.n_tangents,
-                                        cache_dir=cache_dir / "tangents")
+                                        cache_dir=cache_dir / "tangents", device=device)
             unlabeled = (_as_tensor(split.X_pool), U_pool)
     else:
         module = Classifier(encoder, n_classes, **common)

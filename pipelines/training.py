@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
+import torch
 
 
 def quiet_lightning() -> None:
@@ -48,6 +49,16 @@ def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(
         log_every_n_steps=1,  # layers log per epoch; this only silences the interval warning
         **flags,
     )
+
+
+def compute_device(trainer_cfg=None) -> torch.device:
+    """The device a Trainer with these flags trains on, for the work done outside the Trainer
+    (the MTC's tangents): CUDA for ``accelerator`` ``gpu``/``cuda``/``auto`` when a GPU is
+    there, else the CPU."""
+    accelerator = "cpu" if trainer_cfg is None else str(trainer_cfg.accelerator).lower()
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def last_checkpoint(dirpath: str | os.PathLike) -> str | None:

@@ -146,11 +146,19 @@ class Layer(L.LightningModule):
         layer resumed from a checkpoint draws exactly the noise an uninterrupted run draws."""
         gens = getattr(self, "_generators", {})
         checkpoint["generator_states"] = {k: g.get_state() for k, g in gens.items()}
+        checkpoint["generator_devices"] = {k: str(g.device) for k, g in gens.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("generator_states", {})
-        if states:
-            self._generators = {k: torch.Generator().set_state(v) for k, v in states.items()}
+        devices = checkpoint.get("generator_devices", {})
+        gens = {}
+        for k, state in states.items():
+            device = torch.device(devices.get(k, "cpu"))
+            if device.type == "cuda" and not torch.cuda.is_available():
+                continue  # a GPU stream cannot continue on the CPU: the layer reseeds it
+            gens[k] = torch.Generator(device=device).set_state(state)
+        if gens:
+            self._generators = gens
 
     def configure_optimizers(self):
         o = self._opt
