@@ -20,6 +20,7 @@ parent and written beside the cell files.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import io
 import json
@@ -29,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .tracking import atomic_write_text
 
@@ -81,12 +82,27 @@ class CellStore:
         atomic_write_text(self.path(result["id"]), json.dumps(result, indent=1, sort_keys=True))
 
 
+def select_cells(cells: list[Cell], patterns: Sequence[str] = ()) -> Callable[[Cell], bool]:
+    """The cells whose id matches one of the shell-style ``patterns`` (all when none is given),
+    e.g. ``paper-*-mtc*`` for the MTC columns of the paper's validation setting. A pattern that
+    matches no cell is an error naming the cells there are."""
+    if not patterns:
+        return lambda cell: True
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(c.id, p) for c in cells):
+            sample = ", ".join(c.id for c in cells[:4])
+            raise ValueError(f"--only {p!r} matches no cell of this suite; cell ids look like {sample}, ...")
+    return lambda cell: any(fnmatch.fnmatchcase(cell.id, p) for p in patterns)
+
+
 def run_cells(cells: list[Cell], store: CellStore, compute: Callable[[Cell], dict], *,
-              log: Callable[[str], None] = print) -> list[dict]:
+              log: Callable[[str], None] = print,
+              selected: Callable[[Cell], bool] = lambda cell: True) -> list[dict]:
     """The results of ``cells``: stored ones read back, missing ones computed and stored.
 
     ``compute(cell)`` returns at least ``{"value": float}``; the runner adds the cell's id,
-    keys, seed and task, and the wall time when ``compute`` did not give one.
+    keys, seed and task, and the wall time when ``compute`` did not give one. A missing cell
+    that is not ``selected`` is left out of the results (the table shows '-' for it).
     """
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
@@ -97,6 +113,8 @@ def run_cells(cells: list[Cell], store: CellStore, compute: Callable[[Cell], dic
         if done is not None:
             log(f"[{i}/{len(cells)}] {cell.id}: {_fmt(done['value'])} (finished before)")
             results.append(done)
+            continue
+        if not selected(cell):
             continue
         t0 = time.perf_counter()
         out = compute(cell)
@@ -293,7 +311,8 @@ def torch_cuda_available() -> bool:
 
 def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir: str | None = None,
               root: str | Path = "mlruns", uri: str | None = None,
-              log: Callable[[str], None] = print, accelerator: str = "cpu") -> BenchResult:
+              log: Callable[[str], None] = print, accelerator: str = "cpu",
+              only: Sequence[str] = ()) -> BenchResult:
     """Run (or resume) benchmark ``suite`` of ``pipelines.bench_suites.SUITES``.
 
     Parameters
@@ -308,6 +327,9 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
     accelerator : the Trainer flag for every network (``cpu``, ``gpu``, ``auto``); the MTC's
         tangents are computed on the same device. Not part of the results' hash: a suite
         resumes across devices.
+    only : shell-style patterns of cell ids to compute (default: all); the other cells are
+        read back when they are finished and left out when not, and the table says how many
+        cells it holds.
     """
     from .bench_suites import SUITES, Context, get_profile
 
@@ -323,6 +345,7 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
     from .training import quiet_lightning
 
     cells = spec.cells(prof)
+    selected = select_cells(cells, only)
     digest = settings_digest(spec.settings(prof))
     root = Path(root)
     directory = root / "bench" / f"{suite}-{prof.name}-{digest}"
@@ -362,9 +385,12 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
                             tags=tags) as parent:
         mlflow.log_params({"suite": suite, "directory": str(directory),
                            **{f"profile.{k}": v for k, v in prof.as_dict().items()}})
-        results = run_cells(cells, store, compute, log=log)
+        results = run_cells(cells, store, compute, log=log, selected=selected)
         summaries = summarize(results, spec.paper)
         markdown = spec.markdown(summaries, results, prof)
+        if len(results) < len(cells):
+            markdown = (f"**Partial: {len(results)} of {len(cells)} cells finished** (the others "
+                        f"show '-'; the same command with no --only computes them).\n\n" + markdown)
         table_csv = to_csv(summaries, spec.key_names)
         atomic_write_text(directory / "table.md", markdown)
         atomic_write_text(directory / "table.csv", table_csv)

@@ -231,8 +231,11 @@ def _bench_command(suite: str, summary: str) -> None:
                   help="torch threads (default: torch's); 1 is faster on a busy machine.")
     @click.option("--accelerator", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
                   show_default=True, help="Lightning's accelerator flag for every network.")
+    @click.option("--only", multiple=True, metavar="PATTERN",
+                  help="Compute only the cells whose id matches (shell-style, repeatable), "
+                       "e.g. 'paper-*-mtc_all-*'; the table shows the finished ones.")
     def command(profile: str, seeds: int | None, data_dir: str | None, root: str,
-                threads: int | None, accelerator: str) -> None:
+                threads: int | None, accelerator: str, only: tuple[str, ...]) -> None:
         from .bench_runner import run_bench
 
         if threads is not None:
@@ -241,7 +244,8 @@ def _bench_command(suite: str, summary: str) -> None:
             torch.set_num_threads(max(1, threads))
         try:
             res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
-                            log=lambda line: click.echo(line, err=True), accelerator=accelerator)
+                            log=lambda line: click.echo(line, err=True), accelerator=accelerator,
+                            only=only)
         except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError) as e:
             _fail(str(e))
         click.echo(res.markdown)
