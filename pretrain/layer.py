@@ -10,6 +10,14 @@ Gaussian mean). Subclasses implement ``encode``, ``decode``, the four weight pro
 ``loss_terms``; this base class turns ``loss_terms`` into Lightning's training, validation and
 test steps, logs each term as ``stage/name`` and stops on a non-finite loss instead of writing
 NaN weights.
+
+Each logged ``stage/name`` is the epoch mean of the term, weighted by batch size:
+
+    (1) m = sum_batches B_k t_k / sum_batches B_k
+
+summed on the device as the batches come and ``self.log``-ged once, at the end of the epoch.
+Lightning's ``log`` costs about a millisecond of Python per call, so logging at every step
+(what ``on_epoch=True`` does) cost more than a CPU step of a 784-500 RBM.
 """
 from __future__ import annotations
 
@@ -67,6 +75,8 @@ class Layer(L.LightningModule):
         self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         #: a name for messages and logs, set by the stack ("layer 2")
         self.layer_name = type(self).__name__
+        #: the epoch's sums of Eq. (1): {stage: {"epoch": e, "terms": {name: [sum B_k t_k, sum B_k]}}}
+        self._running_sums: dict[str, dict] = {}
 
     # -- the contract ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, n_visible) -> (B, n_hidden)
@@ -115,30 +125,67 @@ class Layer(L.LightningModule):
         return self.encode(x)
 
     # -- Lightning ----------------------------------------------------------------------------
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def step_terms(self, x: torch.Tensor, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The terms a Trainer step computes and logs: ``loss_terms`` unless a layer leaves
+        monitoring-only terms out of some steps (the RBM's reconstruction error)."""
+        return self.loss_terms(x, train=stage == "train")
+
+    def _step(self, batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
         x = batch_input(batch)
-        terms = self.loss_terms(x, train=stage == "train")
+        terms = self.step_terms(x, stage, batch_idx)
         loss = terms["loss"]
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss):  # one scalar read: the check that no NaN reaches the weights
             raise FloatingPointError(
                 f"{self.layer_name} ({type(self).__name__}): the {stage} loss became {loss.item()} "
                 f"at epoch {self.current_epoch}, step {self.global_step}. Likely cause: a learning "
                 f"rate too high (lr={self._opt['lr']}) or inputs outside the range the loss expects; "
                 f"lower lr or check the data. No weights were written from this step.")
-        for name, value in terms.items():
-            self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True,
-                     prog_bar=name == "loss", batch_size=x.shape[0],
-                     sync_dist=True)  # under DDP: the mean over all ranks' batches
+        self._accumulate(stage, terms, x.shape[0])
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
+        return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
+        return self._step(batch, "test", batch_idx)
+
+    # -- epoch means of the terms, Eq. (1) -------------------------------------------------------
+    def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        acc = self._running_sums.get(stage)
+        if acc is None or acc["epoch"] != self.current_epoch:  # a new epoch (or sums left stale)
+            acc = self._running_sums[stage] = {"epoch": self.current_epoch, "terms": {}}
+        sums = acc["terms"]
+        for name, value in terms.items():
+            total = sums.get(name)
+            if total is None:
+                # float64: 600 batches of float32 terms add up without losing digits (not on MPS)
+                dtype = torch.float32 if value.device.type == "mps" else torch.float64
+                total = sums[name] = [torch.zeros((), dtype=dtype, device=value.device), 0]
+            elif total[0].device != value.device:  # sums restored from a checkpoint onto the CPU
+                total[0] = total[0].to(value.device)
+            total[0].add_(value.detach(), alpha=batch_size)  # Eq. (1), numerator: no host sync
+            total[1] += batch_size  # Eq. (1), denominator
+
+    def _log_epoch(self, stage: str) -> None:
+        acc = self._running_sums.pop(stage, None)
+        if acc is None:
+            return
+        for name, (total, count) in acc["terms"].items():
+            # under DDP: the mean of the ranks' means (the loaders give every rank equal counts)
+            self.log(f"{stage}/{name}", (total / count).to(torch.get_default_dtype()), on_step=False, on_epoch=True,
+                     prog_bar=name == "loss", sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     # -- checkpoints carry the noise streams -----------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -147,6 +194,11 @@ class Layer(L.LightningModule):
         gens = getattr(self, "_generators", {})
         checkpoint["generator_states"] = {k: g.get_state() for k, g in gens.items()}
         checkpoint["generator_devices"] = {k: str(g.device) for k, g in gens.items()}
+        # the partial sums of an epoch a checkpoint interrupts (Eq. 1), so that its logged means
+        # come out as an uninterrupted run's
+        checkpoint["running_sums"] = {
+            stage: {"epoch": acc["epoch"], "terms": {k: [t.cpu(), n] for k, (t, n) in acc["terms"].items()}}
+            for stage, acc in self._running_sums.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("generator_states", {})
@@ -159,6 +211,10 @@ class Layer(L.LightningModule):
             gens[k] = torch.Generator(device=device).set_state(state)
         if gens:
             self._generators = gens
+        # restored on the CPU; _accumulate moves them to the device of the next batch's terms
+        self._running_sums = {
+            stage: {"epoch": acc["epoch"], "terms": {k: [t, n] for k, (t, n) in acc["terms"].items()}}
+            for stage, acc in checkpoint.get("running_sums", {}).items()}
 
     def configure_optimizers(self):
         o = self._opt
