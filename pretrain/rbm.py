@@ -296,6 +296,10 @@ class RBM(Layer):
     """
 
     hidden_unit = "sigmoid"
+    #: a Trainer's training steps compute the monitoring-only ``rec`` (one more down pass: a
+    #: sixth matmul beside the five of a CD-1 update) on batches 0, m, 2m, ... of each epoch only;
+    #: ``train/rec`` is its mean over those batches. Validation and ``loss_terms`` always compute it.
+    monitor_every = 10
 
     def __init__(self, n_visible: int, n_hidden: int, *, visible: str = "bernoulli", k: int = 1,
                  persistent: bool = False, lr: float = 0.1, momentum: float = 0.5,
@@ -380,10 +384,16 @@ class RBM(Layer):
                     f"[{lo.item():.4g}, {hi.item():.4g}]; rescale the data to [0, 1], or use "
                     f"visible='gaussian' with standardized inputs")
 
-    def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
+    def step_terms(self, x: torch.Tensor, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
+        train = stage == "train"
+        # by the batch's place in the epoch: a resumed epoch monitors the same batches
+        return self.loss_terms(x, train=train, monitor=not train or batch_idx % self.monitor_every == 0)
+
+    def loss_terms(self, x: torch.Tensor, *, train: bool, monitor: bool = True) -> dict[str, torch.Tensor]:
         """The CD/PCD surrogate Eq. (13) (``loss``; its value is no log-likelihood), the squared
-        error ``rec`` of one mean-field up-down pass (summed over inputs, mean over the batch), and
-        at validation (binary units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
+        error ``rec`` of one mean-field up-down pass (summed over inputs, mean over the batch; left
+        out when ``monitor`` is False: it is no part of the update), and at validation (binary
+        units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
         self._check_input(x)
         W, b, c, visible, sigma = self.W, self.b, self.c, self.visible, self.sigma
         gibbs = self._generator("train" if train else "val", x.device, 1 if train else 2)
@@ -404,12 +414,14 @@ class RBM(Layer):
                 v = sample_v_given_h(h, W, c, generator=gibbs, visible=visible, sigma=sigma)[2]
             if train and self.persistent:
                 self.chains[:B] = v
-            r = propdown(h0_mean, W, c, visible, sigma)[1]  # (B, n_visible), mean-field up-down
-            rec = F.mse_loss(r, x, reduction="sum") / B
         ak = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden), v = v_k is a constant
         loss = (_free_energy_from(x, a0, c, visible, sigma).mean()
                 - _free_energy_from(v, ak, c, visible, sigma).mean())  # Eq. (13)
-        terms = {"loss": loss, "rec": rec}
+        terms = {"loss": loss}
+        if monitor:
+            with torch.no_grad():
+                r = propdown(h0_mean, W, c, visible, sigma)[1]  # (B, n_visible), mean-field up-down
+                terms["rec"] = F.mse_loss(r, x, reduction="sum") / B
         if not train and visible == "bernoulli":
             with torch.no_grad():
                 terms["pseudo_likelihood"] = pseudo_likelihood(x, W, b, c, gibbs, n_flips=1).mean()

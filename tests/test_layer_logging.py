@@ -1,0 +1,135 @@
+"""What a layer logs: each ``stage/name`` is the epoch mean of the term weighted by batch size,
+summed on the device and logged once per epoch (``pretrain.layer``, Eq. 1); the RBM's
+monitoring-only ``rec`` is left out of most training steps without changing the update; the
+partial sums travel with a checkpoint; a non-finite loss stops before any weight is written."""
+import io
+
+import pytest
+import torch
+from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader
+
+from pipelines.datamodule import ArrayDataModule
+from pipelines.training import make_trainer, quiet_lightning
+from pretrain.autoencoder import AutoEncoder
+from pretrain.rbm import RBM
+
+quiet_lightning()
+
+
+class MemoryLogger(Logger):
+    """Every ``log_metrics`` call, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    name = "memory"
+    version = 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append(dict(metrics))
+
+
+def _recording(cls):
+    class Recording(cls):
+        """The layer, recording (stage, epoch, batch_idx, batch size, terms) of each Trainer step."""
+
+        def step_terms(self, x, stage, batch_idx):
+            terms = super().step_terms(x, stage, batch_idx)
+            self.__dict__.setdefault("seen", []).append(
+                (stage, self.current_epoch, batch_idx, x.shape[0], {k: v.item() for k, v in terms.items()}))
+            return terms
+
+    return Recording
+
+
+def _expected(seen, stage, epoch):
+    """Eq. (1) of pretrain.layer from the recorded steps: sum B_k t_k / sum B_k per term."""
+    sums, counts = {}, {}
+    for s, e, _, B, terms in seen:
+        if (s, e) == (stage, epoch):
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + B * v
+                counts[k] = counts.get(k, 0) + B
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def _fit(layer, X, epochs, X_val=None, logger=None, batch_size=32):
+    trainer = make_trainer(None, max_epochs=epochs, logger=logger if logger is not None else False)
+    trainer.fit(layer, datamodule=ArrayDataModule(X, X_val=X_val, batch_size=batch_size, seed=1))
+    return trainer
+
+
+def test_logged_terms_are_epoch_means_weighted_by_batch_size():
+    g = torch.Generator().manual_seed(0)
+    X, X_val = torch.rand(70, 12, generator=g), torch.rand(45, 12, generator=g)  # batches 32, 32, 6
+    layer = _recording(AutoEncoder)(12, 5, contraction=0.5, sparsity_l1=0.1, lr=0.5, seed=1)  # seed: the datamodule's
+    log = MemoryLogger()
+    trainer = _fit(layer, X, 3, X_val, logger=log)
+    for epoch in range(3):
+        for stage in ("train", "val"):
+            want = _expected(layer.seen, stage, epoch)
+            assert set(want) == {"rec", "contraction", "sparsity", "loss"}
+            rows = [r for r in log.rows if r.get("epoch") == epoch and f"{stage}/loss" in r]
+            assert len(rows) == 1, rows  # logged once per epoch
+            for k, v in want.items():
+                assert rows[0][f"{stage}/{k}"] == pytest.approx(v, rel=1e-6), (stage, epoch, k)
+    # the terms change from epoch to epoch: the sums start again at each epoch
+    assert _expected(layer.seen, "train", 0)["loss"] != pytest.approx(_expected(layer.seen, "train", 2)["loss"])
+    assert trainer.callback_metrics["train/rec"].item() == pytest.approx(
+        _expected(layer.seen, "train", 2)["rec"], rel=1e-6)
+    assert not layer._running_sums  # nothing left over once the epochs are logged
+
+
+def test_rbm_monitors_rec_on_every_mth_batch_without_changing_the_update():
+    X = (torch.rand(250, 8, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    runs = {}
+    for every in (1, 10):
+        rbm = _recording(RBM)(8, 5, lr=0.1, seed=3)
+        rbm.monitor_every = every
+        runs[every] = (rbm, _fit(rbm, X, 2, batch_size=10))  # 25 batches an epoch
+    rbm, trainer = runs[10]
+    monitored = [i for s, e, i, _, t in rbm.seen if s == "train" and e == 1 and "rec" in t]
+    assert monitored == [0, 10, 20]
+    assert trainer.callback_metrics["train/rec"].item() == pytest.approx(
+        _expected(rbm.seen, "train", 1)["rec"], rel=1e-6)
+    # the down pass of rec draws no noise and touches no weight: the same training either way
+    for name, p in runs[1][0].state_dict().items():
+        assert torch.equal(p, rbm.state_dict()[name]), name
+
+
+def test_partial_sums_travel_with_a_checkpoint():
+    layer = AutoEncoder(6, 3, contraction=0.1, seed=0)
+    x = torch.rand(9, 6, generator=torch.Generator().manual_seed(2))
+    layer._accumulate("train", layer.loss_terms(x, train=True), 9)
+    layer._accumulate("train", layer.loss_terms(x[:4], train=True), 4)
+    ckpt = {}
+    layer.on_save_checkpoint(ckpt)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    buf.seek(0)
+    fresh = AutoEncoder(6, 3, contraction=0.1, seed=0)
+    fresh.on_load_checkpoint(torch.load(buf, weights_only=True))  # loads as checkpoints do
+    want, got = layer._running_sums["train"], fresh._running_sums["train"]
+    assert got["epoch"] == want["epoch"] == 0
+    assert set(got["terms"]) == {"rec", "contraction", "loss"}
+    for k, (total, count) in want["terms"].items():
+        assert count == got["terms"][k][1] == 13
+        assert torch.equal(total, got["terms"][k][0]) and total.dtype == torch.float64
+
+
+def test_non_finite_loss_stops_before_the_weights_change():
+    X = torch.rand(40, 4, generator=torch.Generator().manual_seed(0))
+    X[1, 1] = float("nan")  # past the datamodule's check: a plain loader, one batch
+    layer = AutoEncoder(4, 3, loss="mse", visible_unit="linear", seed=0)
+    layer.layer_name = "layer 2"
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    trainer = make_trainer(None, max_epochs=1)
+    with pytest.raises(FloatingPointError, match=r"layer 2 \(AutoEncoder\).*loss became nan at epoch 0"):
+        trainer.fit(layer, DataLoader([X], batch_size=None))
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
