@@ -31,8 +31,10 @@ Glorot & Bengio, Understanding the difficulty of training deep feedforward netwo
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,7 @@ from torch import nn
 from pretrain import penalties
 from pretrain.corruption import check_corruption, corrupt
 from pretrain.layer import Layer, check_positive
-from pretrain.units import activation, check_unit
+from pretrain.units import activation, check_unit, derivative
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -158,9 +160,13 @@ class AutoEncoder(Layer):
     def tied(self) -> bool:
         return self._tied
 
+    def encoder_preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """``a = W x + b`` of Eq. (2): (B, n_visible) -> (B, n_hidden)."""
+        return F.linear(x, self.W, self.b)  # one fused product-and-bias
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (2): (B, n_visible) -> (B, n_hidden)."""
-        return activation(self.hidden_unit, x @ self.W.T + self.b)
+        return activation(self.hidden_unit, self.encoder_preactivation(x))
 
     def decoder_preactivation(self, h: torch.Tensor) -> torch.Tensor:
         """``z = W' h + c`` of Eq. (3), the logits for sigmoid units: (B, n_hidden) -> (B, n_visible)."""
@@ -177,6 +183,10 @@ class AutoEncoder(Layer):
         Eq. (4) or (5), summed over inputs: (B, n_visible) -> (B,).
         """
         z = self.decoder_preactivation(self.encode(x if x_in is None else x_in))  # (B, n_visible)
+        return self._reconstruction_loss(x, z)
+
+    def _reconstruction_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Eq. (4) or (5) of the target ``x`` from the decoder's pre-activation ``z``: (B,)."""
         if self.hparams.loss == "cross_entropy":
             # from the logits: log(sigmoid(z)) of a saturated unit would be log(0) = -inf
             return F.binary_cross_entropy_with_logits(z, x, reduction="none").sum(dim=1)  # Eq. (4)
@@ -209,26 +219,35 @@ class AutoEncoder(Layer):
         penalties are evaluated at the clean x in both cases.
         """
         self._check_input(x)
-        hp = self.hparams
+        hp, unit = self.hparams, self.hidden_unit
         x_tilde = x
         if train and hp.corruption != "none":
             x_tilde = corrupt(x, hp.corruption, hp.corruption_level, self._generator(x.device, "train"))
-        terms = {"rec": self.reconstruction_error(x, x_tilde).mean()}  # Eqs. (2)-(5)
+        penalised = hp.contraction > 0 or hp.higher_order > 0 or hp.sparsity_l1 > 0 or hp.sparsity_kl > 0
+        if x_tilde is x or penalised:
+            # the clean pre-activation and code, computed once: the reconstruction (when the input
+            # is not corrupted) and every penalty read them; recomputing W x for each term cost
+            # two more (B, n_visible) x (n_visible, n_hidden) products a step, forward and backward
+            a = self.encoder_preactivation(x)  # (B, n_hidden)
+            h = activation(unit, a)  # (B, n_hidden): Eq. (2) at the clean x
+        h_tilde = h if x_tilde is x else self.encode(x_tilde)  # Eq. (2)
+        z = self.decoder_preactivation(h_tilde)  # (B, n_visible), Eq. (3)
+        terms = {"rec": self._reconstruction_loss(x, z).mean()}  # Eqs. (4)-(5) of the clean x
+        if hp.contraction > 0 or hp.higher_order > 0:
+            act_grad = derivative(unit, a, h)  # (B, n_hidden): s'(a), the diagonal of J_f(x) / W
         if hp.contraction > 0:
-            terms["contraction"] = hp.contraction * penalties.contraction(
-                x, self.W, self.b, self.hidden_unit).mean()
+            terms["contraction"] = hp.contraction * penalties.contraction_at(act_grad, self.W).mean()
         if hp.higher_order > 0:
             g = self._generator(x.device, "train" if train else "eval")
-            terms["higher_order"] = hp.higher_order * penalties.higher_order(
-                x, self.W, self.b, self.hidden_unit, sigma=hp.higher_order_sigma,
-                copies=hp.higher_order_copies, generator=g).mean()
+            terms["higher_order"] = hp.higher_order * penalties.higher_order_at(
+                a, act_grad, self.W, unit, sigma=hp.higher_order_sigma, copies=hp.higher_order_copies,
+                generator=g).mean()
         if hp.sparsity_l1 > 0 or hp.sparsity_kl > 0:
-            h = self.encode(x)  # (B, n_hidden): the clean code
             sparsity = torch.zeros((), dtype=h.dtype, device=h.device)
             if hp.sparsity_l1 > 0:
                 sparsity = sparsity + hp.sparsity_l1 * penalties.sparsity_l1(h).mean()
             if hp.sparsity_kl > 0:
                 sparsity = sparsity + hp.sparsity_kl * penalties.sparsity_kl(h, hp.sparsity_target)
             terms["sparsity"] = sparsity
-        terms["loss"] = sum(terms.values())  # Eq. (6)
+        terms["loss"] = functools.reduce(operator.add, terms.values())  # Eq. (6), no 0 + rec op
         return terms

@@ -17,6 +17,11 @@ Per-example penalties return shape (B,); the caller averages over the batch. The
 square of each Jacobian entry summed (never the square of a sum, never a norm of the mean
 Jacobian over the batch).
 
+A layer that has the pre-activation ``a`` and ``s'(a)`` at hand (it needs them for the code)
+passes them to :func:`contraction_at` and :func:`higher_order_at` instead of paying for
+``W x`` again: the perturbed pre-activations of Eq. (3) are ``a~ = a + W eps``, one
+(copies * B, n_visible) x (n_visible, n_hidden) product for all copies.
+
 References
 ----------
 Rifai et al., Contractive auto-encoders: explicit invariance during feature extraction, ICML 2011.
@@ -29,8 +34,8 @@ import numbers
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from pretrain.corruption import corrupt
 from pretrain.layer import check_positive
 from pretrain.units import activation, check_unit, derivative
 
@@ -40,8 +45,13 @@ KL_EPS = 1e-6
 
 def _act_grad(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str) -> torch.Tensor:
     """``s'(a)`` at ``a = x W^T + b``: (..., n_visible) -> (..., n_hidden)."""
-    a = x @ W.T + b  # (..., n_hidden)
+    a = F.linear(x, W, b)  # (..., n_hidden)
     return derivative(unit, a, activation(unit, a))
+
+
+def _row_norms_sq(W: torch.Tensor) -> torch.Tensor:
+    """``||W_j||^2`` of each row: (n_hidden, n_visible) -> (n_hidden,), each entry squared then summed."""
+    return (W * W).sum(dim=1)
 
 
 def contraction(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str) -> torch.Tensor:
@@ -63,9 +73,15 @@ def contraction(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str) ->
     Rifai et al., ICML 2011, Eq. (7) for the sigmoid; pylearn2's ``dot(sqr(act_grad), sqr(W).sum(0))``.
     """
     check_unit(unit, "hidden unit")
-    act_grad = _act_grad(x, W, b, unit)  # (B, n_hidden)
-    w_sq = (W * W).sum(dim=1)  # (n_hidden,): ||W_j||^2, each entry squared then summed
-    return (act_grad * act_grad) @ w_sq  # Eq. (1)
+    return contraction_at(_act_grad(x, W, b, unit), W)
+
+
+def contraction_at(act_grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Eq. (1) from the slopes ``act_grad = s'(a)`` (B, n_hidden) at hand: (B,).
+
+    The same number as :func:`contraction` of the ``x`` that gave ``a = W x + b``.
+    """
+    return (act_grad * act_grad) @ _row_norms_sq(W)  # Eq. (1)
 
 
 def contraction_autograd(x: torch.Tensor,
@@ -117,17 +133,32 @@ def higher_order(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, unit: str, *
     Rifai et al., Higher order contractive auto-encoder, ECML PKDD 2011, section 3.
     """
     check_unit(unit, "hidden unit")
+    a = F.linear(x, W, b)  # (B, n_hidden)
+    return higher_order_at(a, derivative(unit, a, activation(unit, a)), W, unit, sigma=sigma,
+                           copies=copies, generator=generator)
+
+
+def higher_order_at(a: torch.Tensor, act_grad: torch.Tensor, W: torch.Tensor, unit: str, *,
+                    sigma: float, copies: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Eqs. (2)-(3) from the pre-activation ``a = W x + b`` (B, n_hidden) and its slopes
+    ``act_grad = s'(a)`` at hand: (B,).
+
+    The same number as :func:`higher_order` of that ``x`` with the same generator: eps is the
+    same (copies, B, n_visible) standard normal draw, and ``W (x + sigma eps) + b = a + sigma W eps``.
+    """
+    check_unit(unit, "hidden unit")
     check_positive("sigma", sigma, allow_zero=True)
     if isinstance(copies, bool) or not isinstance(copies, numbers.Integral) or copies < 1:
         raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
-    copies = int(copies)
-    act_grad = _act_grad(x, W, b, unit)  # (B, n_hidden)
-    x_copies = x.unsqueeze(0).expand(copies, *x.shape)  # (C, B, n_visible), no copy made
-    x_tilde = corrupt(x_copies, "gaussian", sigma, generator)  # (C, B, n_visible): x + eps
-    act_grad_tilde = _act_grad(x_tilde, W, b, unit)  # (C, B, n_hidden)
-    diff = act_grad.unsqueeze(0) - act_grad_tilde  # (C, B, n_hidden): diagonal of J(x) - J(x~), per row
-    w_sq = (W * W).sum(dim=1)  # (n_hidden,)
-    return ((diff * diff) @ w_sq).mean(dim=0)  # Eq. (2) per copy, Eq. (3) mean over copies
+    if sigma == 0.0:  # x + eps = x: no difference, and no noise drawn
+        return torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
+    B, n_visible = a.shape[0], W.shape[1]
+    eps = torch.randn((int(copies), B, n_visible), generator=generator, dtype=a.dtype,
+                      device=a.device)  # (C, B, n_visible), ~ N(0, I); the perturbation is sigma eps
+    a_tilde = torch.add(a, F.linear(eps, W), alpha=sigma)  # (C, B, n_hidden): a + sigma W eps, one matmul
+    act_grad_tilde = derivative(unit, a_tilde, activation(unit, a_tilde))  # (C, B, n_hidden)
+    diff = act_grad - act_grad_tilde  # (C, B, n_hidden): diagonal of J(x) - J(x~), per row
+    return (diff * diff).mean(dim=0) @ _row_norms_sq(W)  # Eq. (2) per copy, Eq. (3) mean over copies
 
 
 def sparsity_l1(h: torch.Tensor) -> torch.Tensor:
