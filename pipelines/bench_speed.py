@@ -2,14 +2,19 @@
 matmul rate, measured in the same run (the machines are shared and noisy, so only ratios to a
 reference taken at the same moment mean anything).
 
-For an autoencoder layer d -> h with tied weights, one update of a batch of B costs about
+For an autoencoder layer d -> h (tied or not) and a batch of B, one update needs five
+(B x d x h)-sized matmuls, 2 B d h flops each:
 
-    forward   2 B d h (encode) + 2 B h d (decode)
-    backward  twice the forward                                  => 12 B d h flops     (1)
+    forward   a = x W^T (encode), z = h~ W' (decode)
+    backward  dL/dW' = h~^T dL/dz, dL/dh~ = dL/dz W'^T, dL/dW = (dL/da)^T x     => 10 B d h  (1)
 
-and the contractive penalty adds O(B h + d h), negligible beside (1). The ideal epoch time is
-``12 N d h / R`` with ``R`` the fp32 matmul rate measured on the same shapes; the target is an
-epoch within 1 / 0.6 of it (60% of the matmul rate).
+(no gradient with respect to the input x is needed). The contractive penalty adds O(B h + d h),
+negligible beside (1); the higher-order one adds ``a~ = a + sigma W eps`` for C perturbed copies,
+its product forward and its weight gradient backward: 4 C B d h more. Only these count as
+useful flops: a layer that computed ``W x`` twice would show a lower rate, not a higher one.
+The ideal epoch is the time of these products alone, each timed on its own shape with fp32
+``torch.mm`` in the same run (best of a reading before and one after the layer's epochs); the
+target is an epoch within 1 / 0.6 of it (60% of the matmul rate).
 """
 from __future__ import annotations
 
@@ -32,9 +37,41 @@ def matmul_rate(B: int = 100, d: int = 784, h: int = 1000, seconds: float = 1.0)
     return 2 * B * d * h * n / (time.perf_counter() - t0) / 1e9
 
 
+def matmul_seconds(shape_a: tuple[int, int], shape_b: tuple[int, int], seconds: float = 0.3) -> float:
+    """Seconds of one fp32 ``torch.mm`` of these shapes: the best of three timed loops."""
+    a, b = torch.rand(*shape_a), torch.rand(*shape_b)
+    for _ in range(5):
+        torch.mm(a, b)
+    t0 = time.perf_counter()
+    torch.mm(a, b)
+    repeats = max(3, int(seconds / 3 / max(time.perf_counter() - t0, 1e-6)))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
+
+
+def update_products(B: int, d: int, h: int, copies: int = 0) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The matmul shapes of one autoencoder update, Eq. (1), plus ``copies`` perturbed copies."""
+    up, down, weight = ((B, d), (d, h)), ((B, h), (h, d)), ((h, B), (B, d))
+    products = [up, down, weight, up, weight]  # encode, decode; dW', dL/dh~, dW
+    if copies:
+        products += [((copies * B, d), (d, h)), ((h, copies * B), (copies * B, d))]  # W eps, its dW
+    return products
+
+
 def bench_autoencoder(X: np.ndarray, *, n_hidden: int = 1000, kind: str = "cae", batch_size: int = 100,
                       epochs: int = 1, rate: float | None = None) -> dict:
-    """Time ``epochs`` epochs of a ``kind`` layer through a real Trainer and the fast datamodule."""
+    """Time ``epochs`` epochs of a ``kind`` layer through a real Trainer and the fast datamodule.
+
+    The epochs alone are timed (wall and this process's CPU time), not the Trainer's set-up.
+    ``rate`` (GFLOP/s), when given, replaces the per-shape matmul timings of the ideal epoch.
+    """
+    import lightning.pytorch as L
+
     from pretrain.presets import make_layer
 
     from .datamodule import ArrayDataModule
@@ -43,17 +80,38 @@ def bench_autoencoder(X: np.ndarray, *, n_hidden: int = 1000, kind: str = "cae",
     quiet_lightning()
     N, d = X.shape
     layer = make_layer(kind, d, n_hidden, optimizer="sgd", lr=0.01, seed=0)
-    dm = ArrayDataModule(X, batch_size=batch_size, seed=0)
-    trainer = make_trainer(None, max_epochs=epochs, deterministic=False)
-    t0 = time.perf_counter()
-    trainer.fit(layer, datamodule=dm)
-    seconds = (time.perf_counter() - t0) / epochs
-    flops = 12.0 * N * d * n_hidden  # Eq. (1)
-    rate = rate or matmul_rate(batch_size, d, n_hidden)
+    copies = layer.hparams.higher_order_copies if layer.hparams.higher_order > 0 else 0
+    products = update_products(batch_size, d, n_hidden, copies)
+    flops_per_batch = sum(2.0 * a[0] * a[1] * b[1] for a, b in products)  # Eq. (1)
+    n_batches = -(-N // batch_size)
+    flops = flops_per_batch * N / batch_size  # useful flops of an epoch, the last batch pro rata
+
+    def ideal_seconds() -> float:
+        if rate:
+            return flops / (rate * 1e9)
+        per_batch = sum(matmul_seconds(a, b) for a, b in products)
+        return per_batch * N / batch_size
+
+    class EpochTimer(L.Callback):
+        wall = cpu = 0.0
+
+        def on_train_epoch_start(self, trainer, module):
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_train_epoch_end(self, trainer, module):
+            self.wall += time.perf_counter() - self.start[0]
+            self.cpu += time.process_time() - self.start[1]
+
+    ideal = ideal_seconds()
+    timer = EpochTimer()
+    trainer = make_trainer(None, max_epochs=epochs, deterministic=False, callbacks=[timer])
+    trainer.fit(layer, datamodule=ArrayDataModule(X, batch_size=batch_size, seed=0))
+    ideal = min(ideal, ideal_seconds())  # other processes only ever add time
+    seconds, cpu = timer.wall / epochs, timer.cpu / epochs
     return {"what": f"{kind} {d}-{n_hidden}, batch {batch_size}", "seconds_per_epoch": seconds,
-            "epochs_per_second": 1.0 / seconds, "gflops": flops / seconds / 1e9,
-            "matmul_gflops": rate, "fraction_of_matmul": flops / seconds / 1e9 / rate,
-            "ideal_seconds": flops / (rate * 1e9)}
+            "cpu_seconds_per_epoch": cpu, "epochs_per_second": 1.0 / seconds,
+            "gflops": flops / seconds / 1e9, "matmul_gflops": flops / ideal / 1e9,
+            "fraction_of_matmul": ideal / seconds, "ideal_seconds": ideal, "batches": n_batches}
 
 
 def format_rows(rows: list[dict]) -> str:
