@@ -206,10 +206,10 @@ class AutoEncoder(Layer):
             raise ValueError(f"{self.layer_name} expects inputs of shape (B, {self.n_visible}), "
                              f"got {tuple(x.shape)}")
         if self.hparams.loss == "cross_entropy":
-            lo, hi = torch.aminmax(x)
+            lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device-to-host read a batch
             if lo < 0 or hi > 1:
                 raise ValueError(f"{self.layer_name}: loss='cross_entropy' needs inputs in [0, 1], got "
-                                 f"values in [{lo.item():.4g}, {hi.item():.4g}]; rescale the data or "
+                                 f"values in [{lo:.4g}, {hi:.4g}]; rescale the data or "
                                  f"use loss='mse' with visible_unit='linear'")
 
     def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:

@@ -377,11 +377,11 @@ class RBM(Layer):
             raise ValueError(f"{self.layer_name}: expected input of shape (B, {self.hparams.n_visible}), "
                              f"got {tuple(x.shape)}")
         if self.visible == "bernoulli":
-            lo, hi = torch.aminmax(x)
+            lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device-to-host read a batch
             if not (lo >= 0 and hi <= 1):  # also catches NaN
                 raise ValueError(
                     f"{self.layer_name}: a Bernoulli RBM needs inputs in [0, 1], got values in "
-                    f"[{lo.item():.4g}, {hi.item():.4g}]; rescale the data to [0, 1], or use "
+                    f"[{lo:.4g}, {hi:.4g}]; rescale the data to [0, 1], or use "
                     f"visible='gaussian' with standardized inputs")
 
     def step_terms(self, x: torch.Tensor, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
