@@ -9,7 +9,7 @@ held-out data ``x`` is scored under it:
     (4) report mean_{x in test} log p_sigma*(x) +- std / sqrt(m_test)   (standard error)
 
 Eq. (1) is computed in blocks of rows of X and of samples, with a running logsumexp over the
-sample blocks, so memory stays at one (batch_size, sample_batch) block. The matmul of Eq. (2)
+sample blocks, so memory stays at two (batch_size, sample_batch) blocks. The matmul of Eq. (2)
 and the per-block logsumexp run in the samples' dtype (float32 for float32 samples, after both
 sets are centred on the samples' mean to limit cancellation: the rounding error of a squared
 distance is about 1e-4, i.e. below 0.01 nats at sigma = 0.1); the running logsumexp across
@@ -90,7 +90,20 @@ def parzen_log_likelihood(samples, X, sigma: float, batch_size: int = 1000,
     -------
     (m,) float64 log-densities.
     """
-    sigma = _check_sigma(sigma)
+    return parzen_log_likelihoods(samples, X, [sigma], batch_size, sample_batch, dtype)[0]
+
+
+def parzen_log_likelihoods(samples, X, sigmas: Sequence[float], batch_size: int = 1000,
+                           sample_batch: int = 10000, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Eq. (1) for every row of X at each kernel width of ``sigmas``: (len(sigmas), m) float64.
+
+    The squared distances of Eq. (2) are computed once per block and shared by all widths: the
+    matmul is half the cost of one width on MNIST, so a 10-width grid (Eq. 3) runs about twice
+    as fast as 10 calls of :func:`parzen_log_likelihood`.
+    """
+    sigmas = [_check_sigma(s) for s in sigmas]
+    if not sigmas:
+        raise ValueError("sigmas is empty: give at least one kernel width")
     for name, v in (("batch_size", batch_size), ("sample_batch", sample_batch)):
         if isinstance(v, bool) or int(v) != v or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -104,19 +117,22 @@ def parzen_log_likelihood(samples, X, sigma: float, batch_size: int = 1000,
     mu = S.double().mean(0).to(S.dtype)  # (d,)
     S, X = S - mu, X - mu
     s_sq = (S * S).sum(1)  # (n,)
-    scale = -0.5 / sigma**2
-    const = -math.log(n) - 0.5 * d * math.log(2 * math.pi * sigma**2)  # Eq. (1)
-    out = torch.empty(len(X), dtype=torch.float64)
+    out = torch.empty(len(sigmas), len(X), dtype=torch.float64)
     for i in range(0, len(X), batch_size):
         x = X[i:i + batch_size]  # (bx, d)
         x_sq = (x * x).sum(1, keepdim=True)  # (bx, 1)
-        acc = torch.full((len(x),), -math.inf, dtype=torch.float64)
+        acc = torch.full((len(sigmas), len(x)), -math.inf, dtype=torch.float64)
         for j in range(0, n, sample_batch):
-            # Eq. (2), in place on one (bx, bs) block: ||s||^2 - 2 x.s, + ||x||^2, >= 0
+            # Eq. (2) on one (bx, bs) block: ||s||^2 - 2 x.s, + ||x||^2, >= 0
             d2 = torch.addmm(s_sq[j:j + sample_batch], x, S[j:j + sample_batch].T, alpha=-2.0)
             d2.add_(x_sq).clamp_min_(0.0)
-            acc = torch.logaddexp(acc, _logsumexp_(d2.mul_(scale)))  # float64 running logsumexp
-        out[i:i + batch_size] = acc + const  # Eq. (1)
+            a = torch.empty_like(d2)  # reused by every width: the exps overwrite it
+            for k, sigma in enumerate(sigmas):
+                torch.mul(d2, -0.5 / sigma**2, out=a)
+                acc[k] = torch.logaddexp(acc[k], _logsumexp_(a))  # float64 running logsumexp
+        for k, sigma in enumerate(sigmas):
+            const = -math.log(n) - 0.5 * d * math.log(2 * math.pi * sigma**2)  # Eq. (1)
+            out[k, i:i + batch_size] = acc[k] + const
     return out
 
 
@@ -128,11 +144,9 @@ def select_sigma(samples, X_valid, sigmas: Sequence[float] = DEFAULT_SIGMAS, *, 
     -------
     ``(sigma, {sigma: mean log-likelihood})``.
     """
-    sigmas = [_check_sigma(s) for s in sigmas]
-    if not sigmas:
-        raise ValueError("sigmas is empty: give at least one kernel width")
-    scores = {s: float(parzen_log_likelihood(samples, X_valid, s, batch_size, dtype=dtype).mean())
-              for s in sigmas}
+    sigmas = [float(s) for s in sigmas]
+    ll = parzen_log_likelihoods(samples, X_valid, sigmas, batch_size, dtype=dtype)  # (k, m_valid)
+    scores = dict(zip(sigmas, ll.mean(1).tolist()))
     return max(scores, key=scores.get), scores  # Eq. (3)
 
 

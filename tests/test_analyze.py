@@ -22,7 +22,7 @@ from pipelines.analyze import (EnergyClassifier, batch_jacobians, draw_samples, 
                                load_run, off_manifold_points, sample_run, spectrum_run,
                                spectrum_summary, toy_autoencoder)
 from pipelines.cli import main
-from pipelines.parzen import parzen_estimate
+from pipelines.parzen import parzen_estimate, parzen_log_likelihood
 from pipelines.toy import distance_to_circle, distance_to_points, noisy_circle, spiral, toy_data
 from pretrain.autoencoder import AutoEncoder
 from pretrain.energy import layer_potential
@@ -181,6 +181,42 @@ def test_sample_run_logs_a_parzen_estimate_far_above_noise(pipeline_run):
     arts = {a.path for a in client.list_artifacts(run_id, "analysis")}
     assert {"analysis/sample_chains.png", "analysis/parzen.md"} <= arts
     assert client.get_run(run_id).info.status == "FINISHED"  # logging did not reopen the run
+
+
+def test_sample_run_chooses_noise_and_burn_in_on_validation_and_reads_test_once(pipeline_run):
+    """A grid of sampler settings: the one kept is the best on validation; the test figure is that
+    setting's samples (re-drawn with the same seed) scored at its validation sigma."""
+    run_id, uri, stack, split = pipeline_run
+    out = sample_run(run_id, uri=uri, n_samples=1000, n_chains=50, burn_in=[2, 8], noise=[0.05, 0.3, 3.0],
+                     seed=1, log=False)
+    trials = out["trials"]
+    assert [(t["noise"], t["burn_in"]) for t in trials] == [(z, b) for b in (2, 8) for z in (0.05, 0.3, 3.0)]
+    best = max(trials, key=lambda t: t["valid_ll"])
+    assert (out["noise"], out["burn_in"], out["parzen_sigma"]) == (best["noise"], best["burn_in"], best["sigma"])
+    assert out["parzen_ll_valid"] == best["valid_ll"]
+    # measured: noise 0.3 -0.5 nats at both burn-ins; 0.05 (slow mixing) -2.7 and -4.1; 3 (off the
+    # digits) -4.1. A chain deaf to its noise setting would score all three alike.
+    assert out["noise"] == 0.3
+    assert max(t["valid_ll"] for t in trials if t["noise"] != 0.3) < best["valid_ll"] - 1.5
+    samples, _, _ = draw_samples(stack, split.X_pool, n_samples=1000, n_chains=50, burn_in=out["burn_in"],
+                                 noise=out["noise"], seed=1)
+    ll = parzen_log_likelihood(samples, split.X_test, out["parzen_sigma"])
+    assert out["parzen_ll"] == pytest.approx(float(ll.mean()), abs=1e-6)
+    assert out["n_test"] == len(split.X_test) and out["n_valid"] == len(split.X_valid)
+    assert "| noise | burn-in | sigma | validation log-likelihood |" in out["markdown"]
+    with pytest.raises(ValueError, match="noise is empty"):
+        sample_run(run_id, uri=uri, noise=[], log=False)
+
+
+def test_a_nested_run_id_is_refused_with_its_parent_named(pipeline_run):
+    run_id, uri, _, _ = pipeline_run
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_run(run_id).info.experiment_id
+    stage = client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")[0].info.run_id
+    layer = client.search_runs([exp], f"tags.mlflow.parentRunId = '{stage}'")[0].info.run_id
+    for child in (stage, layer):  # a layer run names its grandparent, the pipeline run
+        with pytest.raises(ValueError, match=f"nested run of pipeline run {run_id}.*--run-id {run_id}"):
+            load_run(child, uri=uri)
 
 
 def test_sample_command_prints_the_table_and_fails_cleanly(pipeline_run, tmp_path):

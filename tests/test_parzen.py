@@ -10,7 +10,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from pipelines.parzen import (DEFAULT_SIGMAS, PUBLISHED_MNIST, parzen_estimate, parzen_log_likelihood,
-                              select_sigma)
+                              parzen_log_likelihoods, select_sigma)
 
 
 def naive(samples, X, sigma):
@@ -31,6 +31,24 @@ def test_matches_a_naive_double_loop_with_any_blocking():
         for batch_size, sample_batch in ((1000, 10000), (2, 3), (1, 1)):
             got = parzen_log_likelihood(S, X, sigma, batch_size, sample_batch).numpy()
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+
+
+def test_a_grid_of_widths_from_shared_distances_matches_the_naive_loop_per_width():
+    """One distance block serves every sigma: each row of the grid is Eq. (1) at its own width,
+    with any blocking, and select_sigma's scores are those rows' means."""
+    rng = np.random.default_rng(3)
+    S, X = rng.normal(size=(9, 4)) + 3.0, rng.normal(size=(6, 4)) + 3.0
+    sigmas = (0.2, 0.7, 2.5)
+    for batch_size, sample_batch in ((1000, 10000), (4, 2), (1, 1)):
+        got = parzen_log_likelihoods(S, X, sigmas, batch_size, sample_batch).numpy()
+        assert got.shape == (3, 6)
+        for k, sigma in enumerate(sigmas):
+            np.testing.assert_allclose(got[k], naive(S, X, sigma), rtol=0, atol=1e-10)
+    # the widths differ by far more than the tolerance: a row computed at the wrong width fails
+    assert np.abs(naive(S, X, 0.2) - naive(S, X, 0.7)).min() > 1.0
+    best, scores = select_sigma(S, X, sigmas)
+    assert scores == pytest.approx({s: naive(S, X, s).mean() for s in sigmas}, abs=1e-10)
+    assert best == max(scores, key=scores.get)
 
 
 def test_far_points_do_not_underflow_to_minus_infinity():
@@ -86,6 +104,8 @@ def test_bad_inputs_are_refused():
         parzen_log_likelihood(S, np.full((1, 2), np.nan), 1.0)
     with pytest.raises(ValueError, match="sigmas"):
         select_sigma(S, S, [])
+    with pytest.raises(ValueError, match="sigma"):
+        parzen_log_likelihoods(S, S, [0.5, -1.0])
 
 
 def test_published_figures_and_grid():
