@@ -175,8 +175,10 @@ def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) 
 @click.option("--root", default=None, help="Folder holding cache/ (default: beside the store).")
 @click.option("--n-samples", default=10000, show_default=True)
 @click.option("--chains", "n_chains", default=100, show_default=True)
-@click.option("--burn-in", default=10, show_default=True)
-@click.option("--noise", default=0.3, show_default=True, help="Std of the CAE chain's noise.")
+@click.option("--burn-in", "burn_in", type=int, multiple=True, default=(10,), show_default=True,
+              help="Chain steps dropped before sampling; repeat to choose on the validation set.")
+@click.option("--noise", type=float, multiple=True, default=(0.3,), show_default=True,
+              help="Std of the CAE chain's noise; repeat to choose on the validation set.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", default=None, help="Also write the figures here.")
 def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed, out_dir) -> None:
@@ -185,7 +187,7 @@ def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed,
 
     try:
         res = sample_run(run_id, uri=uri, root=root, n_samples=n_samples, n_chains=n_chains,
-                         burn_in=burn_in, noise=noise, seed=seed, out_dir=out_dir)
+                         burn_in=list(burn_in), noise=list(noise), seed=seed, out_dir=out_dir)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         _fail(str(e))
     click.echo(res["markdown"])

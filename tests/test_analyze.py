@@ -222,7 +222,8 @@ def test_a_nested_run_id_is_refused_with_its_parent_named(pipeline_run):
 def test_sample_command_prints_the_table_and_fails_cleanly(pipeline_run, tmp_path):
     run_id, uri, _, _ = pipeline_run
     res = CliRunner().invoke(main, ["analyze", "sample", "--run-id", run_id, "--uri", uri, "--n-samples",
-                                    "500", "--chains", "20", "--out", str(tmp_path)])
+                                    "500", "--chains", "20", "--noise", "0.05", "--noise", "0.3",
+                                    "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "| this stack |" in res.output and (tmp_path / "sample_chains.png").exists()
     bad = CliRunner().invoke(main, ["analyze", "sample", "--run-id", "f" * 32, "--uri", uri])
