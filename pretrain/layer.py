@@ -75,8 +75,17 @@ class Layer(L.LightningModule):
         self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         #: a name for messages and logs, set by the stack ("layer 2")
         self.layer_name = type(self).__name__
-        #: the epoch's sums of Eq. (1): {stage: {"epoch": e, "terms": {name: [sum B_k t_k, sum B_k]}}}
+        #: the epoch's sums of Eq. (1): {stage: {"epoch": e, "groups": [[names, sum B_k t_k, sum B_k]]}}
         self._running_sums: dict[str, dict] = {}
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets this plain string around each of the ~20 hooks it calls per step (44
+        # times a step); nn.Module's __setattr__ looks through parameters, buffers and submodules
+        # each time, ~10 us a call on a shared CPU core: about as much as a tiny layer's whole step
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # -- the contract ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, n_visible) -> (B, n_hidden)
@@ -156,27 +165,35 @@ class Layer(L.LightningModule):
     def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         acc = self._running_sums.get(stage)
         if acc is None or acc["epoch"] != self.current_epoch:  # a new epoch (or sums left stale)
-            acc = self._running_sums[stage] = {"epoch": self.current_epoch, "terms": {}}
-        sums = acc["terms"]
-        for name, value in terms.items():
-            total = sums.get(name)
-            if total is None:
-                # float64: 600 batches of float32 terms add up without losing digits (not on MPS)
-                dtype = torch.float32 if value.device.type == "mps" else torch.float64
-                total = sums[name] = [torch.zeros((), dtype=dtype, device=value.device), 0]
-            elif total[0].device != value.device:  # sums restored from a checkpoint onto the CPU
-                total[0] = total[0].to(value.device)
-            total[0].add_(value.detach(), alpha=batch_size)  # Eq. (1), numerator: no host sync
-            total[1] += batch_size  # Eq. (1), denominator
+            acc = self._running_sums[stage] = {"epoch": self.current_epoch, "groups": []}
+        # one group per set of term names (an RBM's monitored steps have one term more): the
+        # terms of a step are stacked and added in one op, sum B_k t_k and sum B_k of Eq. (1)
+        names = list(terms)
+        group = next((g for g in acc["groups"] if g[0] == names), None)
+        values = torch.stack([v.detach() for v in terms.values()])  # (n_terms,)
+        if group is None:
+            # float64: 600 batches of float32 terms add up without losing digits (not on MPS)
+            dtype = torch.float32 if values.device.type == "mps" else torch.float64
+            group = [names, torch.zeros(len(names), dtype=dtype, device=values.device), 0]
+            acc["groups"].append(group)
+        elif group[1].device != values.device:  # sums restored from a checkpoint onto the CPU
+            group[1] = group[1].to(values.device)
+        group[1].add_(values, alpha=batch_size)  # no host sync
+        group[2] += batch_size
 
     def _log_epoch(self, stage: str) -> None:
         acc = self._running_sums.pop(stage, None)
         if acc is None:
             return
-        for name, (total, count) in acc["terms"].items():
+        totals: dict[str, list] = {}  # name -> [sum B_k t_k, sum B_k] over the groups that have it
+        for names, sums, count in acc["groups"]:
+            for name, total in zip(names, sums):
+                t = totals.setdefault(name, [0.0, 0])
+                t[0], t[1] = t[0] + total, t[1] + count
+        for name, (total, count) in totals.items():
             # under DDP: the mean of the ranks' means (the loaders give every rank equal counts)
-            self.log(f"{stage}/{name}", (total / count).to(torch.get_default_dtype()), on_step=False, on_epoch=True,
-                     prog_bar=name == "loss", sync_dist=True)
+            self.log(f"{stage}/{name}", (total / count).to(torch.get_default_dtype()), on_step=False,
+                     on_epoch=True, prog_bar=name == "loss", sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -197,7 +214,7 @@ class Layer(L.LightningModule):
         # the partial sums of an epoch a checkpoint interrupts (Eq. 1), so that its logged means
         # come out as an uninterrupted run's
         checkpoint["running_sums"] = {
-            stage: {"epoch": acc["epoch"], "terms": {k: [t.cpu(), n] for k, (t, n) in acc["terms"].items()}}
+            stage: {"epoch": acc["epoch"], "groups": [[list(names), sums.cpu(), n] for names, sums, n in acc["groups"]]}
             for stage, acc in self._running_sums.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -213,7 +230,7 @@ class Layer(L.LightningModule):
             self._generators = gens
         # restored on the CPU; _accumulate moves them to the device of the next batch's terms
         self._running_sums = {
-            stage: {"epoch": acc["epoch"], "terms": {k: [t, n] for k, (t, n) in acc["terms"].items()}}
+            stage: {"epoch": acc["epoch"], "groups": [[list(names), sums, n] for names, sums, n in acc["groups"]]}
             for stage, acc in checkpoint.get("running_sums", {}).items()}
 
     def configure_optimizers(self):
