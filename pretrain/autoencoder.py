@@ -170,7 +170,7 @@ class AutoEncoder(Layer):
 
     def decoder_preactivation(self, h: torch.Tensor) -> torch.Tensor:
         """``z = W' h + c`` of Eq. (3), the logits for sigmoid units: (B, n_hidden) -> (B, n_visible)."""
-        return h @ self.decoder_weight.T + self.c
+        return F.linear(h, self.decoder_weight, self.c)  # W' = W^T is a view: no copy
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """Eq. (3): (B, n_hidden) -> (B, n_visible)."""
@@ -185,12 +185,17 @@ class AutoEncoder(Layer):
         z = self.decoder_preactivation(self.encode(x if x_in is None else x_in))  # (B, n_visible)
         return self._reconstruction_loss(x, z)
 
-    def _reconstruction_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Eq. (4) or (5) of the target ``x`` from the decoder's pre-activation ``z``: (B,)."""
+    def _reconstruction_loss(self, x: torch.Tensor, z: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        """Eq. (4) or (5) of the target ``x`` from the decoder's pre-activation ``z``: per example
+        (B,), or their sum (a scalar, in one reduction) with ``reduction="sum"``."""
         if self.hparams.loss == "cross_entropy":
             # from the logits: log(sigmoid(z)) of a saturated unit would be log(0) = -inf
+            if reduction == "sum":
+                return F.binary_cross_entropy_with_logits(z, x, reduction="sum")  # Eq. (4), summed
             return F.binary_cross_entropy_with_logits(z, x, reduction="none").sum(dim=1)  # Eq. (4)
         r = activation(self.visible_unit, z)
+        if reduction == "sum":
+            return 0.5 * F.mse_loss(r, x, reduction="sum")  # Eq. (5), summed
         return 0.5 * ((r - x) ** 2).sum(dim=1)  # Eq. (5)
 
     def _generator(self, device: torch.device, stream: str) -> torch.Generator:
@@ -232,7 +237,7 @@ class AutoEncoder(Layer):
             h = activation(unit, a)  # (B, n_hidden): Eq. (2) at the clean x
         h_tilde = h if x_tilde is x else self.encode(x_tilde)  # Eq. (2)
         z = self.decoder_preactivation(h_tilde)  # (B, n_visible), Eq. (3)
-        terms = {"rec": self._reconstruction_loss(x, z).mean()}  # Eqs. (4)-(5) of the clean x
+        terms = {"rec": self._reconstruction_loss(x, z, "sum") / x.shape[0]}  # Eqs. (4)-(5), clean x
         if hp.contraction > 0 or hp.higher_order > 0:
             act_grad = derivative(unit, a, h)  # (B, n_hidden): s'(a), the diagonal of J_f(x) / W
         if hp.contraction > 0:
