@@ -43,6 +43,15 @@ def check_probability(name: str, value: float) -> float:
     return value
 
 
+def fused_sgd(params) -> bool | None:
+    """``fused=True`` for ``torch.optim.SGD`` where torch has the fused kernel (CPU and CUDA
+    floating-point parameters): weight decay, momentum and the step in one pass over each
+    weight instead of four, with the same numbers as the loop; else None (torch's default)."""
+    params = list(params)
+    ok = params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return True if ok else None
+
+
 def batch_input(batch) -> torch.Tensor:
     """The input ``x`` of a batch: the tensor itself, or the first item of ``(x,)``/``(x, y)``."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -238,4 +247,4 @@ class Layer(L.LightningModule):
         if o["optimizer"] == "adam":
             return torch.optim.Adam(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
         return torch.optim.SGD(self.parameters(), lr=o["lr"], momentum=o["momentum"],
-                               weight_decay=o["weight_decay"])
+                               weight_decay=o["weight_decay"], fused=fused_sgd(self.parameters()))

@@ -54,7 +54,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pretrain.layer import Layer, check_positive, check_probability
+from pretrain.layer import Layer, check_positive, check_probability, fused_sgd
 
 VISIBLE = ("bernoulli", "gaussian")
 MAX_ENUMERATED_UNITS = 20
@@ -445,7 +445,7 @@ class RBM(Layer):
         h = self.hparams
         return torch.optim.SGD([{"params": [self.W], "weight_decay": h.weight_decay},
                                 {"params": [self.b, self.c], "weight_decay": 0.0}],
-                               lr=h.lr, momentum=self.momentum_at(0))
+                               lr=h.lr, momentum=self.momentum_at(0), fused=fused_sgd(self.parameters()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "chains")
