@@ -142,6 +142,36 @@ def test_contraction_autograd_does_not_touch_the_callers_x():
     assert not x.requires_grad and x.grad is None
 
 
+def test_row_norms_and_their_first_and_second_gradients_equal_the_plain_formula():
+    # the penalties read ||W_j||^2 through a hand-written backward: it must be autograd's
+    W = torch.randn(D_H, D_X, dtype=torch.float64, generator=torch.Generator().manual_seed(5),
+                    requires_grad=True)
+    q = torch.rand(D_H, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    got, ref = P._row_norms_sq(W), (W * W).sum(dim=1)
+    torch.testing.assert_close(got, ref, rtol=1e-14, atol=0)
+    (g_got,) = torch.autograd.grad(got @ q, W, create_graph=True)
+    (g_ref,) = torch.autograd.grad(ref @ q, W, create_graph=True)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-14, atol=0)
+    (h_got,) = torch.autograd.grad((g_got ** 2).sum(), W)
+    (h_ref,) = torch.autograd.grad((g_ref ** 2).sum(), W)
+    torch.testing.assert_close(h_got, h_ref, rtol=1e-14, atol=0)
+
+
+def test_penalties_from_the_preactivation_equal_the_penalties_from_x():
+    x, W, b = params()
+    a = x @ W.T + b
+    for unit in ("sigmoid", "tanh"):
+        s = activation(unit, a)
+        act_grad = {"sigmoid": s * (1 - s), "tanh": 1 - s * s}[unit]
+        torch.testing.assert_close(P.contraction_at(act_grad, W), P.contraction(x, W, b, unit),
+                                   rtol=1e-12, atol=0)
+        kw = dict(sigma=0.3, copies=3)
+        torch.testing.assert_close(
+            P.higher_order_at(a, act_grad, W, unit, generator=torch.Generator().manual_seed(1), **kw),
+            P.higher_order(x, W, b, unit, generator=torch.Generator().manual_seed(1), **kw),
+            rtol=1e-12, atol=0)
+
+
 # -- higher order --------------------------------------------------------------------------
 def exact_higher_order(x, W, b, unit, sigma):
     """E ||J(x) - J(x + eps)||_F^2 exactly: W_j . eps ~ N(0, (sigma ||W_j||)^2) per unit j, so
