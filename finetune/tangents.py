@@ -67,6 +67,8 @@ import hashlib
 import math
 import os
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -75,6 +77,10 @@ from pretrain.stack import Stack
 from pretrain.units import activation, derivative
 
 METHODS = ("auto", "krylov", "explicit")
+
+# Part of the cache key: bump it when the same options give other tangents (2: Lanczos
+# default, one random start per (seed, batch) instead of one generator run through the batches).
+_ALGORITHM = "tangents 2"
 
 # A direction whose squared norm after projection is below this many float eps of the block's
 # squared norm is rounding error, not Krylov information: it is replaced by a random one.
@@ -107,28 +113,59 @@ def _scale(T: torch.Tensor, s: torch.Tensor, out: torch.Tensor | None = None) ->
     return T.mul_(s[:, None, :])
 
 
-def _jvp_rows(params, slopes, T: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _mm(A: torch.Tensor, W: torch.Tensor, work: dict | None, key) -> torch.Tensor:
+    """``A @ W``, written into the scratch matrix ``work[key]`` when a workspace is given.
+
+    The Krylov loop makes the same products dozens of times per batch; reusing their outputs
+    matters on CPU, where each fresh multi-megabyte tensor comes as new pages from the
+    operating system, whose faults cost as much as the elementwise op that follows (measured).
+    """
+    if work is None:
+        return A @ W
+    out = work.get(key)
+    if out is None or out.shape != (A.shape[0], W.shape[1]):
+        out = work[key] = A.new_empty(A.shape[0], W.shape[1])
+    return torch.mm(A, W, out=out)
+
+
+def _jvp_rows(params, slopes, T: torch.Tensor, out: torch.Tensor | None = None,
+              work: dict | None = None) -> torch.Tensor:
     """Eq. (3) on m vectors per example stored as rows: T (B, m, d) -> (J T^T)^T (B, m, n_L).
 
     Rows rather than columns, so that each layer is one (B m, n_{l-1}) x (n_{l-1}, n_l) matmul;
-    the slope is applied in place on the matmul's fresh output, the last one written to ``out``
-    when given (no second large buffer, no copy).
+    the slope is applied in place on the matmul's output, the last one written to ``out`` when
+    given (no copy). With a workspace ``work`` the intermediate rows live in its scratch matrices.
     """
     B, m = T.shape[:2]
     last = len(params) - 1
     for layer, ((W, _, _), s) in enumerate(zip(params, slopes)):
-        T = (T.reshape(B * m, -1) @ W.T).view(B, m, -1)
+        T = _mm(T.reshape(B * m, -1), W.T, work, ("jvp", layer)).view(B, m, -1)
         T = _scale(T, s, out if layer == last else None)  # Eq. (3)
     return T
 
 
-def _vjp_rows(params, slopes, R: torch.Tensor) -> torch.Tensor:
-    """Eq. (4) on rows: R (B, m, n_L) -> (J^T R^T)^T (B, m, d). R is not modified."""
+def _vjp_rows(params, slopes, R: torch.Tensor, work: dict | None = None) -> torch.Tensor:
+    """Eq. (4) on rows: R (B, m, n_L) -> (J^T R^T)^T (B, m, d). R is not modified.
+
+    With a workspace ``work`` the result is one of its scratch matrices, overwritten by the
+    next call with the same workspace.
+    """
     B, m = R.shape[:2]
     for layer, ((W, _, _), s) in enumerate(zip(reversed(params), reversed(slopes))):
-        R = R * s[:, None, :] if layer == 0 else _scale(R, s)
-        R = (R.reshape(B * m, -1) @ W).view(B, m, -1)  # Eq. (4)
+        if layer == 0 and work is not None:
+            R = torch.mul(R, s[:, None, :], out=_scratch(work, "vjp-top", R.shape, R))
+        else:
+            R = R * s[:, None, :] if layer == 0 else _scale(R, s)
+        R = _mm(R.reshape(B * m, -1), W, work, ("vjp", layer)).view(B, m, -1)  # Eq. (4)
     return R
+
+
+def _scratch(work: dict, key, shape, like: torch.Tensor) -> torch.Tensor:
+    """``work[key]``, a tensor of ``shape`` like ``like`` (allocated when missing or mis-shaped)."""
+    out = work.get(key)
+    if out is None or out.shape != tuple(shape):
+        out = work[key] = like.new_empty(shape)
+    return out
 
 
 def _check_input(stack: Stack, x: torch.Tensor, what: str = "x") -> None:
@@ -178,6 +215,9 @@ def _one_thread():
     (divide and conquer) that made them 10x slower on a busy 2-core machine (measured).
     """
     n = torch.get_num_threads()
+    if n == 1:  # already (the worker threads of ``_map``): do not touch the process-wide setting
+        yield
+        return
     torch.set_num_threads(1)
     try:
         yield
@@ -185,70 +225,94 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Generator,
+                    recent: int | None = None) -> torch.Tensor:
     """Eq. (7)'s orth: rows of Z (B, b, d) made orthonormal and orthogonal to the rows of K (B, j, d).
 
-    Two passes of block classical Gram-Schmidt against K, each followed by the symmetric
-    orthonormalisation ``(Z Z^T)^{-1/2} Z`` (the (b, b) eigenproblem in float64). The Gram
-    matrix is formed in Z's dtype: in float32 the first pass leaves an orthogonality error
-    of about eps cond(Z)^2, which the second pass, starting from nearly orthonormal rows,
-    removes (as in CholeskyQR2). Directions lost to rounding are replaced by random ones (see
-    the module docstring).
+    Two passes of block classical Gram-Schmidt, each followed by the symmetric
+    orthonormalisation ``(Z Z^T)^{-1/2} Z`` (for b = 1 a division by the norm; for b > 1 the
+    (b, b) eigenproblem in float64). The first pass projects against the last ``recent`` rows
+    of K only (all of them when None), the second against all of K. In the Krylov recurrence,
+    Z = J^T J Q_i is orthogonal in exact arithmetic to every block but the last two, so its
+    components along the older ones are rounding errors that one pass removes (Lanczos with
+    full reorthogonalisation): K, the largest array of the loop, is read twice per block
+    instead of four times. The Gram matrix is formed in Z's dtype: in float32 the first pass
+    leaves an orthogonality error of about eps cond(Z)^2, which the second pass, starting from
+    nearly orthonormal rows, removes (as in CholeskyQR2). Directions lost to rounding are
+    replaced by random ones (see the module docstring), which a further full pass then
+    orthogonalises. Z is overwritten and returned.
     """
     eps = torch.finfo(Z.dtype).eps * _BREAKDOWN_EPS
     ref = torch.linalg.vector_norm(Z, dim=-1).amax(-1).double() ** 2  # (B,) largest squared row norm
-    for _ in range(2):  # "twice is enough"
-        if K is not None and K.shape[1]:
-            Z = torch.baddbmm(Z, Z @ K.transpose(1, 2), K, alpha=-1)  # Z - (Z K^T) K, (B, b, d)
-        lam, V = torch.linalg.eigh((Z @ Z.transpose(1, 2)).double())  # (B, b), (B, b, b)
-        lost = lam <= eps * ref[:, None]  # (B, b)
-        scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
-        Z = (V.transpose(1, 2) * scale[:, :, None]).to(Z.dtype) @ Z  # (B, b, d): orthonormal rows or 0
+    j = 0 if K is None else K.shape[1]
+    passes = [j if recent is None else min(recent, j), j]  # rows of K to project against
+    npass = 0
+    while npass < len(passes):
+        if passes[npass]:
+            basis = K[:, j - passes[npass]:j]
+            Z = Z.baddbmm_(Z @ basis.transpose(1, 2), basis, alpha=-1)  # Z - (Z K^T) K, (B, b, d)
+        if Z.shape[1] == 1:  # Lanczos: the (1, 1) Gram matrix is the squared norm
+            lam = torch.linalg.vector_norm(Z, dim=-1).double() ** 2  # (B, 1)
+            lost = lam <= eps * ref[:, None]
+            scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
+            Z = Z.mul_(scale.to(Z.dtype)[:, :, None])
+        else:
+            lam, V = torch.linalg.eigh((Z @ Z.transpose(1, 2)).double())  # (B, b), (B, b, b)
+            lost = lam <= eps * ref[:, None]  # (B, b)
+            scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
+            Z = Z.copy_((V.transpose(1, 2) * scale[:, :, None]).to(Z.dtype) @ Z)  # orthonormal rows or 0
         if lost.any():
             noise = torch.randn(Z.shape, generator=generator, dtype=Z.dtype,
                                 device=Z.device) / math.sqrt(Z.shape[-1])
-            Z = torch.where(lost[:, :, None], noise, Z)
-        ref = torch.ones_like(ref)  # the second pass starts from rows of norm 1
+            Z = Z.copy_(torch.where(lost[:, :, None], noise, Z))
+            if npass + 1 == len(passes) and len(passes) < 4:
+                passes.append(j)  # orthogonalise the random directions
+        ref = torch.ones_like(ref)  # the next pass starts from rows of norm 1
+        npass += 1
     return Z
 
 
 def _fix_signs(U: torch.Tensor) -> torch.Tensor:
-    """Flip each row of U (B, k, d) so that its largest-magnitude entry is positive."""
+    """Flip each row of U (B, k, d), in place, so that its largest-magnitude entry is positive."""
     idx = U.abs().argmax(-1, keepdim=True)  # (B, k, 1)
     sign = torch.sign(torch.gather(U, -1, idx))
-    return U * torch.where(sign == 0, torch.ones_like(sign), sign)
+    return U.mul_(torch.where(sign == 0, torch.ones_like(sign), sign))
 
 
-def _krylov_batch(params, x, k, m, b, generator):
-    """Eqs. (6)-(8) on one batch: (B, d) -> U (B, k, d), S (B, k)."""
+def _krylov_batch(params, x, k, m, b, generator, work: dict):
+    """Eqs. (6)-(8) on one batch: (B, d) -> U (B, k, d), S (B, k).
+
+    ``work`` holds the scratch tensors (the basis, the products, U), reused from one block and
+    one batch to the next: U is overwritten by the next call with the same workspace.
+    """
     h, slopes = _forward(params, x)
     B, d = x.shape
     n_L = h.shape[1]
     sizes = [b] * (m // b) + ([m % b] if m % b else [])
-    K = x.new_empty(B, m, d)  # the Krylov basis, rows orthonormal
-    P = x.new_empty(B, m, n_L)  # J K^T as rows
+    K = _scratch(work, "K", (B, m, d), x)  # the Krylov basis, rows orthonormal
+    P = _scratch(work, "P", (B, m, n_L), x)  # J K^T as rows
     omega = torch.randn(B, sizes[0], n_L, generator=generator, dtype=x.dtype, device=x.device)
     with _one_thread():
-        Q = _orthonormalize(_vjp_rows(params, slopes, omega), None, generator)  # Eq. (6)
-    j = 0
+        K[:, :sizes[0]] = _orthonormalize(_vjp_rows(params, slopes, omega, work), None, generator)  # Eq. (6)
+    j = prev = 0
     for i, size in enumerate(sizes):
-        K[:, j:j + size] = Q
-        _jvp_rows(params, slopes, Q, out=P[:, j:j + size])
+        # for b = 1 the block K[:, j] is a (B, d) matrix with row stride m d: a view, no copy
+        _jvp_rows(params, slopes, K[:, j:j + size], out=P[:, j:j + size], work=work)
         j += size
         if i + 1 < len(sizes):
-            Z = _vjp_rows(params, slopes, P[:, j - size:j])  # J^T J Q_{i}
+            Z = _vjp_rows(params, slopes, P[:, j - size:j], work)  # J^T J Q_{i}
             nxt = sizes[i + 1]
-            if nxt < size:  # the last block is smaller: keep its leading directions
-                Z = Z[:, :nxt]
-            with _one_thread():
-                Q = _orthonormalize(Z, K[:, :j], generator)  # Eq. (7)
+            with _one_thread():  # the last block is smaller: keep its leading directions
+                K[:, j:j + nxt] = _orthonormalize(Z[:, :nxt], K[:, :j], generator,
+                                                  recent=size + prev)  # Eq. (7)
+            prev = size
     with _one_thread():
         theta, Y = torch.linalg.eigh((P @ P.transpose(1, 2)).double())  # Eq. (8), ascending
     Yk = Y.flip(-1)[:, :, :k].transpose(1, 2).to(x.dtype)  # (B, k, m), descending theta
-    U = Yk @ K  # (B, k, d), Eq. (8)
+    U = torch.bmm(Yk, K, out=_scratch(work, "U", (B, k, d), x))  # (B, k, d), Eq. (8)
     # sigma_i = ||J v_i|| from P rather than sqrt(theta_i): the square root of a Gram eigenvalue
     # has an absolute error of sqrt(eps) sigma_1, the norm only eps sigma_1 (small sigma_i stay small)
-    S = torch.linalg.vector_norm(Yk @ P, dim=-1)  # (B, k)
+    S = torch.linalg.vector_norm(torch.bmm(Yk, P, out=_scratch(work, "JU", (B, k, n_L), x)), dim=-1)
     return U, S
 
 
@@ -315,8 +379,38 @@ def krylov_products(m: int, block_size: int) -> int:
     return b + m + (m - (m % b or b))
 
 
+def _batch_seed(seed: int, batch: int) -> int:
+    """The seed of one batch's random start: a function of (seed, batch) only, not of the order
+    in which the workers run the batches."""
+    digest = hashlib.sha256(f"tangents {seed} {batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _map(run, n: int, workers: int) -> None:
+    """``run(0) .. run(n - 1)``, in ``workers`` threads of one intra-op thread each when > 1.
+
+    On CPU the batches are independent, so the cores share them out rather than split every
+    matmul and elementwise op: torch's intra-op parallelism waits for the slowest core at the
+    end of each op, and on a shared machine (another job on one core) that made 2 threads 3
+    times slower than 1 (measured: matmul of (512, 784) x (784, 1000), 13 vs 39 GFLOP/s), while
+    two one-thread workers lose nothing. The ops release the GIL.
+    """
+    if workers <= 1:
+        for batch in range(n):
+            run(batch)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # read by the worker threads when they start
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(run, range(n)):  # re-raises a worker's exception
+                pass
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
-def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, block_size: int = 4,
+def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, block_size: int = 1,
              batch_size: int = 512, seed: int = 0, method: str = "auto",
              device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MTC's tangents B_x of Eq. (5) for every row of X, batched and matrix-free.
@@ -359,19 +453,29 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 15, blo
         stack = copy.deepcopy(stack).to(device)
     was = stack.training
     stack.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
     N, d = X.shape
     U = torch.empty(N, k, d, dtype=dtype, device=X.device)
     S = torch.empty(N, k, dtype=dtype, device=X.device)
+    starts = range(0, N, batch_size)
+    local = threading.local()  # one workspace per worker thread, reused by its batches
+
+    @torch.no_grad()  # grad mode is per thread
+    def run(batch: int) -> None:
+        i = starts[batch]
+        x = X[i:i + batch_size].to(device=device, dtype=dtype)
+        if method == "explicit":
+            u, s = _explicit_batch(stack, x, k)
+        else:
+            if not hasattr(local, "work"):
+                local.work = {}
+            generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch))
+            u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator, local.work)
+        U[i:i + batch_size] = _fix_signs(u).to(X.device)
+        S[i:i + batch_size] = s.to(X.device)
+
+    workers = min(torch.get_num_threads(), len(starts)) if device.type == "cpu" else 1
     try:
-        for i in range(0, N, batch_size):
-            x = X[i:i + batch_size].to(device=device, dtype=dtype)
-            if method == "explicit":
-                u, s = _explicit_batch(stack, x, k)
-            else:
-                u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator)
-            U[i:i + batch_size] = _fix_signs(u).to(X.device)
-            S[i:i + batch_size] = s.to(X.device)
+        _map(run, len(starts), workers)
     finally:
         stack.train(was)
     return U, S
@@ -389,9 +493,10 @@ def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
 
     The stack enters through what J depends on, each layer's unit, encoder weight and bias
     (rather than the raw state_dict, which misses the unit and, for a Gaussian RBM, sigma);
-    then X's bytes, k and the options of ``tangents``.
+    then X's bytes, k and the options of ``tangents``, and the version of the algorithm, so
+    that tangents cached by an earlier version (other random starts) are recomputed.
     """
-    h = hashlib.sha256()
+    h = hashlib.sha256(_ALGORITHM.encode())
     for W, b, unit in _params(stack):
         h.update(unit.encode())
         _digest_tensor(h, W)
@@ -402,7 +507,7 @@ def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
 
 
 def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.PathLike, *,
-                    oversample: int = 15, block_size: int = 4, batch_size: int = 512, seed: int = 0,
+                    oversample: int = 13, block_size: int = 1, batch_size: int = 512, seed: int = 0,
                     method: str = "auto",
                     device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``tangents(...)``, stored in ``cache_dir`` and read back on the next call with the same inputs.
