@@ -261,6 +261,30 @@ def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2
 
 
 # -- the layer ------------------------------------------------------------------------------------
+class _DataAndChainPreactivation(torch.autograd.Function):
+    """``a = u W^T + b`` (2B, n_hidden) of ``u = [v_0; v_k]`` (2B, n_visible), the data stacked
+    over the chain end, given the data's half ``a_0`` already computed (without a graph: the
+    chain needed it first). Forward computes the chain end's half; backward gives
+    ``dW = g^T u``, ``db = sum_rows g`` and ``du = g W``: the weight gradient of both halves in one
+    (n_hidden x 2B) x (2B x n_visible) product. Two ``F.linear`` calls would give two products
+    and a fresh (n_hidden, n_visible) sum of them at every update."""
+
+    @staticmethod
+    def forward(ctx, a0, u, W, b):
+        B = a0.shape[0]
+        ctx.save_for_backward(u, W)
+        return torch.cat([a0, torch.addmm(b, u[B:], W.T)])  # (2B, n_hidden)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        u, W = ctx.saved_tensors
+        du = g @ W if ctx.needs_input_grad[1] else None  # (2B, n_visible)
+        dW = g.T @ u if ctx.needs_input_grad[2] else None  # (n_hidden, n_visible)
+        db = g.sum(0) if ctx.needs_input_grad[3] else None  # (n_hidden,)
+        return None, du, dW, db
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -398,9 +422,9 @@ class RBM(Layer):
         W, b, c, visible, sigma = self.W, self.b, self.c, self.visible, self.sigma
         gibbs = self._generator("train" if train else "val", x.device, 1 if train else 2)
         B = x.shape[0]
-        a0 = F.linear(_scaled(x, visible, sigma), W, b)  # (B, n_hidden), kept for F(v) below
-        h0_mean = torch.sigmoid(a0.detach())  # Eq. (3)/(7)
         with torch.no_grad():
+            a0 = F.linear(_scaled(x, visible, sigma), W, b)  # (B, n_hidden), kept for F(v) below
+            h0_mean = torch.sigmoid(a0)  # Eq. (3)/(7)
             if train and self.persistent:
                 if self.chains.shape[0] < B:  # first batch (or a larger one): chains from the data
                     self.chains = x.detach().clone()
@@ -414,9 +438,10 @@ class RBM(Layer):
                 v = sample_v_given_h(h, W, c, generator=gibbs, visible=visible, sigma=sigma)[2]
             if train and self.persistent:
                 self.chains[:B] = v
-        ak = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden), v = v_k is a constant
-        loss = (_free_energy_from(x, a0, c, visible, sigma).mean()
-                - _free_energy_from(v, ak, c, visible, sigma).mean())  # Eq. (13)
+        u = torch.cat([x, v])  # (2B, n_visible): the data over the chain end v_k, a constant
+        a = _DataAndChainPreactivation.apply(a0, _scaled(u, visible, sigma), W, b)  # (2B, n_hidden)
+        fe = _free_energy_from(u, a, c, visible, sigma)  # (2B,): F(v_0) then F(v_k), Eq. (2)/(6)
+        loss = fe[:B].mean() - fe[B:].mean()  # Eq. (13)
         terms = {"loss": loss}
         if monitor:
             with torch.no_grad():
