@@ -189,7 +189,8 @@ def main(argv=None) -> None:
     rows = []  # (name, wall s/epoch, CPU s/epoch, model)
     trainers = [("RBM, Lightning Trainer", lambda: best_of(train_lightning, X, args.epochs, args.seed)),
                 ("RBM, raw update loop", lambda: best_of(train_raw, X, args.epochs, args.seed)),
-                ("sklearn BernoulliRBM float32", lambda: best_of(train_sklearn, X_train, args.epochs, args.seed))]
+                ("sklearn BernoulliRBM float32",
+                 lambda: best_of(train_sklearn, X_train, args.epochs, args.seed))]
     if not args.skip_sklearn_float64:
         trainers.append(("sklearn BernoulliRBM float64",
                          lambda: best_of(train_sklearn, X_train.astype(np.float64), args.epochs, args.seed)))
@@ -199,7 +200,8 @@ def main(argv=None) -> None:
         say(f"  {name}: {seconds:.2f} s/epoch, CPU {cpu:.2f} s (best of {args.repeats})")
     say(f"  raw loop and Trainer end with the same weights: {torch.equal(rows[0][3].W, rows[1][3].W)}")
     # the matmul rate once more, after the trainers: other processes only ever add time
-    ideal, ideal_cpu = min(ideal, ideal_epoch(n_b, n_v)), min(ideal_cpu, ideal_epoch(n_b, n_v, time.process_time))
+    ideal = min(ideal, ideal_epoch(n_b, n_v))
+    ideal_cpu = min(ideal_cpu, ideal_epoch(n_b, n_v, time.process_time))
     rate = n_b * 5 * flop / ideal / 1e9
     say(f"  fp32 torch.mm GFLOP/s (best of both readings): {rate:.1f} (wall), "
         f"{n_b * 5 * flop / ideal_cpu / 1e9:.1f} (CPU time); load average now {os.getloadavg()[0]:.1f}")
@@ -224,7 +226,8 @@ def main(argv=None) -> None:
                 exact[key] = pseudo_likelihood(Vb, W, b, c).mean().item()
             pl[name] = exact[key]
             gflops = n_b * 5 * flop / seconds / 1e9  # the five useful matmuls of each update
-            say(f"{name:<30} {seconds:8.2f} {cpu:6.2f} {gflops:8.1f} {ideal / seconds:10.0%} {ideal_cpu / cpu:8.0%} "
+            say(f"{name:<30} {seconds:8.2f} {cpu:6.2f} {gflops:8.1f} {ideal / seconds:10.0%} "
+                f"{ideal_cpu / cpu:8.0%} "
                 f"{ideal:8.2f} {pl[name]:14.2f} {one_flip_score(V, flips, W, b, c):16.2f}")
     wall = {name: seconds for name, seconds, _, _ in rows}
     cpu = {name: c for name, _, c, _ in rows}
