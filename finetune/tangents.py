@@ -226,7 +226,7 @@ def _one_thread():
 
 
 def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Generator,
-                    recent: int | None = None) -> torch.Tensor:
+                    recent: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (7)'s orth: rows of Z (B, b, d) made orthonormal and orthogonal to the rows of K (B, j, d).
 
     Two passes of block classical Gram-Schmidt, each followed by the symmetric
@@ -240,7 +240,8 @@ def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Ge
     leaves an orthogonality error of about eps cond(Z)^2, which the second pass, starting from
     nearly orthonormal rows, removes (as in CholeskyQR2). Directions lost to rounding are
     replaced by random ones (see the module docstring), which a further full pass then
-    orthogonalises. Z is overwritten and returned.
+    orthogonalises. Z is overwritten; the result is written to ``out`` when given (the basis's
+    next rows: no copy) and returned.
     """
     eps = torch.finfo(Z.dtype).eps * _BREAKDOWN_EPS
     ref = torch.linalg.vector_norm(Z, dim=-1).amax(-1).double() ** 2  # (B,) largest squared row norm
@@ -251,39 +252,48 @@ def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Ge
         if passes[npass]:
             basis = K[:, j - passes[npass]:j]
             Z = Z.baddbmm_(Z @ basis.transpose(1, 2), basis, alpha=-1)  # Z - (Z K^T) K, (B, b, d)
+        last = npass + 1 == len(passes)
+        dest = out if out is not None and last else Z
         if Z.shape[1] == 1:  # Lanczos: the (1, 1) Gram matrix is the squared norm
             lam = torch.linalg.vector_norm(Z, dim=-1).double() ** 2  # (B, 1)
             lost = lam <= eps * ref[:, None]
-            scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
-            Z = Z.mul_(scale.to(Z.dtype)[:, :, None])
+            if last or lost.any():  # projections do not need a unit row: scale once, at the end
+                scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
+                Z = torch.mul(Z, scale.to(Z.dtype)[:, :, None], out=dest)
+                lam = torch.ones_like(lam)
         else:
             lam, V = torch.linalg.eigh((Z @ Z.transpose(1, 2)).double())  # (B, b), (B, b, b)
             lost = lam <= eps * ref[:, None]  # (B, b)
             scale = torch.where(lost, torch.zeros_like(lam), lam.clamp_min(1e-300).rsqrt())
-            Z = Z.copy_((V.transpose(1, 2) * scale[:, :, None]).to(Z.dtype) @ Z)  # orthonormal rows or 0
+            Z = dest.copy_((V.transpose(1, 2) * scale[:, :, None]).to(Z.dtype) @ Z)  # orthonormal rows or 0
         if lost.any():
             noise = torch.randn(Z.shape, generator=generator, dtype=Z.dtype,
                                 device=Z.device) / math.sqrt(Z.shape[-1])
             Z = Z.copy_(torch.where(lost[:, :, None], noise, Z))
             if npass + 1 == len(passes) and len(passes) < 4:
                 passes.append(j)  # orthogonalise the random directions
-        ref = torch.ones_like(ref)  # the next pass starts from rows of norm 1
+        ref = lam.amax(-1) if Z.shape[1] == 1 else torch.ones_like(ref)  # the next pass's start
         npass += 1
     return Z
 
 
 def _fix_signs(U: torch.Tensor) -> torch.Tensor:
-    """Flip each row of U (B, k, d), in place, so that its largest-magnitude entry is positive."""
-    idx = U.abs().argmax(-1, keepdim=True)  # (B, k, 1)
-    sign = torch.sign(torch.gather(U, -1, idx))
-    return U.mul_(torch.where(sign == 0, torch.ones_like(sign), sign))
+    """Flip each row of U (B, k, d), in place, so that its largest-magnitude entry is positive.
+
+    From the row's largest and smallest entries (``abs().argmax()`` was 2.5% of the whole
+    computation, amax and amin are vectorised and 4 times cheaper); a row whose extremes are
+    +a and -a keeps its sign.
+    """
+    hi, lo = U.amax(-1, keepdim=True), U.amin(-1, keepdim=True)  # (B, k, 1)
+    return U.mul_(torch.where(hi >= -lo, 1.0, -1.0).to(U.dtype))
 
 
-def _krylov_batch(params, x, k, m, b, generator, work: dict):
+def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor | None = None):
     """Eqs. (6)-(8) on one batch: (B, d) -> U (B, k, d), S (B, k).
 
-    ``work`` holds the scratch tensors (the basis, the products, U), reused from one block and
-    one batch to the next: U is overwritten by the next call with the same workspace.
+    ``work`` holds the scratch tensors (the basis, the products), reused from one block and
+    one batch to the next. U is written to ``out`` when given, else to a scratch tensor that
+    the next call with the same workspace overwrites.
     """
     h, slopes = _forward(params, x)
     B, d = x.shape
@@ -293,7 +303,8 @@ def _krylov_batch(params, x, k, m, b, generator, work: dict):
     P = _scratch(work, "P", (B, m, n_L), x)  # J K^T as rows
     omega = torch.randn(B, sizes[0], n_L, generator=generator, dtype=x.dtype, device=x.device)
     with _one_thread():
-        K[:, :sizes[0]] = _orthonormalize(_vjp_rows(params, slopes, omega, work), None, generator)  # Eq. (6)
+        _orthonormalize(_vjp_rows(params, slopes, omega, work), None, generator,
+                        out=K[:, :sizes[0]])  # Eq. (6)
     j = prev = 0
     for i, size in enumerate(sizes):
         # for b = 1 the block K[:, j] is a (B, d) matrix with row stride m d: a view, no copy
@@ -303,13 +314,13 @@ def _krylov_batch(params, x, k, m, b, generator, work: dict):
             Z = _vjp_rows(params, slopes, P[:, j - size:j], work)  # J^T J Q_{i}
             nxt = sizes[i + 1]
             with _one_thread():  # the last block is smaller: keep its leading directions
-                K[:, j:j + nxt] = _orthonormalize(Z[:, :nxt], K[:, :j], generator,
-                                                  recent=size + prev)  # Eq. (7)
+                _orthonormalize(Z[:, :nxt], K[:, :j], generator, recent=size + prev,
+                                out=K[:, j:j + nxt])  # Eq. (7)
             prev = size
     with _one_thread():
         theta, Y = torch.linalg.eigh((P @ P.transpose(1, 2)).double())  # Eq. (8), ascending
     Yk = Y.flip(-1)[:, :, :k].transpose(1, 2).to(x.dtype)  # (B, k, m), descending theta
-    U = torch.bmm(Yk, K, out=_scratch(work, "U", (B, k, d), x))  # (B, k, d), Eq. (8)
+    U = torch.bmm(Yk, K, out=_scratch(work, "U", (B, k, d), x) if out is None else out)  # Eq. (8)
     # sigma_i = ||J v_i|| from P rather than sqrt(theta_i): the square root of a Gram eigenvalue
     # has an absolute error of sqrt(eps) sigma_1, the norm only eps sigma_1 (small sigma_i stay small)
     S = torch.linalg.vector_norm(torch.bmm(Yk, P, out=_scratch(work, "JU", (B, k, n_L), x)), dim=-1)
@@ -463,14 +474,18 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, blo
     def run(batch: int) -> None:
         i = starts[batch]
         x = X[i:i + batch_size].to(device=device, dtype=dtype)
+        out = None
         if method == "explicit":
             u, s = _explicit_batch(stack, x, k)
         else:
             if not hasattr(local, "work"):
                 local.work = {}
             generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch))
-            u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator, local.work)
-        U[i:i + batch_size] = _fix_signs(u).to(X.device)
+            out = U[i:i + batch_size] if U.device == device else None  # no copy of U
+            u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator, local.work, out)
+        _fix_signs(u)
+        if out is None:
+            U[i:i + batch_size] = u.to(X.device)
         S[i:i + batch_size] = s.to(X.device)
 
     workers = min(torch.get_num_threads(), len(starts)) if device.type == "cpu" else 1

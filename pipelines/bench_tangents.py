@@ -1,20 +1,24 @@
 """Speed benchmark: the MTC's k = 15 tangents for the 60000 MNIST training images.
 
-The stack is 784-1000-500 with sigmoid units (the first two layer sizes of the MTC paper's
-MNIST models; 500 on top keeps J(x) at (500, 784)), untrained (seeded Glorot weights) unless
-``--pretrain-epochs E`` first trains each layer as a CAE for E epochs on the first 10000 images.
-Three measurements in one run:
+The stack is 784-1000-500 with sigmoid units by default (the first two layer sizes of the MTC
+paper's MNIST models; 500 on top keeps J(x) at (500, 784)); ``--sizes 784,1000,1000`` is the
+MTC's own two-layer stack. Weights are untrained (seeded Glorot) unless ``--pretrain-epochs E``
+first trains each layer as a CAE for E epochs on the first 10000 images. Three measurements in
+one run:
 
-1. ``finetune.tangents.tangents`` on the first ``--n`` images, for each ``--oversample`` value.
-   Its matmuls are counted exactly: a Krylov space of m = k + oversample vectors costs
-   ``b + m + (m - last block)`` products with J or J^T per example (b the block size), each
-   ``2 * sum_l n_l n_{l-1}`` flops; the achieved GFLOP/s is that count over the wall time.
+1. ``finetune.tangents.tangents`` on the first ``--n`` images, for each ``--configs`` entry
+   ``oversample:block_size``. Its matmuls are counted exactly: a Krylov space of
+   m = k + oversample vectors costs ``b + m + (m - last block)`` products with J or J^T per
+   example (b the block size), each ``2 * sum_l n_l n_{l-1}`` flops; the achieved GFLOP/s is
+   that count over the wall time, and the ideal time that count at the machine's matmul rate.
 2. The exact per-example SVD of the explicit Jacobian (``torch.linalg.svd``, float32, batches of
    50) on ``--sample`` images, extrapolated linearly to the whole set.
-3. This machine's fp32 ``torch.mm`` rate on the shapes the tangents use, measured just before
-   and just after (the machines are shared: only ratios taken at the same moment mean much;
-   the process CPU time is printed beside the wall time for the same reason: on a machine
-   shared with other jobs, CPU seconds / threads is what the run would take alone).
+3. This machine's fp32 ``torch.mm`` rate on the shapes the tangents use, measured before and
+   after each configuration, two ways: torch's intra-op threads on one product, and one
+   one-thread product per core at once (how ``tangents`` uses the cores); the better is the
+   machine rate. The machines are shared: only ratios taken at the same moment mean much, so
+   the load average and the process CPU time are printed beside the wall time (on a machine
+   shared with other jobs, CPU seconds / cores is about what the run would take alone).
 
 Accuracy on the sample, against the float64 SVD of the explicit Jacobian: the largest
 principal angle between the computed and the exact top-k subspaces (max and median over the
@@ -22,11 +26,14 @@ sample), the relative error of the singular values, and the captured energy
 ``sum_i ||J u_i||^2 / sum_{i<=k} sigma_i^2`` (1 for the exact subspace; meaningful even when
 sigma_k ~ sigma_{k+1} makes the angle ill-defined), with the median gap ratio sigma_{k+1}/sigma_k.
 
-    python -m pipelines.bench_tangents [--data-dir ../shared/data] [--n N] [--oversample 15[,30]]
+    python -m pipelines.bench_tangents [--data-dir ../shared/data] [--n N] [--configs 13:1,15:4]
+        [--sizes 784,1000,1000] [--pretrain-epochs E]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import threading
 import time
 
 import numpy as np
@@ -48,19 +55,52 @@ def load_images(data_dir: str | None, n: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(X))
 
 
-def matmul_rate(rows: int, d: int, h: int, seconds: float = 2.0) -> float:
-    """fp32 GFLOP/s of ``(rows, d) x (d, h)`` torch.mm, the best of 1 s loops."""
+def matmul_rate(rows: int, d: int, h: int, seconds: float = 2.0, workers: int = 1,
+                clock=time.perf_counter) -> float:
+    """fp32 GFLOP/s of ``(rows, d) x (d, h)`` torch.mm, the best of 0.5 s loops on ``clock``.
+
+    With ``workers`` > 1, that many threads of one intra-op thread each run the product at
+    once (as ``tangents`` shares batches out to the cores) and the rate is their sum; with 1,
+    one product at a time on torch's intra-op threads. ``clock=time.process_time`` (with one
+    thread) gives the rate per CPU second, which other jobs on the machine barely change.
+    """
+    if workers > 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        rates = [0.0] * workers
+        try:
+            pool = [threading.Thread(target=lambda i=i: rates.__setitem__(i, matmul_rate(rows, d, h, seconds)))
+                    for i in range(workers)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+        finally:
+            torch.set_num_threads(threads)
+        return sum(rates)
     a, w = torch.rand(rows, d), torch.rand(d, h)
     a @ w
     best = 0.0
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 0.5:
+        n, t0 = 0, clock()
+        while clock() - t0 < 0.5:
             a @ w
             n += 1
-        best = max(best, 2.0 * rows * d * h * n / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 2.0 * rows * d * h * n / (clock() - t0) / 1e9)
     return best
+
+
+def machine_rate(rows: int, d: int, h: int, seconds: float = 1.0) -> tuple[float, float, float]:
+    """GFLOP/s: (intra-op threads, one product per core, one core per CPU second)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        per_core = matmul_rate(rows, d, h, seconds, clock=time.process_time)
+    finally:
+        torch.set_num_threads(threads)
+    return (matmul_rate(rows, d, h, seconds), matmul_rate(rows, d, h, seconds, workers=threads),
+            per_core)
 
 
 def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES) -> float:
@@ -69,9 +109,19 @@ def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES) -> float
     return 2.0 * krylov_products(m, block_size) * sum(a * c for a, c in zip(sizes[:-1], sizes[1:]))
 
 
-def build_stack(seed: int, pretrain_epochs: int, X: torch.Tensor, contraction: float = 0.1) -> Stack:
+def explicit_flops(sizes=SIZES) -> float:
+    """Flops per example of the Gram form: J = D_L W_L ... D_1 W_1 built layer by layer from
+    the bottom (the cheapest order when the layers do not shrink below d), then J^T J, before
+    its d x d eigendecomposition."""
+    d = sizes[0]
+    build = sum(a * c for a, c in zip(sizes[1:-1], sizes[2:])) * d  # W_l (D W ... W_1), l >= 2
+    return 2.0 * (build + d * d * sizes[-1])
+
+
+def build_stack(seed: int, pretrain_epochs: int, X: torch.Tensor, contraction: float = 0.1,
+                sizes=SIZES) -> Stack:
     layers = [AutoEncoder(a, c, seed=seed + i, contraction=contraction, lr=1e-3, optimizer="adam")
-              for i, (a, c) in enumerate(zip(SIZES[:-1], SIZES[1:]))]
+              for i, (a, c) in enumerate(zip(sizes[:-1], sizes[1:]))]
     if pretrain_epochs:
         from pipelines.datamodule import ArrayDataModule
         from pipelines.training import make_trainer, quiet_lightning
@@ -120,13 +170,19 @@ def accuracy(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, S_ref: torch.Te
             "orth_err": (U @ U.transpose(1, 2) - torch.eye(k, dtype=U.dtype)).abs().max().item()}
 
 
+def _load() -> str:
+    return "load average " + " / ".join(f"{v:.1f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--n", type=int, default=60000, help="images to compute tangents for")
     ap.add_argument("--sample", type=int, default=200, help="images for the exact SVD")
-    ap.add_argument("--oversample", default="15", help="comma-separated oversample values")
-    ap.add_argument("--block-size", type=int, default=4)
+    ap.add_argument("--configs", default="13:1,15:4",
+                    help="comma-separated oversample:block_size pairs (default: the default "
+                         "Lanczos, m = 28, and the former block Krylov default, m = 30, b = 4)")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer sizes, from 784")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--pretrain-epochs", type=int, default=0)
     ap.add_argument("--contraction", type=float, default=0.1, help="CAE lambda for --pretrain-epochs")
@@ -136,16 +192,21 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.sample = min(args.sample, args.n)
+    sizes = tuple(int(v) for v in args.sizes.split(","))
+    configs = [tuple(int(v) for v in c.split(":")) for c in args.configs.split(",")]
 
     X = load_images(args.data_dir, max(args.n, args.sample))
-    stack = build_stack(args.seed, args.pretrain_epochs, X, args.contraction)
+    stack = build_stack(args.seed, args.pretrain_epochs, X, args.contraction, sizes)
     weights = (f"CAE-pretrained (lambda {args.contraction}) {args.pretrain_epochs} epochs on 10000 "
                f"images" if args.pretrain_epochs else "untrained")
-    print(f"stack {'-'.join(map(str, SIZES))} sigmoid, {weights}; k={K}; "
-          f"{torch.get_num_threads()} threads; n={args.n}")
-    rows = args.batch_size * args.block_size
-    rate0 = matmul_rate(rows, SIZES[0], SIZES[1])
-    print(f"fp32 matmul rate ({rows}x{SIZES[0]} @ {SIZES[0]}x{SIZES[1]}): {rate0:.1f} GFLOP/s")
+    print(f"stack {'-'.join(map(str, sizes))} sigmoid, {weights}; k={K}; "
+          f"{torch.get_num_threads()} threads; n={args.n}; {_load()}")
+    rows = args.batch_size
+    cores = torch.get_num_threads()
+    shape = f"{rows}x{sizes[0]} @ {sizes[0]}x{sizes[1]}"
+    rates = [machine_rate(rows, sizes[0], sizes[1])]
+    print(f"fp32 matmul rate ({shape}): {rates[0][0]:.1f} GFLOP/s on {cores} intra-op threads, "
+          f"{rates[0][1]:.1f} with one product per core; {rates[0][2]:.1f} per CPU second of one core")
 
     t0 = time.perf_counter()
     Vh, S_ref = exact(stack, X[:args.sample], torch.float64)
@@ -157,28 +218,43 @@ def main(argv=None) -> None:
           f"(-> {t32 * 60000 / args.sample:.0f} s for 60000), float64 {t64:.1f} s "
           f"(-> {t64 * 60000 / args.sample:.0f} s)")
 
-    print("\n| oversample | m | s (n images) | s / 60000 (extrapolated) | CPU s / 60000 | GFLOP/s | "
-          "of matmul rate | max angle (rad) max / median | sigma rel. err. median / max | "
-          "energy min / median |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    rates = [rate0]
-    for oversample in (int(v) for v in args.oversample.split(",")):
+    print("\nWall time depends on the other jobs of a shared machine; CPU time barely does: "
+          f"'alone' is CPU s / {cores} cores, 'ideal' the products alone at {cores} times the "
+          "per-CPU-second matmul rate.\n")
+    print("| oversample | b | m | products | s (n images) | s / 60000 | CPU s / 60000 | alone s / 60000 | "
+          "ideal s / 60000 | GFLOP/s of wall | of matmul rate | GFLOP per CPU s | of per-core rate | "
+          "max angle (rad) max / median | sigma rel. err. median / max | energy min / median |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for oversample, block_size in configs:
         t0, c0 = time.perf_counter(), time.process_time()
-        U, S = tangents(stack, X[:args.n], K, oversample=oversample, block_size=args.block_size,
+        U, S = tangents(stack, X[:args.n], K, oversample=oversample, block_size=block_size,
                         batch_size=args.batch_size, seed=args.seed, method="krylov")
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        gflops = krylov_flops(K, oversample, args.block_size) * args.n / dt / 1e9
-        rates.append(matmul_rate(rows, SIZES[0], SIZES[1], seconds=1.0))
-        rate = 0.5 * (rates[-2] + rates[-1])
+        flops = krylov_flops(K, oversample, block_size, sizes)
+        rates.append(machine_rate(rows, sizes[0], sizes[1]))
+        rate = max(0.5 * (rates[-2][0] + rates[-1][0]), 0.5 * (rates[-2][1] + rates[-1][1]))
+        per_core = max(rates[-2][2], rates[-1][2])
         acc = accuracy(U[:args.sample], S[:args.sample], Vh, S_ref)
-        print(f"| {oversample} | {K + oversample} | {dt:.1f} | {dt * 60000 / args.n:.0f} | "
-              f"{cpu * 60000 / args.n:.0f} | {gflops:.1f} | "
-              f"{gflops / rate:.0%} | {acc['angle_max']:.3f} / {acc['angle_median']:.3f} | "
+        m = min(K + oversample, sizes[0])
+        scale = 60000 / args.n
+        print(f"| {oversample} | {block_size} | {m} | {krylov_products(m, block_size)} | {dt:.1f} | "
+              f"{dt * scale:.0f} | {cpu * scale:.0f} | {cpu * scale / cores:.0f} | "
+              f"{flops * 60000 / (cores * per_core) / 1e9:.0f} | {flops * args.n / dt / 1e9:.1f} | "
+              f"{flops * args.n / dt / 1e9 / rate:.0%} | {flops * args.n / cpu / 1e9:.1f} | "
+              f"{flops * args.n / cpu / 1e9 / per_core:.0%} | "
+              f"{acc['angle_max']:.3f} / {acc['angle_median']:.3f} | "
               f"{acc['sv_relerr_median']:.1e} / {acc['sv_relerr_max']:.1e} | "
               f"{acc['energy_min']:.4f} / {acc['energy_median']:.4f} |", flush=True)
-    print(f"\nmatmul rate during the run: {min(rates):.1f} .. {max(rates):.1f} GFLOP/s; "
-          f"median gap ratio sigma_{K + 1}/sigma_{K} = {acc['gap_ratio']:.3f}; "
-          f"orthonormality error {acc['orth_err']:.1e}")
+    lo = min(max(r[:2]) for r in rates)
+    hi = max(max(r[:2]) for r in rates)
+    print(f"\nmatmul rate during the run: {lo:.1f} .. {hi:.1f} GFLOP/s (the better of the two ways), "
+          f"{min(r[2] for r in rates):.1f} .. {max(r[2] for r in rates):.1f} per CPU second of one "
+          f"core; median gap ratio sigma_{K + 1}/sigma_{K} = {acc['gap_ratio']:.3f}; "
+          f"orthonormality error {acc['orth_err']:.1e}; {_load()}")
+    print(f"Gram form (explicit J, then J^T J): {explicit_flops(sizes) / 1e9:.2f} GFLOP per example "
+          f"before its eigendecomposition, {explicit_flops(sizes) * 60000 / hi / 1e9:.0f} s for "
+          f"60000 at the best matmul rate, {explicit_flops(sizes) / krylov_flops(K, *configs[0], sizes):.0f} "
+          f"times the products of the first configuration")
 
 
 if __name__ == "__main__":
