@@ -13,7 +13,8 @@ For a stack of layers ``h_l = s_l(W_l h_{l-1} + b_l)`` (``pretrain.stack``) with
 Neither (3) nor (4) forms J: each is one matmul per layer on a whole batch of vectors, so the
 tangents are computed matrix-free, for a whole batch at once, by a randomized block Krylov
 method on J^T J (Musco and Musco 2015; Halko, Martinsson and Tropp 2011 for the randomized
-start), with m = k + oversample Krylov vectors built in blocks of b:
+start), with m = k + oversample Krylov vectors built in blocks of b (b = 1, the default, is
+Lanczos with full reorthogonalisation):
 
     (6) Q_0 = orth(J^T Omega),  Omega ~ N(0, I) of shape (n_L, b)               start in the row space
     (7) Q_j = orth((I - K_j K_j^T) J^T J Q_{j-1}),  K_j = [Q_0 .. Q_{j-1}]      j = 1 .. ceil(m/b) - 1
@@ -22,33 +23,45 @@ start), with m = k + oversample Krylov vectors built in blocks of b:
 
 Eq. (7) keeps every block (not only the last, as subspace iteration does): for the same
 number of products with J the Krylov space holds polynomials of higher degree in J^T J, and
-it was 2 to 4 times cheaper for a given accuracy on MNIST stacks. ``orth`` is block classical
-Gram-Schmidt against K done twice ("twice is enough"), then a symmetric orthonormalisation of
-the block through the eigendecomposition of its (b, b) Gram matrix in float64; a direction
-that projection reduces to rounding error (the Krylov space has exhausted the row space of J,
-whose rank is at most n_L) is replaced by a random one, so K stays orthonormal and the result
-is defined even for k >= rank J (then sigma_i = 0 and v_i completes an orthonormal basis).
-The heavy products (3), (4) run in the stack's dtype; Gram matrices and eigen problems in
-float64.
+it was 2 to 4 times cheaper for a given accuracy on MNIST stacks; for the same reason b = 1
+(degree m) beats blocks: on MNIST, k = 15, b = 1 with m = 28 (56 products) is as accurate as
+b = 4 with m = 30 (62 products), see below. ``orth`` is block classical Gram-Schmidt done twice
+("twice is enough"), the first pass against the last two blocks only (in exact arithmetic
+J^T J Q_{j-1} is orthogonal to the older ones), the second against all of K, each followed by
+a symmetric orthonormalisation of the block (for b > 1 through the eigendecomposition of its
+(b, b) Gram matrix in float64); a direction that projection reduces to rounding error (the
+Krylov space has exhausted the row space of J, whose rank is at most n_L) is replaced by a
+random one, so K stays orthonormal and the result is defined even for k >= rank J (then
+sigma_i = 0 and v_i completes an orthonormal basis). The heavy products (3), (4) run in the
+stack's dtype; the small eigenproblems in float64.
 
-Cost, and the choice of path. Eqs. (6)-(8) cost ``b + m + (m - last block)``, about 2m,
+Cost, and the choice of path. Eqs. (6)-(8) cost ``b + m + (m - last block)`` (2m for b = 1)
 products with J or J^T per example, each ``2 sum_l n_l n_{l-1}`` flops, plus O(m^2 d) for the
 orthogonalisation. J itself, built by (4) on the n_L unit vectors (or (3) on the d unit
 vectors), costs min(n_L, d) products, and its batched SVD is exact: ``method="auto"`` takes
 that path when it needs no more products than the Krylov method, ``"explicit"`` and
 ``"krylov"`` force one. Either way memory per batch is bounded and J is never formed for the
-whole set. Measured on 2 CPU cores, 4096 random inputs, CPU seconds (explicit / Krylov):
-64-30-12, k=5, m=12: 1.0 / 2.6; 64-100-40, k=5, m=30: 2.1 / 5.3; 784-500-50, k=15, m=30:
-11.5 / 9.3; 784-500-100, k=15, m=30: 26.7 / 10.2; for the MNIST stack 784-1000-500 the
-explicit SVD is about 25 times dearer than Krylov with m=30 (``pipelines.bench_tangents``).
+whole set. Forming J^T J per example instead (the Gram form) costs 2 d n_L (n_1 + d) flops for
+two layers, 10 to 14 times the Krylov products for the MNIST stacks, before a (d, d) eigh.
+
+Speed (``pipelines.bench_tangents``, 60000 MNIST images, k = 15, 784-1000-500 sigmoid stack,
+2-core AMD EPYC, one core about 90 GFLOP/s in fp32 matmul): the products are 8.6 TFLOP, 47 s
+at the matmul rate of both cores; the whole computation runs at about 72% of it, 130-150 CPU
+seconds, 65-75 s on an idle machine. The rest is the full reorthogonalisation (memory-bound:
+K is read twice per step), the small eigenproblems, Eq. (8)'s products and the elementwise
+slopes. On CPU the batches are shared out to ``torch.get_num_threads()`` worker threads of
+one intra-op thread each (see ``_map``); on a GPU they run one after the other.
 
 How good the tangents are depends on the spectrum: the top-k subspace is only defined up to
 the gap sigma_k - sigma_{k+1}. On MNIST through an untrained 784-1000-500 sigmoid stack, k=15,
-the spectrum is flat (median sigma_16 / sigma_15 = 0.993): the Krylov tangents capture a
-median 71% (m=20), 88% (m=30, the default) and 97% (m=45) of the energy
+the spectrum is flat (median sigma_16 / sigma_15 = 0.993): the Lanczos tangents capture a
+median 82% (m=24), 88% (m=28, the default) and 99% (m=45) of the energy
 ``sum_{i<=k} sigma_i^2`` of the exact top-15 subspace, while their principal angles to it stay
-near pi/2, since that subspace is barely defined. With a gap, convergence is fast: the tests
-reach angles below 1e-3 rad with m=30 for a Jacobian of rank 40.
+near pi/2, since that subspace is barely defined. Through a CAE-pretrained 784-1000-1000 stack
+(sigma_16 / sigma_15 = 0.96, sigma_30 / sigma_15 = 0.45) m = 28 captures a median 99.9%
+(minimum 97%) with a median largest angle of 0.44 rad, and m = 45 is exact to 1e-3 rad. With a
+gap, convergence is fast: the tests reach angles below 1e-3 rad with m=30 for a Jacobian of
+rank 40.
 
 References
 ----------
@@ -435,23 +448,24 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, blo
         dimensions (at most d). More is more accurate and proportionally slower (about 2 m
         products with J per example).
     block_size : b, vectors per Krylov block; the space holds polynomials of degree about m / b
-        in J^T J. Smaller blocks converge faster per product, larger ones resolve clusters of
-        equal singular values and make bigger matmuls.
-    batch_size : examples per batch (memory about ``batch_size * m * (d + n_hidden)`` numbers).
-    seed : seed of the random start Omega; results depend on it and on batch_size, within the
-        method's accuracy.
+        in J^T J. Smaller blocks converge faster per product (b = 1, Lanczos, the fastest at
+        equal accuracy on MNIST), larger ones resolve clusters of equal singular values.
+    batch_size : examples per batch (memory about ``batch_size * m * (d + n_hidden)`` numbers
+        per worker thread).
+    seed : seed of the random start Omega, drawn per batch from (seed, batch index); results
+        depend on it and on batch_size, within the method's accuracy, not on the thread count.
     method : ``"auto"`` (the explicit SVD when J costs no more products with J than the
         Krylov method, ``min(n_hidden, d) <= krylov_products(m, block_size)``, else Krylov),
         ``"krylov"`` or ``"explicit"``.
+    device : where the products run (e.g. ``"cuda"``); default: the stack's device. The stack
+        itself stays where it is (the explicit method works on a copy). On CPU the batches go
+        to ``torch.get_num_threads()`` worker threads of one intra-op thread each.
 
     Returns
     -------
     U : (N, k, d) orthonormal rows: the k leading right singular vectors of J(x), each with its
         largest entry positive.
     S : (N, k) the singular values, descending.
-
-    device : where the products run (e.g. ``"cuda"``); default: the stack's device. The stack
-        itself stays where it is (the explicit method works on a copy).
 
     Computed in the stack's dtype (X is converted), on ``device``; returned on X's device.
     """

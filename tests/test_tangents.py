@@ -244,3 +244,63 @@ def test_jvp_is_differentiable_in_the_weights():
         else:
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
     assert any(r is not None and r.abs().max() > 1e-3 for r in ref)
+
+
+def test_lanczos_matches_the_svd_over_uneven_batches_and_blocks_agree():
+    # 11 rows in batches of 4, 4, 3: each worker's scratch buffers are reused, then resized
+    stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
+    X = _x(11, 64)
+    Vh, S_ref = _exact(stack, X)
+    U, S = tangents(stack, X, 5, oversample=25, block_size=1, batch_size=4, method="krylov")
+    assert _angle(U, Vh[:, :5]).max() < 1e-3
+    torch.testing.assert_close(S, S_ref[:, :5], rtol=1e-4, atol=0)
+    torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(5, dtype=U.dtype).expand(11, 5, 5),
+                               rtol=0, atol=1e-12)
+    U4, S4 = tangents(stack, X, 5, oversample=25, block_size=4, batch_size=4, method="krylov")
+    assert _angle(U, U4).max() < 2e-3
+    torch.testing.assert_close(S, S4, rtol=1e-4, atol=0)
+
+
+def test_results_do_not_depend_on_the_thread_count_and_threads_are_restored():
+    stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
+    X = _x(14, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one batch after the other, in this thread
+        U1, S1 = tangents(stack, X, 5, batch_size=4, method="krylov")
+        torch.set_num_threads(2)  # four batches shared out to two worker threads
+        U2, S2 = tangents(stack, X, 5, batch_size=4, method="krylov")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(U1, U2) and torch.equal(S1, S2)
+
+
+def test_a_failing_batch_raises_and_restores_the_thread_count(monkeypatch):
+    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    X = _x(9, 64)
+    real = tg._krylov_batch
+
+    def fail_on_the_second_batch(params, x, *args):
+        if len(x) == 3:
+            raise RuntimeError("batch failed")
+        return real(params, x, *args)
+
+    monkeypatch.setattr(tg, "_krylov_batch", fail_on_the_second_batch)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="batch failed"):
+            tangents(stack, X, 3, batch_size=6, method="krylov")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_cache_key_changes_with_the_algorithm_version(monkeypatch):
+    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    X = _x(3, 64)
+    key = tg.tangent_key(stack, X, 4, oversample=2)
+    assert tg.tangent_key(stack, X, 4, oversample=2) == key
+    monkeypatch.setattr(tg, "_ALGORITHM", tg._ALGORITHM + " next")
+    assert tg.tangent_key(stack, X, 4, oversample=2) != key
