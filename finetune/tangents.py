@@ -44,13 +44,15 @@ that path when it needs no more products than the Krylov method, ``"explicit"`` 
 whole set. Forming J^T J per example instead (the Gram form) costs 2 d n_L (n_1 + d) flops for
 two layers, 10 to 14 times the Krylov products for the MNIST stacks, before a (d, d) eigh.
 
-Speed (``pipelines.bench_tangents``, 60000 MNIST images, k = 15, 784-1000-500 sigmoid stack,
-2-core AMD EPYC, one core about 90 GFLOP/s in fp32 matmul): the products are 8.6 TFLOP, 47 s
-at the matmul rate of both cores; the whole computation runs at about 72% of it, 130-150 CPU
-seconds, 65-75 s on an idle machine. The rest is the full reorthogonalisation (memory-bound:
-K is read twice per step), the small eigenproblems, Eq. (8)'s products and the elementwise
-slopes. On CPU the batches are shared out to ``torch.get_num_threads()`` worker threads of
-one intra-op thread each (see ``_map``); on a GPU they run one after the other.
+Speed (``pipelines.bench_tangents``, 60000 MNIST images, k = 15, m = 28, 2-core AMD EPYC whose
+cores each multiply fp32 matrices at about 90 GFLOP/s): through a 784-1000-500 stack the
+products are 8.6 TFLOP, 47 s at the rate of both cores; the whole computation takes 130 CPU
+seconds (72% of that rate), about 65 s on an idle machine; through the MTC's 784-1000-1000
+stack 12 TFLOP, 65 s ideal, 166 CPU seconds, about 83 s. The rest is the full
+reorthogonalisation (memory-bound: K is read twice per step), the small eigenproblems,
+Eq. (8)'s products and the elementwise slopes. On CPU the batches are shared out to
+``torch.get_num_threads()`` worker threads of one intra-op thread each (see ``_map``); on a
+GPU they run one after the other.
 
 How good the tangents are depends on the spectrum: the top-k subspace is only defined up to
 the gap sigma_k - sigma_{k+1}. On MNIST through an untrained 784-1000-500 sigmoid stack, k=15,
@@ -243,8 +245,9 @@ def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Ge
     """Eq. (7)'s orth: rows of Z (B, b, d) made orthonormal and orthogonal to the rows of K (B, j, d).
 
     Two passes of block classical Gram-Schmidt, each followed by the symmetric
-    orthonormalisation ``(Z Z^T)^{-1/2} Z`` (for b = 1 a division by the norm; for b > 1 the
-    (b, b) eigenproblem in float64). The first pass projects against the last ``recent`` rows
+    orthonormalisation ``(Z Z^T)^{-1/2} Z`` (for b > 1 through the (b, b) eigenproblem in
+    float64; for b = 1 a division by the norm, after the second pass only, since a projection
+    does not need unit rows). The first pass projects against the last ``recent`` rows
     of K only (all of them when None), the second against all of K. In the Krylov recurrence,
     Z = J^T J Q_i is orthogonal in exact arithmetic to every block but the last two, so its
     components along the older ones are rounding errors that one pass removes (Lanczos with
