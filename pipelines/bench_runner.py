@@ -303,12 +303,6 @@ class BenchResult:
     tracking_uri: str
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir: str | None = None,
               root: str | Path = "mlruns", uri: str | None = None,
               log: Callable[[str], None] = print, accelerator: str = "cpu",
@@ -360,9 +354,9 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
         uri = tracking.default_uri(root)
     experiment_id = tracking.setup(uri, EXPERIMENT)
     stale = tracking.mark_stale_runs(experiment_id, digest)
-    if accelerator != "cpu" and torch_cuda_available():
-        import torch
+    import torch
 
+    if accelerator != "cpu" and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
     ctx = Context(prof, data_dir=data_dir, root=root, uri=uri, experiment_id=experiment_id,
                   experiment=EXPERIMENT, log=log, accelerator=accelerator)
