@@ -201,16 +201,22 @@ class ArrayDataModule(L.LightningDataModule):
     unlabeled : tensors ``(X_u, *extra_u)`` of an unlabeled pool: each training batch becomes
         ``{"labeled": ..., "unlabeled": ...}`` (see :class:`PairedLoader`).
     unlabeled_batch_size : pool rows paired with each labeled batch.
+    val_batch_size : rows per validation batch (default: ``batch_size``). Validation computes no
+        gradients, so larger batches only save per-step overhead: a fine-tuning run with 50-row
+        batches spent 80% of its time in 200 validation steps per epoch over 10000 rows.
     """
 
     def __init__(self, X_train, y_train=None, X_val=None, y_val=None, *, batch_size: int = 100,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  dtype: torch.dtype | str = torch.float32, train_extra=(), unlabeled=None,
-                 unlabeled_batch_size: int = 100):
+                 unlabeled_batch_size: int = 100, val_batch_size: int | None = None):
         super().__init__()
-        check_positive("batch_size", batch_size)
-        if int(batch_size) != batch_size:
-            raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value is None and name == "val_batch_size":
+                continue
+            check_positive(name, value)
+            if int(value) != value:
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -232,6 +238,7 @@ class ArrayDataModule(L.LightningDataModule):
             self._inputs(u, dtype, "unlabeled[0]") if i == 0 else _as_tensor(u, dtype, f"unlabeled[{i}]")
             for i, u in enumerate(unlabeled))
         self.unlabeled_batch_size = int(unlabeled_batch_size)
+        self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
         self.save_hyperparameters(ignore=["X_train", "y_train", "X_val", "y_val", "train_extra",
                                           "unlabeled"])
 
@@ -280,5 +287,5 @@ class ArrayDataModule(L.LightningDataModule):
         if self.X_val is None:
             return []  # Lightning runs no validation for an empty list
         rank, world = self._shard()
-        return SliceLoader(self.X_val, self.y_val, batch_size=self.batch_size, shuffle=False,
+        return SliceLoader(self.X_val, self.y_val, batch_size=self.val_batch_size, shuffle=False,
                            drop_last=False, seed=self.seed, rank=rank, world_size=world)

@@ -116,6 +116,19 @@ def test_trainer_sees_the_seeded_permutation_of_each_epoch_and_validates():
     assert dm.hparams.batch_size == 100 and dm.hparams.seed == 9
 
 
+def test_validation_batches_have_their_own_size_and_the_same_metric():
+    X, y = _data()
+    Xv, yv = X[:130].numpy(), y[:130].numpy()
+    dm = ArrayDataModule(X.numpy(), y.numpy(), Xv, yv, batch_size=20, val_batch_size=60)
+    assert [len(b[0]) for b in dm.val_dataloader()] == [60, 60, 10]
+    assert [len(b[0]) for b in ArrayDataModule(X, y, Xv, yv, batch_size=20).val_dataloader()] == [20] * 6 + [10]
+    assert torch.equal(_ids(dm.val_dataloader()), torch.arange(130))  # every row once, in order
+    with pytest.raises(ValueError, match="val_batch_size must be > 0, got 0"):
+        ArrayDataModule(X, y, Xv, yv, val_batch_size=0)
+    with pytest.raises(ValueError, match="val_batch_size must be an integer, got 2.5"):
+        ArrayDataModule(X, y, Xv, yv, val_batch_size=2.5)
+
+
 def test_no_validation_data_skips_validation():
     X, y = _data()
     model = _Recorder()
