@@ -12,7 +12,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -76,6 +76,12 @@ class LayerConfig(_Section):
     k: int | None = Field(None, ge=1)
     persistent: bool | None = None
     sigma: float | None = Field(None, gt=0)
+    centred: bool | None = None                  # centred gradient (pretrain.rbm, Eqs. 14-16)
+    centring_rate: float | None = Field(None, gt=0, le=1)
+
+    #: fields added after layer caches existed: left out of the digest while unset, so that the
+    #: stacks cached before them are found again (a field set to any value is in the digest)
+    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("centred", "centring_rate")
 
     @field_validator("kind")
     @classmethod
@@ -176,6 +182,10 @@ class PipelineConfig(_Section):
     def digest(self, *sections: str) -> str:
         """A short hash of the given sections (all when none): the key of cached stage outputs."""
         data = self.model_dump(mode="json")
+        for layer in data.get("pretrain", {}).get("layers", []):
+            for key in LayerConfig.DIGEST_WHEN_SET:
+                if layer.get(key) is None:
+                    layer.pop(key, None)
         if sections:
             data = {s: data[s] for s in sections}
         blob = json.dumps(data, sort_keys=True).encode()

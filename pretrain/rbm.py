@@ -40,12 +40,37 @@ gradient is the CD-k / PCD-k estimate of the negative log-likelihood gradient:
 where ``v_k`` is the end of a k-step Gibbs chain v -> h -> v' (CD: started at the data;
 PCD: persistent chains carried from one update to the next). Its value is not a log-likelihood.
 
+Centring (Montavon and Mueller 2012; Melchior, Fischer and Wiskott 2016), binary units: the same
+model written with offsets mu (visible) and lambda (hidden),
+
+    (14) E(v, h) = -c_o.(v - mu) - b_o.(h - lambda) - (h - lambda).W (v - mu)
+         which is Eq. (1) with b = b_o - W mu and c = c_o - W^T lambda,
+
+is trained by gradient steps on (W, b_o, c_o) instead of (W, b, c). With the CD estimates
+G_W = <h v^T>_0 - <h v^T>_k, G_b = <h>_0 - <h>_k, G_c = <v>_0 - <v>_k (h the hidden means):
+
+    (15) G_W^o = <(h - lambda)(v - mu)^T>_0 - <(h - lambda)(v - mu)^T>_k
+               = G_W - lambda G_c^T - G_b mu^T
+    (16) a step of eta along (G_W^o, G_b, G_c) in the centred coordinates moves the uncentred ones by
+         dW = eta G_W^o,  db = eta (G_b - G_W^o mu),  dc = eta (G_c - G_W^o^T lambda)
+
+so the layer keeps (W, b, c) (every formula above, ``encode`` and ``decode`` unchanged) and only
+its gradients are replaced by (16) before each optimizer step. The offsets are running means
+of the data and of its hidden means, mu <- (1 - nu) mu + nu <v>_0 and lambda <- (1 - nu) lambda +
+nu <h>_0 (nu = ``centring_rate``, mu starting at the first batch's mean, lambda at 1/2), updated
+after each step; moving them changes no parameter and so not the model. The centred gradient is
+invariant to flipping units (v -> 1 - v), which the plain one is not: on data far from 1/2 on
+average (a dark digit on a bright random background) the plain RBM's updates are dominated by
+the mean, and a DBN fine-tuned from it stayed near chance.
+
 References
 ----------
 Hinton, Training products of experts by minimizing contrastive divergence, Neural Comp. 2002.
 Tieleman, Training RBMs using approximations to the likelihood gradient, ICML 2008.
 Hinton, A practical guide to training restricted Boltzmann machines, UTML TR 2010-003.
 Besag, Statistical analysis of non-lattice data, The Statistician 1975.
+Montavon and Mueller, Deep Boltzmann machines and the centering trick, LNCS 7700, 2012.
+Melchior, Fischer and Wiskott, How to center deep Boltzmann machines, JMLR 17(99), 2016.
 """
 from __future__ import annotations
 
@@ -260,6 +285,15 @@ def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2
     return n_visible * F.logsigmoid(fe_flip - fe[:, None]).mean(1)  # Eq. (12)
 
 
+def centred_gradients(gW: torch.Tensor, gb: torch.Tensor, gc: torch.Tensor, mu: torch.Tensor,
+                      lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eqs. (15)-(16): the gradients (gW (n_hidden, n_visible), gb (n_hidden,), gc (n_visible,)) of
+    a loss in the uncentred parameters -> the uncentred move of a step on the centred ones, with
+    visible offset ``mu`` and hidden offset ``lam``. Linear, so it holds for -G as for G."""
+    gW_o = gW - torch.outer(lam, gc) - torch.outer(gb, mu)  # Eq. (15)
+    return gW_o, gb - gW_o @ mu, gc - gW_o.T @ lam  # Eq. (16)
+
+
 # -- the layer ------------------------------------------------------------------------------------
 class _DataAndChainPreactivation(torch.autograd.Function):
     """``a = u W^T + b`` (2B, n_hidden) of ``u = [v_0; v_k]`` (2B, n_visible), the data stacked
@@ -311,6 +345,10 @@ class RBM(Layer):
         batch uses and advances the first rows. Validation never advances them.
     lr, momentum, weight_decay : SGD settings; ``final_momentum``, ``momentum_switch_epoch``.
     sigma : standard deviation of Gaussian visible units (ignored for binary units).
+    centred : train by the centred gradient, Eqs. (14)-(16) (binary visible units only: a
+        Gaussian RBM's standardized inputs are centred already). The offsets are the buffers
+        ``offset_v`` and ``offset_h``, checkpointed with the weights.
+    centring_rate : nu, the offsets' running-mean rate, in (0, 1].
     seed : seeds the weight init; the Gibbs chains use ``seed + 1``, validation's
         pseudo-likelihood ``seed + 2`` (reset each validation epoch).
 
@@ -328,7 +366,8 @@ class RBM(Layer):
     def __init__(self, n_visible: int, n_hidden: int, *, visible: str = "bernoulli", k: int = 1,
                  persistent: bool = False, lr: float = 0.1, momentum: float = 0.5,
                  weight_decay: float = 2e-4, sigma: float = 1.0, final_momentum: float = 0.9,
-                 momentum_switch_epoch: int = 5, seed: int = 0):
+                 momentum_switch_epoch: int = 5, centred: bool = False, centring_rate: float = 0.01,
+                 seed: int = 0):
         super().__init__(lr=lr, optimizer="sgd", momentum=momentum, weight_decay=weight_decay)
         _check_int("n_visible", n_visible, 1)
         _check_int("n_hidden", n_hidden, 1)
@@ -338,6 +377,14 @@ class RBM(Layer):
         check_probability("final_momentum", final_momentum)
         _check_int("momentum_switch_epoch", momentum_switch_epoch, 0)
         _check_int("seed", seed, 0)
+        if not isinstance(centred, bool):
+            raise ValueError(f"centred must be True or False, got {centred!r}")
+        if centred and visible != "bernoulli":
+            raise ValueError("centred=True needs binary (visible='bernoulli') units: a Gaussian RBM's "
+                             "standardized inputs are centred already; drop centred or use visible='bernoulli'")
+        check_probability("centring_rate", centring_rate)
+        if centring_rate == 0:
+            raise ValueError("centring_rate must be in (0, 1], got 0 (the offsets would never move)")
         self.save_hyperparameters()
         self.visible_unit = "sigmoid" if visible == "bernoulli" else "linear"
         self.visible, self.k, self.persistent, self.sigma, self.seed = visible, k, persistent, sigma, seed
@@ -346,6 +393,11 @@ class RBM(Layer):
         self.b = torch.nn.Parameter(torch.zeros(n_hidden))  # hidden bias
         self.c = torch.nn.Parameter(torch.zeros(n_visible))  # visible bias
         self.register_buffer("chains", torch.empty(0, n_visible))  # PCD's visible chains
+        self.centred = centred
+        if centred:  # Eq. (14)'s offsets (an uncentred RBM's state has none): mu is empty until
+            self.register_buffer("offset_v", torch.empty(0))  # the first training batch sets it
+            self.register_buffer("offset_h", torch.full((n_hidden,), 0.5))
+        self._batch_means: tuple[torch.Tensor, torch.Tensor] | None = None
         self._generators: dict[str, torch.Generator] = {}
 
     # -- the contract ---------------------------------------------------------------------------
@@ -438,6 +490,8 @@ class RBM(Layer):
                 v = sample_v_given_h(h, W, c, generator=gibbs, visible=visible, sigma=sigma)[2]
             if train and self.persistent:
                 self.chains[:B] = v
+            if train and self.centred:  # <v>_0, <h>_0 for the offsets, moved after the step
+                self._batch_means = (x.mean(0), h0_mean.mean(0))
         u = torch.cat([x, v])  # (2B, n_visible): the data over the chain end v_k, a constant
         a = _DataAndChainPreactivation.apply(a0, _scaled(u, visible, sigma), W, b)  # (2B, n_hidden)
         fe = _free_energy_from(u, a, c, visible, sigma)  # (2B,): F(v_0) then F(v_k), Eq. (2)/(6)
@@ -465,6 +519,28 @@ class RBM(Layer):
     def on_validation_epoch_start(self) -> None:
         self._generators.pop("val", None)  # every validation draws the same flipped bits
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.centred:  # once per step, after any gradient accumulation
+            self.centre_gradients()
+
+    @torch.no_grad()
+    def centre_gradients(self) -> None:
+        """Replace the gradients by Eq. (16)'s (the Trainer calls this before each optimizer step
+        of a centred RBM), then move the offsets towards the last batch's means."""
+        if self._batch_means is None:
+            raise RuntimeError(f"{self.layer_name}: centre_gradients needs a training batch's "
+                               "loss_terms(train=True) first")
+        v_mean, h_mean = self._batch_means
+        if self.offset_v.numel() == 0:  # the first batch: mu starts at its mean
+            self.offset_v = v_mean.clone()
+        if self.W.grad is not None:
+            self.W.grad, self.b.grad, self.c.grad = centred_gradients(
+                self.W.grad, self.b.grad, self.c.grad, self.offset_v, self.offset_h)
+        nu = self.hparams.centring_rate
+        self.offset_v.lerp_(v_mean, nu)
+        self.offset_h.lerp_(h_mean, nu)
+        self._batch_means = None
+
     def configure_optimizers(self):
         # weight decay on W only: Hinton's guide (2010, sec. 10) does not decay the biases
         h = self.hparams
@@ -473,7 +549,8 @@ class RBM(Layer):
                                lr=h.lr, momentum=self.momentum_at(0), fused=fused_sgd(self.parameters()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        saved = state_dict.get(prefix + "chains")
-        if saved is not None and saved.shape != self.chains.shape:  # chains are created lazily
-            self.chains = torch.empty_like(saved, device=self.chains.device)
+        for name in ("chains", "offset_v"):  # created lazily, from the first training batch
+            saved, mine = state_dict.get(prefix + name), getattr(self, name, None)
+            if saved is not None and mine is not None and saved.shape != mine.shape:
+                setattr(self, name, torch.empty_like(saved, device=mine.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
