@@ -89,7 +89,9 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     ----------
     name : one of ``DATASETS``.
     data_dir : folder searched first for data files (then ``$LAYERWISE_DATA``, then
-        ``~/.cache/layerwise``); generated variation sets are cached there too.
+        ``~/.cache/layerwise``). Generated variation sets (about 400 MB for the eight) are read
+        from any of them but written to the last two first: a data folder, often shared and
+        holding verified files only, receives them only when neither is writable.
     path : the ``.npz`` file, for ``name="npz"``.
     seed : seed of the generated variation sets (other datasets do not depend on it).
     download : fetch missing MNIST files from the usual mirrors.
@@ -125,8 +127,10 @@ def _digits() -> Dataset:
 
 def _variation(name: str, *, data_dir, seed: int, download: bool) -> Dataset:
     dirs = dataset_locations(data_dir)
+    mine = dataset_locations(None)  # $LAYERWISE_DATA, ~/.cache/layerwise
     arrays, cache = _variations.generate(
-        name, seed=seed, mnist=lambda: _mnist.load_mnist(data_dir, download=download), cache_dirs=dirs)
+        name, seed=seed, mnist=lambda: _mnist.load_mnist(data_dir, download=download), cache_dirs=dirs,
+        write_dirs=mine + [d for d in dirs if d not in mine])
     n_classes = 10 if name in _variations.MNIST_BASED else 2
     source = f"pipelines.variations recipe {_variations.RECIPE_VERSION}, seed {seed}"
     if name in _variations.MNIST_BASED:

@@ -565,11 +565,13 @@ def _load(path: Path) -> dict[str, np.ndarray] | None:
 
 def generate(name: str, *, seed: int = 0, mnist=None, n_train: int | None = None,
              n_valid: int | None = None, n_test: int | None = None,
-             cache_dirs: list[str | os.PathLike] | None = None) -> tuple[dict[str, np.ndarray], Path | None]:
+             cache_dirs: list[str | os.PathLike] | None = None,
+             write_dirs: list[str | os.PathLike] | None = None) -> tuple[dict[str, np.ndarray], Path | None]:
     """Like :func:`generate_arrays`, through the cache when the published sizes are asked.
 
     The cache file ``<dir>/variations/<name>-seed<seed>.npz`` is read from the first of
-    ``cache_dirs`` that has a current one, and written (atomically) to the first writable one.
+    ``cache_dirs`` that has a current one, and written (atomically) to the first writable one
+    of ``write_dirs`` (default: ``cache_dirs``, in that order).
     ``mnist`` may be a zero-argument callable, called only when the set must be generated.
 
     Returns
@@ -587,7 +589,7 @@ def generate(name: str, *, seed: int = 0, mnist=None, n_train: int | None = None
         mnist = mnist() if name in MNIST_BASED else None
     arrays = generate_arrays(name, seed=seed, mnist=mnist, n_train=n_train, n_valid=n_valid, n_test=n_test)
     errors = []
-    for d in dirs:
+    for d in ([Path(d) for d in write_dirs] if published and write_dirs is not None else dirs):
         p = cache_path(d, name, seed)
         try:
             _save(p, arrays)

@@ -221,13 +221,14 @@ def test_published_sizes_and_cache_round_trip_for_mnist_rot(tmp_path, monkeypatc
     ds = load_dataset("mnist-rot", data_dir=data, seed=5)
     assert ds.X.shape == (12000, 784) and ds.X_test.shape == (50000, 784) and ds.n_valid == 2000
     assert ds.n_classes == 10 and ds.image_shape == (28, 28)
-    cache = data / "variations" / "mnist-rot-seed5.npz"
+    cache = tmp_path / "home" / ".cache" / "layerwise" / "variations" / "mnist-rot-seed5.npz"
     assert cache.is_file() and str(cache) in ds.source
+    assert sorted(p.name for p in data.iterdir()) == ["mnist"]  # the data folder is left alone
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left
     again = load_dataset("mnist-rot", data_dir=data, seed=5)  # from the cache, same bytes
     assert again.X.tobytes() == ds.X.tobytes() and again.X_test.tobytes() == ds.X_test.tobytes()
     assert (again.y == ds.y).all() and (again.y_test == ds.y_test).all()
-    arrays, path = V.generate("mnist-rot", seed=5, cache_dirs=[data])  # no mnist needed: a cache hit
+    arrays, path = V.generate("mnist-rot", seed=5, cache_dirs=[cache.parent.parent])  # a hit: no mnist needed
     assert path == cache
     # a cache from another recipe version is regenerated, not trusted
     monkeypatch.setattr(V, "RECIPE_VERSION", V.RECIPE_VERSION + 1)
