@@ -252,34 +252,15 @@ class Context:
         if (data, stack) in self._stacks:
             return self._stacks[(data, stack)]
         import mlflow
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import MLFlowLogger
 
         from . import tracking
-        from .datamodule import ArrayDataModule
-        from .pretraining import layer_digest, log_layer_figures, pretrain_stack
-        from .training import last_checkpoint, make_trainer
+        from .pretraining import pretrain_stack, tracked_layer_fitter
 
         cfg = self.config(data, stack, STACK_SEED)
         ds, split = self.dataset(data), self.split(data, labels=None, seed=STACK_SEED)
         cache = self.cache_dir(data)
-
-        def fit_layer(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
-            spec, digest = cfg.pretrain.layers[k], layer_digest(cfg, k)
-            self.log(f"pretraining {data} {stack} layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})")
-            with tracking.start_run(f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})",
-                                    experiment_id=self.experiment_id, nested=True) as run:
-                mlflow.log_params({"kind": spec.kind, "index": k + 1, "digest": digest})
-                logger = MLFlowLogger(tracking_uri=self.uri, run_id=run.info.run_id,
-                                      experiment_name=self.experiment)
-                dm = ArrayDataModule(codes, None, val_codes, None, batch_size=cfg.pretrain.batch_size,
-                                     seed=cfg.seed * 100 + k)
-                ckpt = cache / f"layer{k + 1}-{digest}-ckpt"
-                trainer = make_trainer(cfg.trainer, max_epochs=cfg.pretrain.epochs, logger=logger,
-                                       callbacks=[ModelCheckpoint(dirpath=ckpt, save_last=True, save_top_k=1)],
-                                       checkpointing=True, root_dir=cache)
-                trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt))
-                log_layer_figures(layer, codes, k=k, run_id=run.info.run_id, image_shape=ds.image_shape)
+        fit_layer = tracked_layer_fitter(cfg, uri=self.uri, experiment_id=self.experiment_id,
+                                         cache_dir=cache, image_shape=ds.image_shape, log=self.log)
 
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
         with tracking.start_run(f"pretrain {data} {stack}", experiment_id=self.experiment_id, nested=True):

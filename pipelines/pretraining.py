@@ -112,6 +112,48 @@ def log_layer_figures(layer: Layer, codes: torch.Tensor, *, k: int, run_id: str,
                         "figures/reconstructions.png")
 
 
+def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, cache_dir: Path,
+                         image_shape: tuple[int, int] | None, log=None):
+    """The ``fit_layer`` of :func:`pretrain_stack` that pipelines and benchmarks use: layer k in a
+    nested MLflow run (its kind and digest as params, metrics per epoch, figures), fitted by a
+    Trainer for the layer's own ``epochs`` and ``batch_size`` (else ``pretrain``'s), with a
+    Lightning checkpoint in the cache to resume an interrupted layer from. A layer that refuses its
+    input is reported with its place in the config. ``log`` (optional) gets one line per layer."""
+    import mlflow
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from . import tracking
+    from .datamodule import ArrayDataModule
+    from .training import last_checkpoint, make_trainer
+
+    def fit_layer(k: int, layer: Layer, codes: torch.Tensor, val_codes: torch.Tensor | None) -> None:
+        spec, digest = cfg.pretrain.layers[k], layer_digest(cfg, k)
+        name = f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})"
+        if log is not None:
+            log(f"pretraining {cfg.data.name} {name}")
+        with tracking.start_run(name, experiment_id=experiment_id, nested=True) as run:
+            mlflow.log_params({"kind": spec.kind, "index": k + 1, "digest": digest})
+            logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
+                                  experiment_name=cfg.tracking.experiment)
+            dm = ArrayDataModule(codes, None, val_codes, None,
+                                 batch_size=spec.batch_size or cfg.pretrain.batch_size,
+                                 seed=cfg.seed * 100 + k)
+            ckpt_dir = cache_dir / f"layer{k + 1}-{digest}-ckpt"
+            trainer = make_trainer(
+                cfg.trainer, max_epochs=spec.epochs or cfg.pretrain.epochs, logger=logger,
+                # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends
+                callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1)],
+                checkpointing=True, root_dir=cache_dir)
+            try:
+                trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
+            except ValueError as e:  # bad inputs for this layer (e.g. codes outside [0, 1])
+                raise ValueError(f"pretrain.layers.{k} (layer {k + 1}, {spec.kind}): {e}") from None
+            log_layer_figures(layer, codes, k=k, run_id=run.info.run_id, image_shape=image_shape)
+
+    return fit_layer
+
+
 def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | None, *,
                    cache_dir: Path, fit_layer) -> tuple[Stack, list[bool]]:
     """Greedy pretraining with per-layer caching.

@@ -39,17 +39,14 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     """Run the whole pipeline of ``cfg``; return the results table and the MLflow run id."""
     import lightning.pytorch as L
     import mlflow
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import MLFlowLogger
 
     from . import tracking
     from .baselines_stage import run_baselines
-    from .datamodule import ArrayDataModule
     from .datasets import load_dataset
     from .finetuning import fit_classifier, fit_deep_autoencoder
-    from .pretraining import build_layers, layer_digest, log_layer_figures, pretrain_stack
+    from .pretraining import build_layers, pretrain_stack, tracked_layer_fitter
     from .splits import make_split
-    from .training import last_checkpoint, make_trainer, quiet_lightning
+    from .training import quiet_lightning
 
     quiet_lightning()
     if cfg.threads is not None:
@@ -99,29 +96,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
                                        context=context)
 
         # -- stage 1: greedy pretraining, one nested run per layer --------------------------
-        def fit_layer(k, layer, codes, val_codes):
-            spec = cfg.pretrain.layers[k]
-            digest = layer_digest(cfg, k)
-            with tracking.start_run(f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})",
-                                    experiment_id=experiment_id, nested=True) as run:
-                mlflow.log_params({"kind": spec.kind, "index": k + 1, "digest": digest})
-                logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
-                                      experiment_name=cfg.tracking.experiment)
-                dm = ArrayDataModule(codes, None, val_codes, None,
-                                     batch_size=spec.batch_size or cfg.pretrain.batch_size,
-                                     seed=cfg.seed * 100 + k)
-                ckpt_dir = cache_dir / f"layer{k + 1}-{digest}-ckpt"
-                trainer = make_trainer(
-                    cfg.trainer, max_epochs=spec.epochs or cfg.pretrain.epochs, logger=logger,
-                    # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends
-                    callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1)],
-                    checkpointing=True, root_dir=cache_dir)
-                try:
-                    trainer.fit(layer, datamodule=dm, ckpt_path=last_checkpoint(ckpt_dir))
-                except ValueError as e:  # bad inputs for this layer (e.g. codes outside [0, 1])
-                    raise ValueError(f"pretrain.layers.{k} (layer {k + 1}, {spec.kind}): {e}") from None
-                log_layer_figures(layer, codes, k=k, run_id=run.info.run_id,
-                                  image_shape=ds.image_shape)
+        fit_layer = tracked_layer_fitter(cfg, uri=uri, experiment_id=experiment_id,
+                                         cache_dir=cache_dir, image_shape=ds.image_shape)
 
         with tracking.start_run("pretrain", experiment_id=experiment_id, nested=True):
             stack, loaded = pretrain_stack(cfg, _tensor(split.X_pool), _tensor(split.X_valid),
