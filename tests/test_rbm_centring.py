@@ -118,3 +118,23 @@ def test_centring_makes_training_invariant_to_flipped_data():
 def test_bad_centring_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RBM(6, 4, **kwargs)
+
+
+def test_centring_fields_enter_the_layer_digest_only_when_set():
+    """Stacks cached before the fields existed keep their digest; setting one makes a new layer."""
+    import hashlib
+    import json
+
+    from pipelines.config import load_config
+    from pipelines.pretraining import layer_digest
+
+    cfg = load_config("mnist_dbn")
+    dump = cfg.model_dump(mode="json")["pretrain"]
+    for layer in dump["layers"]:  # what the digest hashed before the fields existed
+        del layer["centred"], layer["centring_rate"]
+    before = hashlib.sha256(json.dumps({"pretrain": dump}, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.digest("pretrain") == before
+    centred = load_config("mnist_dbn", overrides=["pretrain.layers.0.centred=true"])
+    rate = load_config("mnist_dbn", overrides=["pretrain.layers.0.centring_rate=0.05"])
+    assert len({layer_digest(cfg, 0), layer_digest(centred, 0), layer_digest(rate, 0)}) == 3
+    assert layer_digest(centred, 1) != layer_digest(cfg, 1)  # the layers above change with it
