@@ -224,10 +224,12 @@ def vjp(stack: Stack, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
 # -- small dense linear algebra, batched ------------------------------------------------------
 @contextlib.contextmanager
 def _one_thread():
-    """Run batched LAPACK calls on small matrices single-threaded.
+    """One intra-op thread inside the block, the caller's count restored after (also on error).
 
-    torch loops over the batch and MKL threads each small call; for eigh/svd above 25 rows
-    (divide and conquer) that made them 10x slower on a busy 2-core machine (measured).
+    For batched LAPACK calls on small matrices: torch loops over the batch and MKL threads each
+    small call; for eigh/svd above 25 rows (divide and conquer) that made them 10x slower on a
+    busy 2-core machine (measured). And for ``_map``'s worker threads, which read the count
+    when they start.
     """
     n = torch.get_num_threads()
     if n == 1:  # already (the worker threads of ``_map``): do not touch the process-wide setting
@@ -426,14 +428,9 @@ def _map(run, n: int, workers: int) -> None:
         for batch in range(n):
             run(batch)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # read by the worker threads when they start
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(run, range(n)):  # re-raises a worker's exception
-                pass
-    finally:
-        torch.set_num_threads(threads)
+    with _one_thread(), ThreadPoolExecutor(workers) as pool:  # workers read 1 when they start
+        for _ in pool.map(run, range(n)):  # re-raises a worker's exception
+            pass
 
 
 @torch.no_grad()

@@ -68,36 +68,18 @@ def ideal_epoch(n_batches: int, n_visible: int, clock=time.perf_counter) -> floa
     return n_batches * (2 * up + down + 2 * outer)
 
 
-class _EpochTimer:
-    """Wall and CPU time of the training epochs alone, without the Trainer's set-up and tear-down."""
-
-    def __init__(self):
-        import lightning.pytorch as L
-
-        timer = self
-
-        class Callback(L.Callback):
-            def on_train_epoch_start(self, trainer, module):
-                timer.start = (time.perf_counter(), time.process_time())
-
-            def on_train_epoch_end(self, trainer, module):
-                timer.wall += time.perf_counter() - timer.start[0]
-                timer.cpu += time.process_time() - timer.start[1]
-
-        self.wall = self.cpu = 0.0
-        self.callback = Callback()
-
-
 # each trainer returns (model, wall seconds per epoch, CPU seconds per epoch); CPU time is the
 # steadier figure when other processes share the cores (it counts every thread of this process)
 def train_lightning(X, epochs, seed, cls=RBM):
     import lightning.pytorch as L
 
+    from pipelines.bench_speed import epoch_timer
+
     rbm = cls(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
-    timer = _EpochTimer()
+    timer = epoch_timer()
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        callbacks=[timer.callback])
+                        callbacks=[timer])
     trainer.fit(rbm, loader(X, BATCH))
     return rbm, timer.wall / epochs, timer.cpu / epochs
 

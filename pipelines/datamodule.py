@@ -184,6 +184,12 @@ class PairedLoader:
             yield {"labeled": lab, "unlabeled": tuple(t.index_select(0, rows) for t in self.unlabeled)}
 
 
+def _check_batch_size(name: str, value) -> None:
+    check_positive(name, value)
+    if int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
 class ArrayDataModule(L.LightningDataModule):
     """Arrays (numpy or torch) as a DataModule with :class:`SliceLoader` batches.
 
@@ -211,12 +217,9 @@ class ArrayDataModule(L.LightningDataModule):
                  dtype: torch.dtype | str = torch.float32, train_extra=(), unlabeled=None,
                  unlabeled_batch_size: int = 100, val_batch_size: int | None = None):
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value is None and name == "val_batch_size":
-                continue
-            check_positive(name, value)
-            if int(value) != value:
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+        _check_batch_size("batch_size", batch_size)
+        if val_batch_size is not None:
+            _check_batch_size("val_batch_size", val_batch_size)
         dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")

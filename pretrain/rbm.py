@@ -290,7 +290,7 @@ def centred_gradients(gW: torch.Tensor, gb: torch.Tensor, gc: torch.Tensor, mu: 
     """Eqs. (15)-(16): the gradients (gW (n_hidden, n_visible), gb (n_hidden,), gc (n_visible,)) of
     a loss in the uncentred parameters -> the uncentred move of a step on the centred ones, with
     visible offset ``mu`` and hidden offset ``lam``. Linear, so it holds for -G as for G."""
-    gW_o = gW - torch.outer(lam, gc) - torch.outer(gb, mu)  # Eq. (15)
+    gW_o = torch.addr(gW, lam, gc, alpha=-1).addr_(gb, mu, alpha=-1)  # Eq. (15), one new matrix
     return gW_o, gb - gW_o @ mu, gc - gW_o.T @ lam  # Eq. (16)
 
 

@@ -116,7 +116,7 @@ def test_trainer_sees_the_seeded_permutation_of_each_epoch_and_validates():
     assert dm.hparams.batch_size == 100 and dm.hparams.seed == 9
 
 
-def test_validation_batches_have_their_own_size_and_the_same_metric():
+def test_validation_batches_have_their_own_size_and_cover_every_row_in_order():
     X, y = _data()
     Xv, yv = X[:130].numpy(), y[:130].numpy()
     dm = ArrayDataModule(X.numpy(), y.numpy(), Xv, yv, batch_size=20, val_batch_size=60)
