@@ -93,6 +93,11 @@ from pretrain.units import activation, derivative
 
 METHODS = ("auto", "krylov", "explicit")
 
+# The defaults of ``tangents``: m = k + 10 Krylov vectors, in the span of W_1's leading right
+# singular vectors holding 99% of ||W_1||_F^2 (see "Speed" and "How good" above).
+OVERSAMPLE = 10
+RANK_TOL = 1e-2
+
 # Part of the cache key: bump it when the same options give other tangents (2: Lanczos
 # default, one random start per (seed, batch) instead of one generator run through the batches).
 _ALGORITHM = "tangents 2"
@@ -306,15 +311,22 @@ def _fix_signs(U: torch.Tensor) -> torch.Tensor:
     return U.mul_(torch.where(hi >= -lo, 1.0, -1.0).to(U.dtype))
 
 
-def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor | None = None):
+def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor | None = None,
+                  subspace: tuple[list, torch.Tensor] | None = None):
     """Eqs. (6)-(8) on one batch: (B, d) -> U (B, k, d), S (B, k).
 
     ``work`` holds the scratch tensors (the basis, the products), reused from one block and
     one batch to the next. U is written to ``out`` when given, else to a scratch tensor that
-    the next call with the same workspace overwrites.
+    the next call with the same workspace overwrites. With ``subspace = (reduced, V_r)`` from
+    ``_input_subspace``, the slopes come from ``params`` (the true stack) and the products
+    from ``reduced``, whose first weight is W_1 V_r: Eqs. (6)-(8) run on J V_r in the
+    coordinates y of Eq. (9), and the Ritz vectors are mapped back, v = V_r y.
     """
     h, slopes = _forward(params, x)
-    B, d = x.shape
+    if subspace is not None:
+        params, basis = subspace
+    B = x.shape[0]
+    d = params[0][0].shape[1]  # the coordinates of the Krylov space: r of Eq. (9), else the input's
     n_L = h.shape[1]
     sizes = [b] * (m // b) + ([m % b] if m % b else [])
     K = _scratch(work, "K", (B, m, d), x)  # the Krylov basis, rows orthonormal
@@ -338,11 +350,38 @@ def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor |
     with _one_thread():
         theta, Y = torch.linalg.eigh((P @ P.transpose(1, 2)).double())  # Eq. (8), ascending
     Yk = Y.flip(-1)[:, :, :k].transpose(1, 2).to(x.dtype)  # (B, k, m), descending theta
-    U = torch.bmm(Yk, K, out=_scratch(work, "U", (B, k, d), x) if out is None else out)  # Eq. (8)
+    if subspace is None:
+        U = torch.bmm(Yk, K, out=_scratch(work, "U", (B, k, d), x) if out is None else out)  # Eq. (8)
+    else:
+        Uy = torch.bmm(Yk, K, out=_scratch(work, "Uy", (B, k, d), x))  # Eq. (8) in coordinates y
+        U = _scratch(work, "U", (B, k, basis.shape[1]), x) if out is None else out
+        torch.mm(Uy.view(B * k, d), basis, out=U.view(B * k, -1))  # v = V_r y, Eq. (9)
     # sigma_i = ||J v_i|| from P rather than sqrt(theta_i): the square root of a Gram eigenvalue
     # has an absolute error of sqrt(eps) sigma_1, the norm only eps sigma_1 (small sigma_i stay small)
     S = torch.linalg.vector_norm(torch.bmm(Yk, P, out=_scratch(work, "JU", (B, k, n_L), x)), dim=-1)
     return U, S
+
+
+def _input_subspace(params, m: int, rank_tol: float, dtype, device):
+    """Eq. (9): ``(reduced params, V_r^T (r, d))`` for the products, or None when r = d.
+
+    r is the fewest leading right singular vectors of W_1 whose discarded singular values
+    carry at most ``rank_tol`` of ``||W_1||_F^2``, and at least m (the Krylov space must fit
+    in it). The SVD is taken once per call, in float64 on the CPU.
+    """
+    W1, b1, unit1 = params[0]
+    n1, d = W1.shape
+    if min(m, n1) >= d:  # nothing to restrict
+        return None
+    with _one_thread():  # the same V_r whatever the thread count: reproducible tangents
+        _, s, Vh = torch.linalg.svd(W1.detach().double().cpu(), full_matrices=n1 < d)
+    tail = (s ** 2).flip(0).cumsum(0).flip(0)  # tail[i] = sum_{j >= i} s_j^2
+    r = max(int((tail > rank_tol * tail[0]).sum()), m)  # s_r and later carry <= rank_tol
+    if r >= d:
+        return None
+    Vt = Vh[:r]
+    reduced = [((W1.detach().double().cpu() @ Vt.T).to(device=device, dtype=dtype), b1, unit1)]
+    return reduced + list(params[1:]), Vt.to(device=device, dtype=dtype).contiguous()
 
 
 def explicit_jacobian(stack: Stack, x: torch.Tensor) -> torch.Tensor:
@@ -378,13 +417,17 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size: int,
-             batch_size: int, method: str) -> tuple[str, int]:
+             batch_size: int, method: str, rank_tol: float = 0.0) -> tuple[str, int]:
     """Validate the arguments of ``tangents``; return the method and the Krylov dimension m."""
     _check_input(stack, X, "X")
     _check_int("k", k, 1)
     _check_int("oversample", oversample, 0)
     _check_int("block_size", block_size, 1)
     _check_int("batch_size", batch_size, 1)
+    if (isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float))
+            or not 0.0 <= rank_tol < 1.0):
+        raise ValueError(f"rank_tol must be a number in [0, 1), the fraction of ||W_1||_F^2 the "
+                         f"search space may leave out (0: none), got {rank_tol!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     d, n_L = stack.n_visible, stack.n_hidden
@@ -434,8 +477,9 @@ def _map(run, n: int, workers: int) -> None:
 
 
 @torch.no_grad()
-def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, block_size: int = 1,
-             batch_size: int = 512, seed: int = 0, method: str = "auto",
+def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE,
+             block_size: int = 1, rank_tol: float = RANK_TOL, batch_size: int = 512, seed: int = 0,
+             method: str = "auto",
              device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MTC's tangents B_x of Eq. (5) for every row of X, batched and matrix-free.
 
@@ -450,6 +494,10 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, blo
     block_size : b, vectors per Krylov block; the space holds polynomials of degree about m / b
         in J^T J. Smaller blocks converge faster per product (b = 1, Lanczos, the fastest at
         equal accuracy on MNIST), larger ones resolve clusters of equal singular values.
+    rank_tol : the Krylov method looks for the tangents in the span of W_1's leading right
+        singular vectors that hold all but this fraction of ``||W_1||_F^2`` (Eq. (9)); 0 keeps
+        W_1's whole row space (exact). Cheaper first-layer products when W_1 is numerically
+        low-rank, as pretraining makes it; no effect on the explicit method.
     batch_size : examples per batch (memory about ``batch_size * m * (d + n_hidden)`` numbers
         per worker thread).
     seed : seed of the random start Omega, drawn per batch from (seed, batch index); results
@@ -469,13 +517,14 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, blo
 
     Computed in the stack's dtype (X is converted), on ``device``; returned on X's device.
     """
-    method, m = _resolve(stack, X, k, oversample, block_size, batch_size, method)
+    method, m = _resolve(stack, X, k, oversample, block_size, batch_size, method, rank_tol)
     W0 = stack[0].encoder_weight
     dtype = W0.dtype
     device = W0.device if device is None else torch.device(device)
     params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in _params(stack)]
     if method == "explicit" and device != W0.device:
         stack = copy.deepcopy(stack).to(device)
+    subspace = _input_subspace(params, m, rank_tol, dtype, device) if method == "krylov" else None
     was = stack.training
     stack.eval()
     N, d = X.shape
@@ -496,7 +545,8 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = 13, blo
                 local.work = {}
             generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch))
             out = U[i:i + batch_size] if U.device == device else None  # no copy of U
-            u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator, local.work, out)
+            u, s = _krylov_batch(params, x, k, m, min(block_size, m), generator, local.work, out,
+                                 subspace)
         _fix_signs(u)
         if out is None:
             U[i:i + batch_size] = u.to(X.device)
@@ -536,8 +586,8 @@ def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
 
 
 def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.PathLike, *,
-                    oversample: int = 13, block_size: int = 1, batch_size: int = 512, seed: int = 0,
-                    method: str = "auto",
+                    oversample: int = OVERSAMPLE, block_size: int = 1, rank_tol: float = RANK_TOL,
+                    batch_size: int = 512, seed: int = 0, method: str = "auto",
                     device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``tangents(...)``, stored in ``cache_dir`` and read back on the next call with the same inputs.
 
@@ -546,9 +596,9 @@ def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.P
     leaves no half-written cache, and loaded with ``weights_only=True``; a file whose stored key
     or shapes do not match is recomputed and overwritten.
     """
-    options = dict(oversample=oversample, block_size=block_size, batch_size=batch_size, seed=seed,
-                   method=method)
-    _resolve(stack, X, k, oversample, block_size, batch_size, method)  # fail before hashing
+    options = dict(oversample=oversample, block_size=block_size, rank_tol=rank_tol,
+                   batch_size=batch_size, seed=seed, method=method)
+    _resolve(stack, X, k, oversample, block_size, batch_size, method, rank_tol)  # fail before hashing
     key = tangent_key(stack, X, k, **options)
     cache_dir = Path(cache_dir)
     path = cache_dir / f"tangents-{key[:32]}.pt"

@@ -90,11 +90,11 @@ def test_krylov_tangents_match_the_svd_below_full_rank():
     stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
     X = _x(8, 64)
     Vh, S_ref = _exact(stack, X)
-    U, S = tangents(stack, X, 5, oversample=25, method="krylov")
+    U, S = tangents(stack, X, 5, oversample=25, rank_tol=0, method="krylov")
     assert _angle(U, Vh[:, :5]).max() < 1e-3
     torch.testing.assert_close(S, S_ref[:, :5], rtol=1e-4, atol=0)
     # fewer Krylov vectors, a visibly worse subspace: the size of the space is what buys accuracy
-    U_small, _ = tangents(stack, X, 5, oversample=5, method="krylov")
+    U_small, _ = tangents(stack, X, 5, oversample=5, rank_tol=0, method="krylov")
     assert _angle(U_small, Vh[:, :5]).max() > 10 * _angle(U, Vh[:, :5]).max()
 
 
@@ -104,7 +104,7 @@ def test_tangents_exact_when_the_space_holds_the_row_space(method):
     stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
     X = _x(8, 64)
     Vh, S_ref = _exact(stack, X)
-    U, S = tangents(stack, X, 5, oversample=7, block_size=3, method=method)
+    U, S = tangents(stack, X, 5, oversample=7, block_size=3, rank_tol=0, method=method)
     assert _angle(U, Vh[:, :5]).max() < 1e-6
     torch.testing.assert_close(S, S_ref[:, :5], rtol=1e-10, atol=0)
     torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(5, dtype=U.dtype).expand(8, 5, 5),
@@ -178,7 +178,7 @@ def test_bad_arguments_raise_naming_the_problem():
 def test_seeded_and_float32_agrees_with_float64():
     stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
     X = _x(8, 64)
-    opts = dict(oversample=25, method="krylov", batch_size=5)
+    opts = dict(oversample=25, rank_tol=0, method="krylov", batch_size=5)
     U1, S1 = tangents(stack, X, 5, **opts)
     U2, S2 = tangents(stack, X, 5, **opts)
     assert torch.equal(U1, U2) and torch.equal(S1, S2)
@@ -251,12 +251,14 @@ def test_lanczos_matches_the_svd_over_uneven_batches_and_blocks_agree():
     stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
     X = _x(11, 64)
     Vh, S_ref = _exact(stack, X)
-    U, S = tangents(stack, X, 5, oversample=25, block_size=1, batch_size=4, method="krylov")
+    U, S = tangents(stack, X, 5, oversample=25, block_size=1, batch_size=4, rank_tol=0,
+                    method="krylov")
     assert _angle(U, Vh[:, :5]).max() < 1e-3
     torch.testing.assert_close(S, S_ref[:, :5], rtol=1e-4, atol=0)
     torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(5, dtype=U.dtype).expand(11, 5, 5),
                                rtol=0, atol=1e-12)
-    U4, S4 = tangents(stack, X, 5, oversample=25, block_size=4, batch_size=4, method="krylov")
+    U4, S4 = tangents(stack, X, 5, oversample=25, block_size=4, batch_size=4, rank_tol=0,
+                      method="krylov")
     assert _angle(U, U4).max() < 2e-3
     torch.testing.assert_close(S, S4, rtol=1e-4, atol=0)
 
@@ -304,3 +306,77 @@ def test_the_cache_key_changes_with_the_algorithm_version(monkeypatch):
     assert tg.tangent_key(stack, X, 4, oversample=2) == key
     monkeypatch.setattr(tg, "_ALGORITHM", tg._ALGORITHM + " next")
     assert tg.tangent_key(stack, X, 4, oversample=2) != key
+
+
+def _low_rank_stack(singular_values, n_top=12, seed=7):
+    """A 64-40-n_top sigmoid stack whose W_1 (40, 64) has the given singular values."""
+    g = torch.Generator().manual_seed(seed)
+    stack = _stack((64, 40, n_top), ("sigmoid", "tanh"), seed=seed)
+    s = torch.as_tensor(singular_values, dtype=torch.float64)
+    left = torch.linalg.qr(torch.randn(40, len(s), generator=g, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(64, len(s), generator=g, dtype=torch.float64))[0]
+    with torch.no_grad():
+        stack[0].W.copy_((left * s) @ right.T)
+    return stack
+
+
+def test_the_search_space_keeps_the_fewest_directions_within_rank_tol():
+    # squared singular values 16 x 4.0, then 8 x 0.01 and 16 x 0.0001: ||W_1||_F^2 = 64.0816
+    s = [2.0] * 16 + [0.1] * 8 + [0.01] * 16
+    params = tg._params(_low_rank_stack(s))
+    # the tail after r directions, over 64.0816: r = 16: 0.0816 (1.27e-3); 18: 0.0616 (9.6e-4),
+    # 17: 0.0716 (1.1e-3); 23: 0.0116 (1.8e-4), 24: 0.0016 (2.5e-5); 27: 0.0013 (2.03e-5),
+    # 28: 0.0012 (1.87e-5)
+    for rank_tol, r in ((0.0, 40), (2e-5, 28), (3e-5, 24), (1e-3, 18), (0.0013, 16), (0.01, 16)):
+        reduced, Vt = tg._input_subspace(params, 5, rank_tol, torch.float64, "cpu")
+        assert Vt.shape == (r, 64)
+        torch.testing.assert_close(Vt @ Vt.T, torch.eye(r, dtype=Vt.dtype), rtol=0, atol=1e-12)
+        torch.testing.assert_close(reduced[0][0], params[0][0] @ Vt.T, rtol=1e-12, atol=1e-12)
+    # the Krylov space must fit: never fewer directions than m; and none to drop at full rank
+    assert tg._input_subspace(params, 20, 0.01, torch.float64, "cpu")[1].shape == (20, 64)
+    full = tg._params(_stack((8, 12, 4), ("sigmoid", "sigmoid")))
+    assert tg._input_subspace(full, 6, 0.0, torch.float64, "cpu") is None
+
+
+def test_restricted_tangents_are_the_svd_of_the_jacobian_on_the_search_space():
+    # a generic W_1 and rank_tol = 0.05: the tangents are the exact top-k right singular
+    # vectors of J V_r^T (the products there are exact), mapped back to the input space
+    stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
+    X = _x(8, 64)
+    _, Vt = tg._input_subspace(tg._params(stack), 20, 0.05, torch.float64, "cpu")
+    r = Vt.shape[0]
+    assert 20 <= r < 48  # a real restriction of W_1's 48-dimensional row space
+    J = explicit_jacobian(stack, X)
+    _, S_sub, Vh_sub = torch.linalg.svd(J @ Vt.T)  # (8, 40, r)
+    U, S = tangents(stack, X, 5, oversample=r - 5, rank_tol=0.05, method="krylov")
+    assert _angle(U, Vh_sub[:, :5] @ Vt).max() < 1e-6
+    torch.testing.assert_close(S, S_sub[:, :5], rtol=1e-10, atol=0)
+    torch.testing.assert_close(S, torch.linalg.vector_norm(J @ U.transpose(1, 2), dim=1),
+                               rtol=1e-10, atol=0)  # S is ||J u_i|| for the true J
+    # ... which is not the unrestricted answer: the directions left out carried energy
+    Vh, S_ref = _exact(stack, X)
+    assert _angle(U, Vh[:, :5]).max() > 1e-3
+    assert (S <= S_ref[:, :5] * (1 + 1e-12)).all()
+
+
+def test_a_numerically_low_rank_w1_loses_almost_nothing():
+    # W_1 of rank 16 plus a small full-rank part: rank_tol = 0.01 keeps 16 of 40 directions
+    s = [2.0] * 16 + [0.02] * 24
+    stack = _low_rank_stack(s, n_top=30)
+    X = _x(8, 64)
+    Vh, S_ref = _exact(stack, X)
+    U, S = tangents(stack, X, 5, oversample=11, rank_tol=0.01, method="krylov")
+    energy = (torch.linalg.vector_norm(explicit_jacobian(stack, X) @ U.transpose(1, 2), dim=1) ** 2
+              ).sum(1) / (S_ref[:, :5] ** 2).sum(1)
+    assert energy.min() > 0.9998
+    assert _angle(U, Vh[:, :5]).max() < 0.02
+    U0, _ = tangents(stack, X, 5, oversample=11, rank_tol=0.0, method="krylov")
+    assert _angle(U, U0).max() > 1e-6  # the restriction did change the answer, a little
+
+
+def test_rank_tol_is_checked():
+    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
+    X = _x(3, 64)
+    for bad in (-0.1, 1.0, "0.01", True):
+        with pytest.raises(ValueError, match=r"rank_tol must be a number in \[0, 1\)"):
+            tangents(stack, X, 3, rank_tol=bad)
