@@ -362,12 +362,22 @@ def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor |
     return U, S
 
 
-def _input_subspace(params, m: int, rank_tol: float, dtype, device):
-    """Eq. (9): ``(reduced params, V_r^T (r, d))`` for the products, or None when r = d.
+def _rank_within(s: torch.Tensor, rank_tol: float) -> int:
+    """The fewest leading singular values s_1 >= s_2 >= ... whose discarded tail carries at
+    most ``rank_tol`` of the squared total: min r such that sum_{i>r} s_i^2 <= rank_tol sum s_i^2."""
+    tail = (s.double() ** 2).flip(0).cumsum(0).flip(0)  # tail[i] = sum_{j >= i} s_j^2 (0-based)
+    return int((tail > rank_tol * tail[0]).sum())
+
+
+def _input_subspace(params, m: int, rank_tol: float, dtype, device, k: int = 0):
+    """Eq. (9): ``(reduced params, V_r^T (r, d))`` for the products, or None for the whole space.
 
     r is the fewest leading right singular vectors of W_1 whose discarded singular values
     carry at most ``rank_tol`` of ``||W_1||_F^2``, and at least m (the Krylov space must fit
-    in it). The SVD is taken once per call, in float64 on the CPU.
+    in it), rounded up to a multiple of 16 (aligned rows). None, the whole input space, when
+    that saves less than it costs: Eqs. (6)-(8) make 2m products, so the restriction saves
+    ``2 m n_1 (d - r)`` multiply-adds per example and mapping the k tangents back costs
+    ``k r d``. The SVD is taken once per call, in float64 on the CPU.
     """
     W1, b1, unit1 = params[0]
     n1, d = W1.shape
@@ -375,13 +385,22 @@ def _input_subspace(params, m: int, rank_tol: float, dtype, device):
         return None
     with _one_thread():  # the same V_r whatever the thread count: reproducible tangents
         _, s, Vh = torch.linalg.svd(W1.detach().double().cpu(), full_matrices=n1 < d)
-    tail = (s ** 2).flip(0).cumsum(0).flip(0)  # tail[i] = sum_{j >= i} s_j^2
-    r = max(int((tail > rank_tol * tail[0]).sum()), m)  # s_r and later carry <= rank_tol
-    if r >= d:
+    r = min(-(-max(_rank_within(s, rank_tol), m) // 16) * 16, d)
+    if r >= d or 2 * m * n1 * (d - r) <= k * r * d:
         return None
     Vt = Vh[:r]
     reduced = [((W1.detach().double().cpu() @ Vt.T).to(device=device, dtype=dtype), b1, unit1)]
     return reduced + list(params[1:]), Vt.to(device=device, dtype=dtype).contiguous()
+
+
+def search_space(stack: Stack, k: int, *, oversample: int = OVERSAMPLE,
+                 rank_tol: float = RANK_TOL) -> torch.Tensor | None:
+    """V_r^T (r, d) of Eq. (9): the orthonormal rows that span where ``tangents(stack, X, k,
+    oversample=, rank_tol=)`` looks for the tangents with the Krylov method, or None when it
+    searches the whole input space."""
+    m = min(_check_int("k", k, 1) + _check_int("oversample", oversample, 0), stack.n_visible)
+    sub = _input_subspace(_params(stack), m, rank_tol, stack[0].encoder_weight.dtype, "cpu", k)
+    return None if sub is None else sub[1]
 
 
 def explicit_jacobian(stack: Stack, x: torch.Tensor) -> torch.Tensor:
@@ -524,7 +543,7 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = OVERSAM
     params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in _params(stack)]
     if method == "explicit" and device != W0.device:
         stack = copy.deepcopy(stack).to(device)
-    subspace = _input_subspace(params, m, rank_tol, dtype, device) if method == "krylov" else None
+    subspace = _input_subspace(params, m, rank_tol, dtype, device, k) if method == "krylov" else None
     was = stack.training
     stack.eval()
     N, d = X.shape

@@ -3,14 +3,18 @@
 The stack is 784-1000-500 with sigmoid units by default (the first two layer sizes of the MTC
 paper's MNIST models; 500 on top keeps J(x) at (500, 784)); ``--sizes 784,1000,1000`` is the
 MTC's own two-layer stack. Weights are untrained (seeded Glorot) unless ``--pretrain-epochs E``
-first trains each layer as a CAE for E epochs on the first 10000 images. Three measurements in
-one run:
+first trains each layer as a CAE for E epochs on the first 10000 images, and ``--layers
+a.pt,b.pt`` loads trained layers instead (the layer checkpoints that ``layerwise run`` and the
+benchmark suites cache, e.g. the semi-supervised full profile's 784-1000-1000 CAE+H stack).
+Three measurements in one run:
 
 1. ``finetune.tangents.tangents`` on the first ``--n`` images, for each ``--configs`` entry
-   ``oversample:block_size``. Its matmuls are counted exactly: a Krylov space of
+   ``oversample:block_size:rank_tol``. Its matmuls are counted exactly: a Krylov space of
    m = k + oversample vectors costs ``b + m + (m - last block)`` products with J or J^T per
-   example (b the block size), each ``2 * sum_l n_l n_{l-1}`` flops; the achieved GFLOP/s is
-   that count over the wall time, and the ideal time that count at the machine's matmul rate.
+   example (b the block size), each ``2 * sum_l n_l n_{l-1}`` flops, with r for d in the first
+   layer when rank_tol restricts the search to r directions (Eq. (9) of ``finetune.tangents``);
+   the achieved GFLOP/s is that count over the wall time, and the ideal time that count at the
+   machine's matmul rate.
 2. The exact per-example SVD of the explicit Jacobian (``torch.linalg.svd``, float32, batches of
    50) on ``--sample`` images, extrapolated linearly to the whole set.
 3. This machine's fp32 ``torch.mm`` rate on the shapes the tangents use, measured before and
@@ -26,8 +30,8 @@ sample), the relative error of the singular values, and the captured energy
 ``sum_i ||J u_i||^2 / sum_{i<=k} sigma_i^2`` (1 for the exact subspace; meaningful even when
 sigma_k ~ sigma_{k+1} makes the angle ill-defined), with the median gap ratio sigma_{k+1}/sigma_k.
 
-    python -m pipelines.bench_tangents [--data-dir ../shared/data] [--n N] [--configs 13:1,15:4]
-        [--sizes 784,1000,1000] [--pretrain-epochs E]
+    python -m pipelines.bench_tangents [--data-dir ../shared/data] [--n N] [--configs 10:1:0.01]
+        [--sizes 784,1000,1000 | --layers a.pt,b.pt] [--pretrain-epochs E]
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ import time
 import numpy as np
 import torch
 
-from finetune.tangents import explicit_jacobian, krylov_products, tangents
+from finetune.tangents import (OVERSAMPLE, RANK_TOL, explicit_jacobian, krylov_products,
+                               search_space, tangents)
 from pretrain.autoencoder import AutoEncoder
 from pretrain.stack import Stack
 
@@ -103,10 +108,32 @@ def machine_rate(rows: int, d: int, h: int, seconds: float = 1.0) -> tuple[float
             per_core)
 
 
-def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES) -> float:
-    """Flops of the products with J and J^T for one example (see the module docstring)."""
+def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES, r: int | None = None) -> float:
+    """Flops of the products with J and J^T for one example (see the module docstring); r, the
+    dimension of the search space when it is restricted, replaces d in the first layer."""
     m = min(k + oversample, sizes[0])
-    return 2.0 * krylov_products(m, block_size) * sum(a * c for a, c in zip(sizes[:-1], sizes[1:]))
+    first = sizes[1] * (sizes[0] if r is None else r)
+    rest = sum(a * c for a, c in zip(sizes[1:-1], sizes[2:]))
+    return 2.0 * krylov_products(m, block_size) * (first + rest)
+
+
+def load_layers(paths: list[str]) -> Stack:
+    """A stack of sigmoid autoencoder layers from layer checkpoints ({"state_dict": W, b, c})."""
+    layers = []
+    for path in paths:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+        if not isinstance(state, dict) or "W" not in state:
+            raise ValueError(f"{path} is not an autoencoder layer checkpoint (no state_dict with W); "
+                             f"pass the layer-*.pt files of a cached stack")
+        n_hidden, n_visible = state["W"].shape
+        layer = AutoEncoder(n_visible, n_hidden)
+        layer.load_state_dict(state)
+        layers.append(layer)
+    stack = Stack(layers).eval()
+    for p in stack.parameters():
+        p.requires_grad_(False)
+    return stack
 
 
 def explicit_flops(sizes=SIZES) -> float:
@@ -179,10 +206,14 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--n", type=int, default=60000, help="images to compute tangents for")
     ap.add_argument("--sample", type=int, default=200, help="images for the exact SVD")
-    ap.add_argument("--configs", default="13:1,15:4",
-                    help="comma-separated oversample:block_size pairs (default: the default "
-                         "Lanczos, m = 28, and the former block Krylov default, m = 30, b = 4)")
+    ap.add_argument("--configs", default=f"{OVERSAMPLE}:1:{RANK_TOL},13:1:0",
+                    help="comma-separated oversample:block_size[:rank_tol] (default: the default, "
+                         f"m = {K + OVERSAMPLE} Lanczos vectors in the span holding all but "
+                         f"{RANK_TOL} of ||W_1||_F^2, and the former default, m = 28 in the whole "
+                         "input space; rank_tol 0 when left out)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="layer sizes, from 784")
+    ap.add_argument("--layers", default=None,
+                    help="comma-separated layer checkpoints to load instead of building --sizes")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--pretrain-epochs", type=int, default=0)
     ap.add_argument("--contraction", type=float, default=0.1, help="CAE lambda for --pretrain-epochs")
@@ -193,12 +224,20 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     args.sample = min(args.sample, args.n)
     sizes = tuple(int(v) for v in args.sizes.split(","))
-    configs = [tuple(int(v) for v in c.split(":")) for c in args.configs.split(",")]
+    configs = []
+    for c in args.configs.split(","):
+        parts = c.split(":")
+        configs.append((int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 0.0))
 
     X = load_images(args.data_dir, max(args.n, args.sample))
-    stack = build_stack(args.seed, args.pretrain_epochs, X, args.contraction, sizes)
-    weights = (f"CAE-pretrained (lambda {args.contraction}) {args.pretrain_epochs} epochs on 10000 "
-               f"images" if args.pretrain_epochs else "untrained")
+    if args.layers:
+        stack = load_layers(args.layers.split(","))
+        sizes = (stack.n_visible,) + tuple(layer.n_hidden for layer in stack)
+        weights = f"loaded from {args.layers}"
+    else:
+        stack = build_stack(args.seed, args.pretrain_epochs, X, args.contraction, sizes)
+        weights = (f"CAE-pretrained (lambda {args.contraction}) {args.pretrain_epochs} epochs on "
+                   f"10000 images" if args.pretrain_epochs else "untrained")
     print(f"stack {'-'.join(map(str, sizes))} sigmoid, {weights}; k={K}; "
           f"{torch.get_num_threads()} threads; n={args.n}; {_load()}")
     rows = args.batch_size
@@ -221,23 +260,28 @@ def main(argv=None) -> None:
     print("\nWall time depends on the other jobs of a shared machine; CPU time barely does: "
           f"'alone' is CPU s / {cores} cores, 'ideal' the products alone at {cores} times the "
           "per-CPU-second matmul rate.\n")
-    print("| oversample | b | m | products | s (n images) | s / 60000 | CPU s / 60000 | alone s / 60000 | "
+    print("| oversample | b | rank_tol | r | m | products | s (n images) | s / 60000 | CPU s / 60000 | alone s / 60000 | "
           "ideal s / 60000 | GFLOP/s of wall | of matmul rate | GFLOP per CPU s | of per-core rate | "
           "max angle (rad) max / median | sigma rel. err. median / max | energy min / median |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for oversample, block_size in configs:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    first_flops = None
+    for oversample, block_size, rank_tol in configs:
+        space = search_space(stack, K, oversample=oversample, rank_tol=rank_tol)
+        r = None if space is None else space.shape[0]
         t0, c0 = time.perf_counter(), time.process_time()
         U, S = tangents(stack, X[:args.n], K, oversample=oversample, block_size=block_size,
-                        batch_size=args.batch_size, seed=args.seed, method="krylov")
+                        rank_tol=rank_tol, batch_size=args.batch_size, seed=args.seed,
+                        method="krylov")
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        flops = krylov_flops(K, oversample, block_size, sizes)
+        flops = krylov_flops(K, oversample, block_size, sizes, r)
+        first_flops = first_flops or flops
         rates.append(machine_rate(rows, sizes[0], sizes[1]))
         rate = max(0.5 * (rates[-2][0] + rates[-1][0]), 0.5 * (rates[-2][1] + rates[-1][1]))
         per_core = max(rates[-2][2], rates[-1][2])
         acc = accuracy(U[:args.sample], S[:args.sample], Vh, S_ref)
         m = min(K + oversample, sizes[0])
         scale = 60000 / args.n
-        print(f"| {oversample} | {block_size} | {m} | {krylov_products(m, block_size)} | {dt:.1f} | "
+        print(f"| {oversample} | {block_size} | {rank_tol:g} | {r or sizes[0]} | {m} | {krylov_products(m, block_size)} | {dt:.1f} | "
               f"{dt * scale:.0f} | {cpu * scale:.0f} | {cpu * scale / cores:.0f} | "
               f"{flops * 60000 / (cores * per_core) / 1e9:.0f} | {flops * args.n / dt / 1e9:.1f} | "
               f"{flops * args.n / dt / 1e9 / rate:.0%} | {flops * args.n / cpu / 1e9:.1f} | "
@@ -253,7 +297,7 @@ def main(argv=None) -> None:
           f"orthonormality error {acc['orth_err']:.1e}; {_load()}")
     print(f"Gram form (explicit J, then J^T J): {explicit_flops(sizes) / 1e9:.2f} GFLOP per example "
           f"before its eigendecomposition, {explicit_flops(sizes) * 60000 / hi / 1e9:.0f} s for "
-          f"60000 at the best matmul rate, {explicit_flops(sizes) / krylov_flops(K, *configs[0], sizes):.0f} "
+          f"60000 at the best matmul rate, {explicit_flops(sizes) / first_flops:.0f} "
           f"times the products of the first configuration")
 
 

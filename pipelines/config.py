@@ -118,6 +118,9 @@ class FinetuneConfig(_Section):
     reconstruction: float = Field(0.0, ge=0)  # weight of the unsupervised term during fine-tuning
     beta: float = Field(0.1, ge=0)            # MTC tangent penalty weight
     n_tangents: int = Field(15, ge=1)         # k leading singular vectors
+    # their accuracy (finetune.tangents' defaults, mirrored: config stays free of torch):
+    tangent_oversample: int = Field(10, ge=0)       # m = k + this many Krylov vectors
+    tangent_rank_tol: float = Field(0.01, ge=0, lt=1)  # share of ||W_1||_F^2 left out of the search
     unlabeled_batch: int = Field(64, ge=1)    # pool examples per step for mtc_all
     deep_autoencoder_epochs: int = Field(20, ge=1)
 

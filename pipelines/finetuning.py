@@ -101,12 +101,13 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
 
         module = MTC(encoder, n_classes, beta=ft.beta, **common)
         device = compute_device(cfg.trainer)
+        accuracy = dict(oversample=ft.tangent_oversample, rank_tol=ft.tangent_rank_tol)
         U_lab, _ = cached_tangents(stack, _as_tensor(split.X_lab), ft.n_tangents,
-                                   cache_dir=cache_dir / "tangents", device=device)
+                                   cache_dir=cache_dir / "tangents", device=device, **accuracy)
         train_extra = (U_lab,)
         if method == "mtc_all":
             U_pool, _ = cached_tangents(stack, _as_tensor(split.X_pool), ft.n_tangents,
-                                        cache_dir=cache_dir / "tangents", device=device)
+                                        cache_dir=cache_dir / "tangents", device=device, **accuracy)
             unlabeled = (_as_tensor(split.X_pool), U_pool)
     else:
         module = Classifier(encoder, n_classes, **common)

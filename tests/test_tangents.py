@@ -322,33 +322,39 @@ def _low_rank_stack(singular_values, n_top=12, seed=7):
 
 def test_the_search_space_keeps_the_fewest_directions_within_rank_tol():
     # squared singular values 16 x 4.0, then 8 x 0.01 and 16 x 0.0001: ||W_1||_F^2 = 64.0816
-    s = [2.0] * 16 + [0.1] * 8 + [0.01] * 16
-    params = tg._params(_low_rank_stack(s))
+    s = torch.tensor([2.0] * 16 + [0.1] * 8 + [0.01] * 16, dtype=torch.float64)
     # the tail after r directions, over 64.0816: r = 16: 0.0816 (1.27e-3); 18: 0.0616 (9.6e-4),
     # 17: 0.0716 (1.1e-3); 23: 0.0116 (1.8e-4), 24: 0.0016 (2.5e-5); 27: 0.0013 (2.03e-5),
     # 28: 0.0012 (1.87e-5)
     for rank_tol, r in ((0.0, 40), (2e-5, 28), (3e-5, 24), (1e-3, 18), (0.0013, 16), (0.01, 16)):
-        reduced, Vt = tg._input_subspace(params, 5, rank_tol, torch.float64, "cpu")
+        assert tg._rank_within(s, rank_tol) == r
+    # the subspace: r rounded up to aligned rows, never fewer than m, orthonormal, exact products
+    params = tg._params(_low_rank_stack(s))
+    for m, rank_tol, r in ((5, 0.01, 16), (5, 1e-3, 32), (20, 0.01, 32)):
+        reduced, Vt = tg._input_subspace(params, m, rank_tol, torch.float64, "cpu", k=5)
         assert Vt.shape == (r, 64)
         torch.testing.assert_close(Vt @ Vt.T, torch.eye(r, dtype=Vt.dtype), rtol=0, atol=1e-12)
         torch.testing.assert_close(reduced[0][0], params[0][0] @ Vt.T, rtol=1e-12, atol=1e-12)
-    # the Krylov space must fit: never fewer directions than m; and none to drop at full rank
-    assert tg._input_subspace(params, 20, 0.01, torch.float64, "cpu")[1].shape == (20, 64)
+    # none when nothing is dropped, or when mapping k tangents back costs more than it saves:
+    # rank_tol = 0 keeps W_1's row space, 40 -> 48 directions: 2 m n_1 (d - r) = 2 * 5 * 40 * 16
+    # = 6400 multiply-adds saved, k r d = 5 * 48 * 64 = 15360 spent, but 3072 for k = 1
     full = tg._params(_stack((8, 12, 4), ("sigmoid", "sigmoid")))
-    assert tg._input_subspace(full, 6, 0.0, torch.float64, "cpu") is None
+    assert tg._input_subspace(full, 6, 0.0, torch.float64, "cpu", k=4) is None
+    assert tg._input_subspace(params, 5, 0.0, torch.float64, "cpu", k=5) is None
+    assert tg._input_subspace(params, 5, 0.0, torch.float64, "cpu", k=1)[1].shape == (48, 64)
 
 
 def test_restricted_tangents_are_the_svd_of_the_jacobian_on_the_search_space():
-    # a generic W_1 and rank_tol = 0.05: the tangents are the exact top-k right singular
+    # a generic W_1 and rank_tol = 0.1: the tangents are the exact top-k right singular
     # vectors of J V_r^T (the products there are exact), mapped back to the input space
     stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
     X = _x(8, 64)
-    _, Vt = tg._input_subspace(tg._params(stack), 20, 0.05, torch.float64, "cpu")
+    _, Vt = tg._input_subspace(tg._params(stack), 20, 0.1, torch.float64, "cpu", k=5)
     r = Vt.shape[0]
-    assert 20 <= r < 48  # a real restriction of W_1's 48-dimensional row space
+    assert r == 32  # a real restriction of W_1's 48-dimensional row space
     J = explicit_jacobian(stack, X)
     _, S_sub, Vh_sub = torch.linalg.svd(J @ Vt.T)  # (8, 40, r)
-    U, S = tangents(stack, X, 5, oversample=r - 5, rank_tol=0.05, method="krylov")
+    U, S = tangents(stack, X, 5, oversample=r - 5, rank_tol=0.1, method="krylov")
     assert _angle(U, Vh_sub[:, :5] @ Vt).max() < 1e-6
     torch.testing.assert_close(S, S_sub[:, :5], rtol=1e-10, atol=0)
     torch.testing.assert_close(S, torch.linalg.vector_norm(J @ U.transpose(1, 2), dim=1),
