@@ -35,6 +35,23 @@ random one, so K stays orthonormal and the result is defined even for k >= rank 
 sigma_i = 0 and v_i completes an orthonormal basis). The heavy products (3), (4) run in the
 stack's dtype; the small eigenproblems in float64.
 
+Where to search. J = (D_L W_L ... D_1) W_1, so J's row space lies in W_1's, and pretraining
+leaves W_1 numerically low-rank (the MTC's CAE+H W_1, 1000 x 784, holds 99% of ||W_1||_F^2 in
+282 of its 784 directions; a Glorot-initialised one needs 667). With W_1's SVD
+W_1 = sum_i s_i a_i w_i^T, s_1 >= s_2 >= ...:
+
+    (9) r = min{r : sum_{i>r} s_i^2 <= rank_tol sum_i s_i^2},  V_r = [w_1 .. w_r] (d, r),
+        J V_r = D_L W_L ... D_1 (W_1 V_r),   v = V_r y
+
+Eqs. (6)-(8) run on J V_r (n_L, r) in the coordinates y in R^r and the Ritz vectors are mapped
+back: the products are exact on span V_r, the first layer costs n_1 r multiply-adds instead of
+n_1 d, the orthogonalisation works on rows of r, and what is left out is J (I - V_r V_r^T) =
+D_L W_L ... D_1 sum_{i>r} s_i a_i w_i^T, of Frobenius norm at most
+||D_L W_L ... D_1||_2 sqrt(rank_tol) ||W_1||_F. r is at least m and rounded up to a multiple
+of 16; the search is restricted only where that pays, ``2 m n_1 (d - r) > k r d`` (products
+saved against the k tangents mapped back), so an untrained stack keeps the whole space, and
+``rank_tol = 0`` keeps W_1's whole row space (exact; a saving only when n_1 < d).
+
 Cost, and the choice of path. Eqs. (6)-(8) cost ``b + m + (m - last block)`` (2m for b = 1)
 products with J or J^T per example, each ``2 sum_l n_l n_{l-1}`` flops, plus O(m^2 d) for the
 orthogonalisation. J itself, built by (4) on the n_L unit vectors (or (3) on the d unit
@@ -44,26 +61,37 @@ that path when it needs no more products than the Krylov method, ``"explicit"`` 
 whole set. Forming J^T J per example instead (the Gram form) costs 2 d n_L (n_1 + d) flops for
 two layers, 10 to 14 times the Krylov products for the MNIST stacks, before a (d, d) eigh.
 
-Speed (``pipelines.bench_tangents``, 60000 MNIST images, k = 15, m = 28, 2-core AMD EPYC whose
-cores each multiply fp32 matrices at about 90 GFLOP/s): through a 784-1000-500 stack the
-products are 8.6 TFLOP, 47 s at the rate of both cores; the whole computation takes 130 CPU
-seconds (72% of that rate), about 65 s on an idle machine; through the MTC's 784-1000-1000
-stack 12 TFLOP, 65 s ideal, 166 CPU seconds, about 83 s. The rest is the full
-reorthogonalisation (memory-bound: K is read twice per step), the small eigenproblems,
-Eq. (8)'s products and the elementwise slopes. On CPU the batches are shared out to
-``torch.get_num_threads()`` worker threads of one intra-op thread each (see ``_map``); on a
-GPU they run one after the other.
+Speed (``pipelines.bench_tangents --n 60000 --threads 2``, k = 15, 2-core AMD EPYC whose
+cores each multiply fp32 matrices at about 93 GFLOP/s, wall time on a quiet machine), the
+defaults (m = 25, rank_tol = 0.01) against the former ones (m = 28, the whole input space):
+
+    stack                            r     products    wall s / 60000   CPU s   former (m = 28)
+    784-1000-500, untrained          784   7.7 TFLOP   56.9             112     65.2 s
+    784-1000-1000, the MTC's CAE+H   288   7.5 TFLOP   58.4             116     85.3 s
+
+about 72-75% of the machine's matmul rate. The rest is the full reorthogonalisation
+(memory-bound: K is read twice per step), the small eigenproblems, Eq. (8)'s products and the
+elementwise slopes. On CPU the batches are shared out to ``torch.get_num_threads()`` worker
+threads of one intra-op thread each (see ``_map``); on a GPU they run one after the other.
 
 How good the tangents are depends on the spectrum: the top-k subspace is only defined up to
-the gap sigma_k - sigma_{k+1}. On MNIST through an untrained 784-1000-500 sigmoid stack, k=15,
-the spectrum is flat (median sigma_16 / sigma_15 = 0.993): the Lanczos tangents capture a
-median 82% (m=24), 88% (m=28, the default) and 99% (m=45) of the energy
-``sum_{i<=k} sigma_i^2`` of the exact top-15 subspace, while their principal angles to it stay
-near pi/2, since that subspace is barely defined. Through a CAE-pretrained 784-1000-1000 stack
-(sigma_16 / sigma_15 = 0.96, sigma_30 / sigma_15 = 0.45) m = 28 captures a median 99.9%
-(minimum 97%) with a median largest angle of 0.44 rad, and m = 45 is exact to 1e-3 rad. With a
-gap, convergence is fast: the tests reach angles below 1e-3 rad with m=30 for a Jacobian of
-rank 40.
+the gap sigma_k - sigma_{k+1}; the measure that stays meaningful without a gap is the energy
+captured, ``sum_i ||J u_i||^2 / sum_{i<=k} sigma_i^2`` (1 for the exact subspace). On 200 MNIST
+images against the float64 SVD of the explicit Jacobian, k = 15 (min / median over the images):
+
+    stack, spectrum                                      m = 20 (r)    m = 25 (r)    m = 28 (r)
+    MTC's CAE+H 784-1000-1000, sigma_16/sigma_15 = 0.96  0.86 / 0.94   0.95 / 0.99   0.98 / 0.999
+      (same, all 784 directions: m = 25)                               0.94 / 0.99
+    untrained 784-1000-500, flat: 0.993                  -             0.82 / 0.84   0.87 / 0.89
+
+(m = 20, 28 on the MTC stack: r = 784; m = 23 in r = 288: 0.92 / 0.97). On the trained stack
+restricting the search to r = 288 directions costs nothing measurable (0.954 / 0.988 against
+0.941 / 0.990 in the whole space) and a third of the time. Does the MTC notice the difference
+between m = 20 and m = 28? On the full semi-supervised profile, 100 labels, its test error
+was 11.65% against 11.55%, and at 1000 labels 3.97% against 4.28% (one seed each). On the
+untrained stack the principal angles stay near pi/2 whatever m, since the top-15 subspace is
+barely defined there. With a gap, convergence is fast: the tests reach angles below 1e-3 rad
+with m = 30 for a Jacobian of rank 40.
 
 References
 ----------
