@@ -427,7 +427,8 @@ def search_space(stack: Stack, k: int, *, oversample: int = OVERSAMPLE,
     oversample=, rank_tol=)`` looks for the tangents with the Krylov method, or None when it
     searches the whole input space."""
     m = min(_check_int("k", k, 1) + _check_int("oversample", oversample, 0), stack.n_visible)
-    sub = _input_subspace(_params(stack), m, rank_tol, stack[0].encoder_weight.dtype, "cpu", k)
+    sub = _input_subspace(_params(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
+                          "cpu", k)
     return None if sub is None else sub[1]
 
 
@@ -463,6 +464,14 @@ def _check_int(name: str, value, low: int) -> int:
     return value
 
 
+def _check_rank_tol(rank_tol) -> float:
+    if (isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float))
+            or not 0.0 <= rank_tol < 1.0):
+        raise ValueError(f"rank_tol must be a number in [0, 1), the fraction of ||W_1||_F^2 the "
+                         f"search space may leave out (0: none), got {rank_tol!r}")
+    return rank_tol
+
+
 def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size: int,
              batch_size: int, method: str, rank_tol: float = 0.0) -> tuple[str, int]:
     """Validate the arguments of ``tangents``; return the method and the Krylov dimension m."""
@@ -471,10 +480,7 @@ def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size:
     _check_int("oversample", oversample, 0)
     _check_int("block_size", block_size, 1)
     _check_int("batch_size", batch_size, 1)
-    if (isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float))
-            or not 0.0 <= rank_tol < 1.0):
-        raise ValueError(f"rank_tol must be a number in [0, 1), the fraction of ||W_1||_F^2 the "
-                         f"search space may leave out (0: none), got {rank_tol!r}")
+    _check_rank_tol(rank_tol)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     d, n_L = stack.n_visible, stack.n_hidden

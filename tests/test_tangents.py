@@ -386,3 +386,11 @@ def test_rank_tol_is_checked():
     for bad in (-0.1, 1.0, "0.01", True):
         with pytest.raises(ValueError, match=r"rank_tol must be a number in \[0, 1\)"):
             tangents(stack, X, 3, rank_tol=bad)
+        with pytest.raises(ValueError, match=r"rank_tol must be a number in \[0, 1\)"):
+            tg.search_space(stack, 3, rank_tol=bad)
+    # search_space says where tangents looks: None for a generic W_1 with n_1 >= d (r rounds up
+    # to d), 32 rows here (n_1 = 30 < d: the row space is all there is), 16 for a low-rank W_1
+    assert tg.search_space(_stack((64, 80, 12), ("sigmoid", "sigmoid")), 3) is None
+    assert tg.search_space(stack, 3).shape == (32, 64)
+    Vt = tg.search_space(_low_rank_stack([2.0] * 16 + [0.02] * 24), 5)
+    assert Vt.shape == (16, 64)
