@@ -1,6 +1,6 @@
 # The two commands: `make run` (install, then the quickstart) and `make test` (install, then the tests).
-# TORCH pins the CPU build that a machine without a GPU resolves locally; a GPU user sets
-# TORCH="torch --index-url https://download.pytorch.org/whl/cu124" or installs torch first and sets TORCH=torch.
+# TORCH pins the CPU build that a machine without a GPU resolves locally; a GPU user installs
+# the CUDA build of torch first (PyTorch's own instructions) and sets TORCH=torch.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 
