@@ -38,6 +38,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+
+from finetune.tangents import OVERSAMPLE, RANK_TOL
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -384,6 +386,9 @@ class MTCClassifier(_StackedClassifier):
     beta : weight of the tangent penalty (>= 0; 0 is ``StackedMLPClassifier``).
     n_tangents : tangents per example, the leading right singular vectors of the pretrained
         stack's Jacobian (``finetune.tangents``), ``1 <= n_tangents <= min(d, n_hidden_L)``.
+    tangent_oversample, tangent_rank_tol : their accuracy, ``oversample`` and ``rank_tol`` of
+        ``finetune.tangents.tangents`` (Krylov vectors beyond n_tangents; the share of the first
+        layer's squared Frobenius norm the search may leave out, 0 for none).
 
     Attributes
     ----------
@@ -397,8 +402,9 @@ class MTCClassifier(_StackedClassifier):
     """
 
     def __init__(self, layers=(("cae", 100),), *, pretrain_epochs=10, epochs=50, batch_size=32,
-                 lr=0.003, beta=1.0, n_tangents=10, validation_fraction=0.2, patience=20,
-                 random_state=0, layer_params=None):
+                 lr=0.003, beta=1.0, n_tangents=10, tangent_oversample=OVERSAMPLE,
+                 tangent_rank_tol=RANK_TOL, validation_fraction=0.2, patience=20, random_state=0,
+                 layer_params=None):
         self.layers = layers
         self.pretrain_epochs = pretrain_epochs
         self.epochs = epochs
@@ -406,6 +412,8 @@ class MTCClassifier(_StackedClassifier):
         self.lr = lr
         self.beta = beta
         self.n_tangents = n_tangents
+        self.tangent_oversample = tangent_oversample
+        self.tangent_rank_tol = tangent_rank_tol
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.random_state = random_state
@@ -421,13 +429,17 @@ class MTCClassifier(_StackedClassifier):
                              f"top layer n_hidden={top}): the Jacobian has at most "
                              f"{min(n_visible, top)} non-zero singular values")
         p["n_tangents"] = k
+        p["tangent_oversample"] = _check_int("tangent_oversample", self.tangent_oversample, 0)
+        p["tangent_rank_tol"] = _check_float("tangent_rank_tol", self.tangent_rank_tol, low=0.0,
+                                             high=1.0)
         return p
 
     def _module(self, encoder, n_classes, p, X_train):
         from finetune.mtc import MTC
         from finetune.tangents import tangents
 
-        U, _ = tangents(self.stack_, X_train, p["n_tangents"], seed=p["seed"])  # (N, k, d)
+        U, _ = tangents(self.stack_, X_train, p["n_tangents"], oversample=p["tangent_oversample"],
+                        rank_tol=p["tangent_rank_tol"], seed=p["seed"])  # (N, k, d)
         module = MTC(encoder, n_classes, beta=p["beta"], lr=p["lr"], optimizer="adam",
                      seed=p["seed"])
         return module, (U,)

@@ -209,11 +209,26 @@ def test_single_class_is_rejected(digits, cls):
     (StackedMLPClassifier(patience=0), "patience"),
     (MTCClassifier(beta=-1.0), "beta"),
     (MTCClassifier(layers=[("cae", 8)], n_tangents=9), "n_tangents"),
+    (MTCClassifier(tangent_oversample=-1), "tangent_oversample"),
+    (MTCClassifier(tangent_rank_tol=1.0), "tangent_rank_tol"),
 ])
 def test_bad_hyperparameter_is_named_at_fit(digits, est, name):
     X, y = digits
     with pytest.raises(ValueError, match=name):
         est.fit(X[:60], y[:60])
+
+
+def test_the_tangent_accuracy_parameters_reach_the_tangents(labeled, monkeypatch):
+    import finetune.tangents as tg
+
+    X_tr, y_tr, _, _ = labeled
+    calls = []
+    real = tg.tangents
+    monkeypatch.setattr(tg, "tangents", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    clf = MTCClassifier(layers=[("cae", 8)], pretrain_epochs=1, epochs=1, n_tangents=2)
+    assert (clf.tangent_oversample, clf.tangent_rank_tol) == (tg.OVERSAMPLE, tg.RANK_TOL)
+    clf.set_params(tangent_oversample=3, tangent_rank_tol=0.2).fit(X_tr, y_tr)
+    assert [(c["oversample"], c["rank_tol"]) for c in calls] == [(3, 0.2)]
 
 
 def test_inputs_outside_the_loss_range_are_named(digits):
