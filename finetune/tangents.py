@@ -412,13 +412,14 @@ def _input_subspace(params, m: int, rank_tol: float, dtype, device, k: int = 0):
     n1, d = W1.shape
     if min(m, n1) >= d:  # nothing to restrict
         return None
+    W1 = W1.detach().double().cpu()
     with _one_thread():  # the same V_r whatever the thread count: reproducible tangents
-        _, s, Vh = torch.linalg.svd(W1.detach().double().cpu(), full_matrices=n1 < d)
+        _, s, Vh = torch.linalg.svd(W1, full_matrices=n1 < d)
     r = min(-(-max(_rank_within(s, rank_tol), m) // 16) * 16, d)
     if r >= d or 2 * m * n1 * (d - r) <= k * r * d:
         return None
     Vt = Vh[:r]
-    reduced = [((W1.detach().double().cpu() @ Vt.T).to(device=device, dtype=dtype), b1, unit1)]
+    reduced = [((W1 @ Vt.T).to(device=device, dtype=dtype), b1, unit1)]
     return reduced + list(params[1:]), Vt.to(device=device, dtype=dtype).contiguous()
 
 
@@ -427,7 +428,7 @@ def search_space(stack: Stack, k: int, *, oversample: int = OVERSAMPLE,
     """V_r^T (r, d) of Eq. (9): the orthonormal rows that span where ``tangents(stack, X, k,
     oversample=, rank_tol=)`` looks for the tangents with the Krylov method, or None when it
     searches the whole input space."""
-    m = min(_check_int("k", k, 1) + _check_int("oversample", oversample, 0), stack.n_visible)
+    m = krylov_dim(_check_int("k", k, 1), _check_int("oversample", oversample, 0), stack.n_visible)
     sub = _input_subspace(_params(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
                           "cpu", k)
     return None if sub is None else sub[1]
@@ -493,10 +494,15 @@ def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size:
         raise ValueError(f"k={k} tangents asked but the input has only d={d} dimensions")
     if not torch.isfinite(X).all():
         raise ValueError("X contains NaN or inf: tangents are only defined at finite inputs")
-    m = min(k + oversample, d)
+    m = krylov_dim(k, oversample, d)
     if method == "auto":
         method = "explicit" if min(n_L, d) <= krylov_products(m, block_size) else "krylov"
     return method, m
+
+
+def krylov_dim(k: int, oversample: int, d: int) -> int:
+    """m, the dimension of the Krylov space for k tangents of d-dimensional inputs."""
+    return min(k + oversample, d)
 
 
 def krylov_products(m: int, block_size: int) -> int:

@@ -43,8 +43,8 @@ import time
 import numpy as np
 import torch
 
-from finetune.tangents import (OVERSAMPLE, RANK_TOL, explicit_jacobian, krylov_products,
-                               search_space, tangents)
+from finetune.tangents import (OVERSAMPLE, RANK_TOL, explicit_jacobian, krylov_dim,
+                               krylov_products, search_space, tangents)
 from pretrain.autoencoder import AutoEncoder
 from pretrain.stack import Stack
 
@@ -111,7 +111,7 @@ def machine_rate(rows: int, d: int, h: int, seconds: float = 1.0) -> tuple[float
 def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES, r: int | None = None) -> float:
     """Flops of the products with J and J^T for one example (see the module docstring); r, the
     dimension of the search space when it is restricted, replaces d in the first layer."""
-    m = min(k + oversample, sizes[0])
+    m = krylov_dim(k, oversample, sizes[0])
     first = sizes[1] * (sizes[0] if r is None else r)
     rest = sum(a * c for a, c in zip(sizes[1:-1], sizes[2:]))
     return 2.0 * krylov_products(m, block_size) * (first + rest)
@@ -130,6 +130,11 @@ def load_layers(paths: list[str]) -> Stack:
         layer = AutoEncoder(n_visible, n_hidden)
         layer.load_state_dict(state)
         layers.append(layer)
+    return frozen_stack(layers)
+
+
+def frozen_stack(layers) -> Stack:
+    """The layers as a Stack in eval mode with no parameter requiring a gradient."""
     stack = Stack(layers).eval()
     for p in stack.parameters():
         p.requires_grad_(False)
@@ -160,10 +165,7 @@ def build_stack(seed: int, pretrain_epochs: int, X: torch.Tensor, contraction: f
             trainer = make_trainer(None, max_epochs=pretrain_epochs, deterministic=False)
             trainer.fit(layer, datamodule=ArrayDataModule(codes.numpy(), batch_size=100, seed=seed))
             codes = encode_all(layer, codes)
-    stack = Stack(layers).eval()
-    for p in stack.parameters():
-        p.requires_grad_(False)
-    return stack
+    return frozen_stack(layers)
 
 
 def exact(stack: Stack, X: torch.Tensor, dtype: torch.dtype, chunk: int = 50):
@@ -279,7 +281,7 @@ def main(argv=None) -> None:
         rate = max(0.5 * (rates[-2][0] + rates[-1][0]), 0.5 * (rates[-2][1] + rates[-1][1]))
         per_core = max(rates[-2][2], rates[-1][2])
         acc = accuracy(U[:args.sample], S[:args.sample], Vh, S_ref)
-        m = min(K + oversample, sizes[0])
+        m = krylov_dim(K, oversample, sizes[0])
         scale = 60000 / args.n
         print(f"| {oversample} | {block_size} | {rank_tol:g} | {r or sizes[0]} | {m} | {krylov_products(m, block_size)} | {dt:.1f} | "
               f"{dt * scale:.0f} | {cpu * scale:.0f} | {cpu * scale / cores:.0f} | "

@@ -38,10 +38,10 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-
-from finetune.tangents import OVERSAMPLE, RANK_TOL
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from finetune.tangents import OVERSAMPLE, RANK_TOL
 
 from pretrain.layer import OPTIMIZERS
 
