@@ -61,7 +61,7 @@ that path when it needs no more products than the Krylov method, ``"explicit"`` 
 whole set. Forming J^T J per example instead (the Gram form) costs 2 d n_L (n_1 + d) flops for
 two layers, 10 to 14 times the Krylov products for the MNIST stacks, before a (d, d) eigh.
 
-Speed (``pipelines.bench_tangents --n 60000 --threads 2``, k = 15, 2-core AMD EPYC whose
+Speed (``pipelines.bench.timing.tangents --n 60000 --threads 2``, k = 15, 2-core AMD EPYC whose
 cores each multiply fp32 matrices at about 93 GFLOP/s, wall time on a quiet machine), the
 defaults (m = 25, rank_tol = 0.01) against the former ones (m = 28, the whole input space):
 
@@ -109,11 +109,8 @@ import contextlib
 import copy
 import hashlib
 import math
-import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
@@ -129,7 +126,7 @@ RANK_TOL = 1e-2
 
 # Part of the cache key: bump it when the same options give other tangents (2: Lanczos
 # default, one random start per (seed, batch) instead of one generator run through the batches).
-_ALGORITHM = "tangents 2"
+ALGORITHM = "tangents 2"
 
 # A direction whose squared norm after projection is below this many float eps of the block's
 # squared norm is rounding error, not Krylov information: it is replaced by a random one.
@@ -137,7 +134,7 @@ _BREAKDOWN_EPS = 100.0
 
 
 # -- the Jacobian, matrix-free ----------------------------------------------------------------
-def _params(stack: Stack) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+def encoder_params(stack: Stack) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
     """``(W_l, b_l, unit_l)`` of every layer, bottom-up."""
     return [(layer.encoder_weight, layer.encoder_bias, layer.hidden_unit) for layer in stack]
 
@@ -240,7 +237,7 @@ def jvp(stack: Stack, x: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, t
     _check_input(stack, x)
     if V.ndim != 3 or V.shape[:2] != x.shape:
         raise ValueError(f"V must have shape ({x.shape[0]}, {x.shape[1]}, m), got {tuple(V.shape)}")
-    params = _params(stack)
+    params = encoder_params(stack)
     h, slopes = _forward(params, x)
     return h, _jvp_rows(params, slopes, V.transpose(1, 2).contiguous()).transpose(1, 2)
 
@@ -250,7 +247,7 @@ def vjp(stack: Stack, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     _check_input(stack, x)
     if U.ndim != 3 or U.shape[0] != x.shape[0] or U.shape[1] != stack.n_hidden:
         raise ValueError(f"U must have shape ({x.shape[0]}, {stack.n_hidden}, m), got {tuple(U.shape)}")
-    params = _params(stack)
+    params = encoder_params(stack)
     _, slopes = _forward(params, x)
     return _vjp_rows(params, slopes, U.transpose(1, 2).contiguous()).transpose(1, 2)
 
@@ -429,7 +426,7 @@ def search_space(stack: Stack, k: int, *, oversample: int = OVERSAMPLE,
     oversample=, rank_tol=)`` looks for the tangents with the Krylov method, or None when it
     searches the whole input space."""
     m = krylov_dim(_check_int("k", k, 1), _check_int("oversample", oversample, 0), stack.n_visible)
-    sub = _input_subspace(_params(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
+    sub = _input_subspace(encoder_params(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
                           "cpu", k)
     return None if sub is None else sub[1]
 
@@ -440,7 +437,7 @@ def explicit_jacobian(stack: Stack, x: torch.Tensor) -> torch.Tensor:
     Memory is B n_L d: call it on batches, not on a whole data set.
     """
     _check_input(stack, x)
-    params = _params(stack)
+    params = encoder_params(stack)
     _, slopes = _forward(params, x)
     B, d = x.shape
     n_L = stack.n_hidden
@@ -498,6 +495,13 @@ def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size:
     if method == "auto":
         method = "explicit" if min(n_L, d) <= krylov_products(m, block_size) else "krylov"
     return method, m
+
+
+def check_options(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE,
+                  block_size: int = 1, rank_tol: float = RANK_TOL, batch_size: int = 512,
+                  seed: int = 0, method: str = "auto") -> None:
+    """Raise the ``ValueError`` that ``tangents`` would for these arguments, computing nothing."""
+    _resolve(stack, X, k, oversample, block_size, batch_size, method, rank_tol)
 
 
 def krylov_dim(k: int, oversample: int, d: int) -> int:
@@ -581,7 +585,7 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = OVERSAM
     W0 = stack[0].encoder_weight
     dtype = W0.dtype
     device = W0.device if device is None else torch.device(device)
-    params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in _params(stack)]
+    params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in encoder_params(stack)]
     if method == "explicit" and device != W0.device:
         stack = copy.deepcopy(stack).to(device)
     subspace = _input_subspace(params, m, rank_tol, dtype, device, k) if method == "krylov" else None
@@ -617,68 +621,4 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = OVERSAM
         _map(run, len(starts), workers)
     finally:
         stack.train(was)
-    return U, S
-
-
-# -- cache ----------------------------------------------------------------------------------------
-def _digest_tensor(h, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-
-
-def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
-    """A sha256 of everything the tangents depend on.
-
-    The stack enters through what J depends on, each layer's unit, encoder weight and bias
-    (rather than the raw state_dict, which misses the unit and, for a Gaussian RBM, sigma);
-    then X's bytes, k and the options of ``tangents``, and the version of the algorithm, so
-    that tangents cached by an earlier version (other random starts) are recomputed.
-    """
-    h = hashlib.sha256(_ALGORITHM.encode())
-    for W, b, unit in _params(stack):
-        h.update(unit.encode())
-        _digest_tensor(h, W)
-        _digest_tensor(h, b)
-    _digest_tensor(h, X)
-    h.update(repr((k, sorted(options.items()))).encode())
-    return h.hexdigest()
-
-
-def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.PathLike, *,
-                    oversample: int = OVERSAMPLE, block_size: int = 1, rank_tol: float = RANK_TOL,
-                    batch_size: int = 512, seed: int = 0, method: str = "auto",
-                    device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``tangents(...)``, stored in ``cache_dir`` and read back on the next call with the same inputs.
-
-    The file is ``tangents-<key>.pt`` with the key of ``tangent_key``: a different stack, X, k
-    or option misses (``device`` says only where they are computed: not part of the key). It is written to a temporary file and renamed, so an interrupted run
-    leaves no half-written cache, and loaded with ``weights_only=True``; a file whose stored key
-    or shapes do not match is recomputed and overwritten.
-    """
-    options = dict(oversample=oversample, block_size=block_size, rank_tol=rank_tol,
-                   batch_size=batch_size, seed=seed, method=method)
-    _resolve(stack, X, k, oversample, block_size, batch_size, method, rank_tol)  # fail before hashing
-    key = tangent_key(stack, X, k, **options)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"tangents-{key[:32]}.pt"
-    if path.exists():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # unreadable (truncated by hand, older format): recompute below
-            saved = None
-        if (isinstance(saved, dict) and saved.get("key") == key
-                and tuple(saved["U"].shape) == (len(X), k, X.shape[1])):
-            return saved["U"].to(X.device), saved["S"].to(X.device)
-    U, S = tangents(stack, X, k, **options, device=device)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"key": key, "U": U.cpu(), "S": S.cpu()}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return U, S

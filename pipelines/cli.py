@@ -35,7 +35,7 @@ def main() -> None:
 def run(config: str | None, overrides: tuple[str, ...], data_dir: str | None, download: bool,
         print_config: bool) -> None:
     """Run a pipeline: CONFIG is a YAML path or a shipped name (default: quickstart)."""
-    from .config import ConfigError, load_config
+    from pipelines.config import ConfigError, load_config
 
     overrides = list(overrides)
     if data_dir:
@@ -49,7 +49,7 @@ def run(config: str | None, overrides: tuple[str, ...], data_dir: str | None, do
     if print_config:
         click.echo(cfg.to_yaml())
         return
-    from .run import run_pipeline
+    from pipelines.run import run_pipeline
 
     try:
         result = run_pipeline(cfg)
@@ -68,9 +68,9 @@ def data() -> None:
 @click.option("--data-dir", default=None, help="Where to look for data files first.")
 def data_list(data_dir: str | None) -> None:
     """List the datasets and where their files are found."""
-    from .datasets import DATASETS
-    from .mnist import dataset_locations, find_mnist
-    from .variations import cache_path
+    from pipelines.data.datasets import DATASETS
+    from pipelines.data.mnist import dataset_locations, find_mnist
+    from pipelines.data.variations import cache_path
 
     try:
         mnist = find_mnist(data_dir)
@@ -103,8 +103,8 @@ def data_list(data_dir: str | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 def data_show(name: str, data_dir: str | None, download: bool, out: str | None, seed: int) -> None:
     """Write a grid of examples of dataset NAME, one row per class."""
-    from .datasets import load_dataset
-    from .figures import example_grid, save_figure
+    from pipelines.data.datasets import load_dataset
+    from pipelines.reporting.figures import example_grid, save_figure
 
     try:
         ds = load_dataset(name, data_dir=data_dir, seed=seed, download=download)
@@ -125,7 +125,7 @@ def ui(host: str, port: int, uri: str | None) -> None:
     """Start the MLflow UI over the same store that runs write to."""
     import subprocess
 
-    from .tracking import artifact_root, resolve_uri
+    from pipelines.tracking import artifact_root, resolve_uri
 
     uri = resolve_uri(uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -157,7 +157,7 @@ def analyze() -> None:
 @click.option("--seed", default=0, show_default=True)
 def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) -> None:
     """Train a DAE and a CAE on 2-D toy data; plot r(x) - x and the potential."""
-    from .analyze import vector_field_analysis
+    from pipelines.analysis.analyze import vector_field_analysis
 
     res = vector_field_analysis(out_dir, data=data, hidden_unit=hidden_unit, epochs=epochs, seed=seed,
                                 run_id=run_id, uri=uri)
@@ -183,7 +183,7 @@ def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) 
 @click.option("--out", "out_dir", default=None, help="Also write the figures here.")
 def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed, out_dir) -> None:
     """Sample a run's stack; log the chains and the Parzen log-likelihood to the run."""
-    from .analyze import sample_run
+    from pipelines.analysis.analyze import sample_run
 
     try:
         res = sample_run(run_id, uri=uri, root=root, n_samples=n_samples, n_chains=n_chains,
@@ -201,7 +201,7 @@ def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed,
 @click.option("--out", "out_dir", default=None, help="Also write the figures here.")
 def analyze_spectrum(run_id, uri, root, n_examples, out_dir) -> None:
     """Singular values of the top code's Jacobian over test examples; tangent images."""
-    from .analyze import spectrum_run
+    from pipelines.analysis.analyze import spectrum_run
 
     try:
         res = spectrum_run(run_id, uri=uri, root=root, n_examples=n_examples, out_dir=out_dir)
@@ -238,7 +238,7 @@ def _bench_command(suite: str, summary: str) -> None:
                        "e.g. 'paper-*-mtc_all-*'; the table shows the finished ones.")
     def command(profile: str, seeds: int | None, data_dir: str | None, root: str,
                 threads: int | None, accelerator: str, only: tuple[str, ...]) -> None:
-        from .bench_runner import run_bench
+        from pipelines.bench.runner import run_bench
 
         if threads is not None:
             import torch

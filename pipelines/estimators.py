@@ -42,8 +42,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from finetune.tangents import OVERSAMPLE, RANK_TOL
-
 from pretrain.layer import OPTIMIZERS
+
+from pipelines import training
 
 __all__ = ["StackedPretrainer", "StackedMLPClassifier", "MTCClassifier"]
 
@@ -112,7 +113,7 @@ def _quiet_seed(seed: int) -> None:
     RNG (the layers, the head and the tangents take their own seeded generators)."""
     import lightning.pytorch as L
 
-    from .training import quiet_lightning
+    from pipelines.training import quiet_lightning
 
     quiet_lightning()
     L.seed_everything(seed, workers=False, verbose=False)
@@ -194,9 +195,6 @@ class StackedPretrainer(TransformerMixin, BaseEstimator):
         """Pretrain the stack on ``X`` (N, d); ``y`` is ignored. Returns ``self``."""
         from pretrain.stack import GreedyStack
 
-        from .datamodule import ArrayDataModule
-        from .training import make_trainer
-
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         epochs = _check_int("epochs", self.epochs, 0)
         batch_size = _check_int("batch_size", self.batch_size, 1)
@@ -205,16 +203,8 @@ class StackedPretrainer(TransformerMixin, BaseEstimator):
         _quiet_seed(seed)
 
         def fit_layer(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
-            if epochs == 0:
-                return
-            dm = ArrayDataModule(codes, None, batch_size=min(batch_size, len(codes)),
-                                 seed=seed * 100 + k)
-            trainer = make_trainer(max_epochs=epochs)
-            try:
-                trainer.fit(layer, datamodule=dm)
-            except ValueError as e:  # inputs outside the range of the layer's loss
-                raise ValueError(f"layers[{k}]: {e}") from None
-            layer.trainer = None  # the fitted estimator keeps no Trainer (pickles, clones)
+            training.fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
+                               where=f"layers[{k}]")
 
         self.stack_ = greedy.fit(_tensor(X), fit_layer).eval()
         return self
@@ -256,9 +246,8 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
         from lightning.pytorch.callbacks import EarlyStopping
 
         from finetune.unroll import UnrolledEncoder
-
-        from .datamodule import ArrayDataModule
-        from .training import KeepBest, make_trainer
+        from pipelines.data.datamodule import ArrayDataModule
+        from pipelines.training import KeepBest, make_trainer
 
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         check_classification_targets(y)

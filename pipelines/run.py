@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import PipelineConfig
-from .report import Row, to_csv, to_markdown
-from .tracking import resolve_uri
+from pipelines.config import PipelineConfig
+from pipelines.files import atomic_write_text
+from pipelines.reporting.tables import Row, to_csv, to_markdown
 
 
 @dataclass
@@ -40,13 +38,17 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
     import lightning.pytorch as L
     import mlflow
 
-    from . import tracking
-    from .baselines_stage import run_baselines
-    from .datasets import load_dataset
-    from .finetuning import fit_classifier, fit_deep_autoencoder
-    from .pretraining import build_layers, pretrain_stack, tracked_layer_fitter
-    from .splits import make_split
-    from .training import quiet_lightning
+    from pipelines import tracking
+    from pipelines.data.datasets import load_dataset
+    from pipelines.data.splits import make_split
+    from pipelines.stages.baselines import run_baselines
+    from pipelines.stages.finetuning import fit_classifier, fit_deep_autoencoder
+    from pipelines.stages.pretraining import (
+        build_layers,
+        pretrain_stack,
+        tracked_layer_fitter,
+    )
+    from pipelines.training import quiet_lightning
 
     quiet_lightning()
     if cfg.threads is not None:
@@ -59,17 +61,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
                        valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test)
     build_layers(cfg, ds.X.shape[1])  # bad layer settings too
 
-    uri = resolve_uri(cfg.tracking.uri)
-    try:
-        tracking.check_reachable(uri)
-    except ConnectionError as e:
-        local = tracking.default_uri(root)
-        print(f"warning: {e}\nwriting this run to the local store {local} instead", file=sys.stderr)
-        uri = local
-    if not tracking.is_rank_zero():
-        # under DDP every rank runs the pipeline; only rank 0 writes to the tracking store
-        uri = tracking.default_uri(tempfile.mkdtemp(prefix="layerwise-rank-"))
-    experiment_id = tracking.setup(uri, cfg.tracking.experiment)
+    uri, experiment_id = tracking.open_store(cfg.tracking.uri, root=root,
+                                             experiment=cfg.tracking.experiment)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cache_dir = root / "cache"
     digest = cfg.digest("seed", "data", "pretrain", "finetune", "baselines")
@@ -81,7 +74,7 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResu
         if path.exists():
             return [Row(**d) for d in json.loads(path.read_text())]
         rows = compute()
-        tracking.atomic_write_text(path, json.dumps([asdict(r) for r in rows]))
+        atomic_write_text(path, json.dumps([asdict(r) for r in rows]))
         return rows
 
     tags = {**tracking.environment_tags(), "layerwise.digest": digest}

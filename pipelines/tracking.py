@@ -12,8 +12,16 @@ import platform
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
+
+import mlflow
+import mlflow.data
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from mlflow.tracking import MlflowClient
 
 DEFAULT_ROOT = Path("mlruns")
 
@@ -39,7 +47,6 @@ def artifact_root(uri: str) -> str | None:
 def is_rank_zero() -> bool:
     """True in the process of global rank 0 (and in any non-distributed run). Read from the
     launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID), as Lightning does."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
 
@@ -48,8 +55,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail early, with the fix, when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
     except urllib.error.HTTPError:
@@ -63,8 +68,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def setup(uri: str | None = None, experiment: str = "layerwise") -> str:
     """Point MLflow at the store, create the experiment if needed; return its id."""
-    import mlflow
-
     uri = resolve_uri(uri)
     check_reachable(uri)
     if uri.startswith("sqlite:///"):
@@ -74,6 +77,26 @@ def setup(uri: str | None = None, experiment: str = "layerwise") -> str:
     if exp is None:
         return mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
     return exp.experiment_id
+
+
+def open_store(uri: str | None, *, root: str | Path = DEFAULT_ROOT,
+               experiment: str = "layerwise") -> tuple[str, str]:
+    """The store every ``run`` and ``bench`` writes to, and the experiment's id in it.
+
+    The URI is ``uri``, else ``$MLFLOW_TRACKING_URI``, else the local store under ``root``. A
+    server that does not answer is replaced by the local store, with a warning; under DDP, the
+    processes of rank > 0 write to a throwaway store of their own (only rank 0 tracks).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    try:
+        check_reachable(uri)
+    except ConnectionError as e:
+        local = default_uri(root)
+        print(f"warning: {e}\nwriting this run to the local store {local} instead", file=sys.stderr)
+        uri = local
+    if not is_rank_zero():
+        uri = default_uri(tempfile.mkdtemp(prefix="layerwise-rank-"))
+    return uri, setup(uri, experiment)
 
 
 def git_commit() -> str:
@@ -89,7 +112,6 @@ def git_commit() -> str:
 
 def environment_tags() -> dict[str, str]:
     """Package versions and the git commit, recorded on every parent run."""
-    from importlib.metadata import PackageNotFoundError, version
 
     tags = {"python": sys.version.split()[0], "platform": platform.platform(),
             "git_commit": git_commit()}
@@ -105,7 +127,6 @@ def environment_tags() -> dict[str, str]:
 def start_run(name: str, *, experiment_id: str, nested: bool = False,
               tags: dict[str, str] | None = None) -> Iterator["mlflow.ActiveRun"]:
     """An MLflow run that ends FAILED on an exception and KILLED on Ctrl-C, never left RUNNING."""
-    import mlflow
 
     run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=nested, tags=tags)
     try:
@@ -123,7 +144,6 @@ def start_run(name: str, *, experiment_id: str, nested: bool = False,
 def mark_stale_runs(experiment_id: str, digest: str) -> list[str]:
     """Mark runs of the same config left RUNNING by a killed process (and their nested runs)
     as KILLED; return their ids. A process killed with SIGKILL cannot end its own runs."""
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     stale = [r.info.run_id for r in client.search_runs(
@@ -142,7 +162,6 @@ def mark_stale_runs(experiment_id: str, digest: str) -> list[str]:
 
 def log_config(cfg) -> None:
     """The resolved config as params (dotted keys) and as ``config.yaml``."""
-    import mlflow
 
     params = cfg.flat()
     items = list(params.items())
@@ -152,51 +171,31 @@ def log_config(cfg) -> None:
 
 
 def log_figure(fig, path: str) -> None:
-    import mlflow
 
     mlflow.log_figure(fig, path)
 
 
 def log_text_artifact(text: str, path: str) -> None:
-    import mlflow
 
     mlflow.log_text(text, path)
 
 
 def log_file(local_path: str | Path, artifact_dir: str | None = None) -> None:
-    import mlflow
 
     mlflow.log_artifact(str(local_path), artifact_dir)
 
 
 def log_dataset_input(X, y, *, name: str, source: str, context: str) -> None:
     """Log a dataset as an MLflow input (schema, digest, source), not its contents."""
-    import mlflow
     import mlflow.data
 
     ds = mlflow.data.from_numpy(X, targets=y, source=source, name=name)
     mlflow.log_input(ds, context=context)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def metric_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every metric of a run as ``{name: [(step, value), ...]}`` (Lightning logs epochs as steps
     of its own; the epoch is logged as the metric ``epoch``, so curves use the index)."""
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     out = {}

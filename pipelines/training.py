@@ -1,8 +1,9 @@
-"""Building Lightning Trainers from the config's trainer flags: the one place that does.
+"""Lightning Trainers built from the config's trainer flags, and the one way a layer is fitted.
 
-Layers and fine-tuning modules never build a Trainer; every stage of a pipeline, benchmark
-and scikit-learn estimator comes through ``make_trainer`` so that ``--set trainer.devices=2
---set trainer.strategy=ddp`` reaches all of them.
+Layers and fine-tuning modules never build a Trainer; every stage of a pipeline, benchmark,
+analysis and scikit-learn estimator comes through ``make_trainer`` so that ``--set
+trainer.devices=2 --set trainer.strategy=ddp`` reaches all of them, and every layer of a stack
+is fitted by ``fit_layer``, tracked or not.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from pipelines.data.datamodule import ArrayDataModule
 
 
 def quiet_lightning() -> None:
@@ -49,6 +53,38 @@ def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(
         log_every_n_steps=1,  # layers log per epoch; this only silences the interval warning
         **flags,
     )
+
+
+def fit_layer(layer: L.LightningModule, X, X_val=None, *, epochs: int, batch_size: int, seed: int,
+              trainer_cfg=None, logger=False, callbacks=(), ckpt_dir: str | os.PathLike | None = None,
+              where: str | None = None, **overrides) -> L.Trainer | None:
+    """Fit one pretraining layer on ``X`` (N, d) for ``epochs`` epochs, in batches of
+    ``batch_size`` (at most N) shuffled by ``seed``; validate on ``X_val`` when given.
+
+    ``ckpt_dir``: keep a Lightning ``last.ckpt`` there and resume from it, so that an interrupted
+    layer goes on from its last finished epoch. ``where`` (e.g. ``pretrain.layers.1``) prefixes
+    the message of an input the layer refuses. The layer keeps no reference to the Trainer
+    afterwards (it pickles and clones); the Trainer is returned (None for ``epochs == 0``).
+    """
+    if epochs == 0:
+        return None
+    dm = ArrayDataModule(X, None, X_val, None, batch_size=min(batch_size, len(X)), seed=seed)
+    callbacks = list(callbacks)
+    if ckpt_dir is not None:
+        # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1))
+    trainer = make_trainer(trainer_cfg, max_epochs=epochs, logger=logger, callbacks=callbacks,
+                           checkpointing=ckpt_dir is not None,
+                           root_dir=Path(ckpt_dir).parent if ckpt_dir is not None else None, **overrides)
+    try:
+        trainer.fit(layer, datamodule=dm,
+                    ckpt_path=last_checkpoint(ckpt_dir) if ckpt_dir is not None else None)
+    except ValueError as e:  # inputs outside the range of the layer's loss, and the like
+        if where is None:
+            raise
+        raise ValueError(f"{where}: {e}") from None
+    layer.trainer = None
+    return trainer
 
 
 def compute_device(trainer_cfg=None) -> torch.device:

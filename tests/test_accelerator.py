@@ -3,10 +3,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.bench_suites import bench_config, get_profile
+from pipelines.bench.suites import bench_config, get_profile
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.pretraining import layer_digest
+from pipelines.stages.layer_cache import layer_digest
 from pipelines.training import compute_device
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")

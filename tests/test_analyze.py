@@ -17,18 +17,34 @@ from click.testing import CliRunner
 from sklearn.datasets import load_digits
 
 from pipelines import tracking
-from pipelines.analyze import (EnergyClassifier, batch_jacobians, draw_samples, fit_autoencoder,
-                               iterate_reconstruction, jacobian_singular_values, jacobian_tangents,
-                               load_run, off_manifold_points, sample_run, spectrum_run,
-                               spectrum_summary, toy_autoencoder)
+from pipelines.analysis.analyze import (
+    EnergyClassifier,
+    batch_jacobians,
+    draw_samples,
+    fit_autoencoder,
+    iterate_reconstruction,
+    jacobian_singular_values,
+    jacobian_tangents,
+    load_run,
+    off_manifold_points,
+    sample_run,
+    spectrum_run,
+    spectrum_summary,
+    toy_autoencoder,
+)
+from pipelines.analysis.parzen import parzen_estimate, parzen_log_likelihood
 from pipelines.cli import main
-from pipelines.parzen import parzen_estimate, parzen_log_likelihood
-from pipelines.toy import distance_to_circle, distance_to_points, noisy_circle, spiral, toy_data
+from pipelines.data.toy import (
+    distance_to_circle,
+    distance_to_points,
+    noisy_circle,
+    spiral,
+    toy_data,
+)
 from pretrain.autoencoder import AutoEncoder
 from pretrain.energy import layer_potential
 from pretrain.rbm import RBM
 from pretrain.stack import Stack
-
 
 # -- toy data -------------------------------------------------------------------------------------
 
@@ -125,9 +141,10 @@ def test_energy_classifier_on_digits_beats_chance_by_far():
 @pytest.fixture(scope="module")
 def pipeline_run(store):
     from pipelines.config import load_config
-    from pipelines.datasets import load_dataset
-    from pipelines.pretraining import layer_digest, pretrain_stack
-    from pipelines.splits import make_split
+    from pipelines.data.datasets import load_dataset
+    from pipelines.data.splits import make_split
+    from pipelines.stages.layer_cache import layer_digest
+    from pipelines.stages.pretraining import pretrain_stack
 
     root, uri = store
     cfg = load_config("quickstart", ["pretrain.layers.0.n_hidden=32", "pretrain.layers.1.n_hidden=16",

@@ -18,7 +18,6 @@ from pretrain import penalties as P
 from pretrain.autoencoder import AutoEncoder, glorot_uniform
 from pretrain.corruption import corrupt
 from pretrain.layer import Layer
-from pretrain.units import activation
 
 
 @pytest.fixture(autouse=True, scope="module")

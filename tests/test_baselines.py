@@ -5,7 +5,14 @@ from sklearn.datasets import load_digits
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
-from finetune.baselines import error, knn, pca_svm, run_baseline, select_on_validation, svm
+from finetune.baselines import (
+    error,
+    knn,
+    pca_svm,
+    run_baseline,
+    select_on_validation,
+    svm,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """`layerwise bench SUITE --only PATTERN`: compute a chosen part of a suite, table what is finished."""
 import pytest
 
-from pipelines.bench_runner import Cell, CellStore, run_cells, select_cells
-from pipelines.bench_suites import SUITES, get_profile
+from pipelines.bench.runner import Cell, CellStore, run_cells, select_cells
+from pipelines.bench.suites import SUITES, get_profile
 
 
 def _cells():

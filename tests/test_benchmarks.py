@@ -8,9 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import bench_suites as bs
-from pipelines.bench_runner import (Cell, CellStore, Summary, mean_std, pivot_markdown, run_bench,
-                                    run_cells, settings_digest, summarize, to_csv, to_markdown)
+from pipelines.bench import suites as bs
+from pipelines.bench.runner import (
+    Cell,
+    CellStore,
+    mean_std,
+    pivot_markdown,
+    run_bench,
+    run_cells,
+    settings_digest,
+    summarize,
+    to_csv,
+    to_markdown,
+)
 
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HAVE_MNIST = (MNIST / "mnist" / "train-images-idx3-ubyte.gz").exists()
@@ -148,7 +158,7 @@ def test_quick_title_states_its_sizes():
 def test_quick_variation_stacks_get_hundreds_of_pretraining_updates():
     """Batches of 100 gave the quick variation pools (1000-1500 rows) 15 updates per epoch, 75 per
     layer in 5 epochs: the RBMs learned next to nothing and the DBN was at chance on rect-img."""
-    from pipelines.variations import SIZES
+    from pipelines.data.variations import SIZES
 
     p = bs.PROFILES["quick"]
     for data in p.variations:
@@ -168,10 +178,10 @@ def test_quick_rbm_settings_learn_rectangle_outlines():
     image does: with the former settings (lr 0.05, batches of 100) the ratio was 0.99."""
     import torch
 
-    from pipelines.datamodule import ArrayDataModule
-    from pipelines.pretraining import build_layers
+    from pipelines.data.datamodule import ArrayDataModule
+    from pipelines.data.variations import rectangles
+    from pipelines.stages.pretraining import build_layers
     from pipelines.training import make_trainer, quiet_lightning
-    from pipelines.variations import rectangles
 
     quiet_lightning()
     p = bs.PROFILES["quick"]

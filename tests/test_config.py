@@ -1,8 +1,13 @@
 """Configs: every shipped config parses; errors name the dotted key; overrides apply."""
 import pytest
 
-from pipelines.config import (ConfigError, PipelineConfig, config_from_dict, load_config,
-                              shipped_configs)
+from pipelines.config import (
+    ConfigError,
+    PipelineConfig,
+    config_from_dict,
+    load_config,
+    shipped_configs,
+)
 
 
 @pytest.mark.parametrize("name", sorted(shipped_configs()))

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import datasets as D
-from pipelines.figures import example_grid, image_grid, save_figure
+from pipelines.data import datasets as D
+from pipelines.reporting.figures import example_grid, image_grid, save_figure
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HAVE_MNIST = (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file()

@@ -5,7 +5,6 @@ With the datamodule's strided shards, rank r's batch b under DDP holds rows
 single-process batch b of size 2B. Averaged gradients then equal the single-process gradient up
 to rounding, so for noise-free layers (ae, cae) and the MLP the results must agree closely.
 """
-import json
 import subprocess
 import sys
 from pathlib import Path

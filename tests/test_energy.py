@@ -7,7 +7,13 @@ import torch
 
 from pretrain import rbm
 from pretrain.autoencoder import AutoEncoder
-from pretrain.energy import energy, layer_energy, layer_potential, potential, vector_field
+from pretrain.energy import (
+    energy,
+    layer_energy,
+    layer_potential,
+    potential,
+    vector_field,
+)
 from pretrain.rbm import RBM
 from pretrain.units import UNITS
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
-from pipelines.datamodule import ArrayDataModule
+from pipelines.data.datamodule import ArrayDataModule
 from pipelines.training import make_trainer, quiet_lightning
 from pretrain.autoencoder import AutoEncoder
 from pretrain.rbm import RBM

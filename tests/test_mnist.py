@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import mnist as M
+from pipelines.data import mnist as M
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MNIST_DIR = SHARED / "mnist"

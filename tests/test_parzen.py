@@ -9,8 +9,14 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from pipelines.parzen import (DEFAULT_SIGMAS, PUBLISHED_MNIST, parzen_estimate, parzen_log_likelihood,
-                              parzen_log_likelihoods, select_sigma)
+from pipelines.analysis.parzen import (
+    DEFAULT_SIGMAS,
+    PUBLISHED_MNIST,
+    parzen_estimate,
+    parzen_log_likelihood,
+    parzen_log_likelihoods,
+    select_sigma,
+)
 
 
 def naive(samples, X, sigma):

@@ -98,18 +98,19 @@ def test_bad_layer_value_names_the_layer(tmp_path):
 def test_the_tangent_accuracy_settings_reach_the_tangents(tmp_path, monkeypatch):
     import finetune.tangents as tg
     from pipelines.config import FinetuneConfig
+    from pipelines.stages import finetuning
 
     # the config's defaults are the tangents' own (mirrored there: the config does not import torch)
     assert FinetuneConfig().tangent_oversample == tg.OVERSAMPLE
     assert FinetuneConfig().tangent_rank_tol == tg.RANK_TOL
     calls = []
-    real = tg.cached_tangents
+    real = finetuning.cached_tangents
 
     def spy(stack, X, k, cache_dir, **options):
         calls.append(options)
         return real(stack, X, k, cache_dir, **options)
 
-    monkeypatch.setattr(tg, "cached_tangents", spy)
+    monkeypatch.setattr(finetuning, "cached_tangents", spy)
     cfg = load_config("quickstart", TINY + ["finetune.methods=[mtc_all]", "finetune.epochs=2",
                                             "finetune.n_tangents=3", "finetune.tangent_oversample=2",
                                             "finetune.tangent_rank_tol=0.5",

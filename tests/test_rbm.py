@@ -6,8 +6,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pretrain.rbm import (RBM, energy, free_energy, gibbs_step, log_likelihood, log_partition,
-                          pseudo_likelihood, sample_h_given_v, sample_v_given_h)
+from pretrain.rbm import (
+    RBM,
+    energy,
+    free_energy,
+    gibbs_step,
+    log_likelihood,
+    log_partition,
+    pseudo_likelihood,
+    sample_h_given_v,
+    sample_v_given_h,
+)
 
 D = torch.float64
 

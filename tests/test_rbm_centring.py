@@ -118,7 +118,7 @@ def test_centring_fields_enter_the_layer_digest_only_when_set():
     import json
 
     from pipelines.config import load_config
-    from pipelines.pretraining import layer_digest
+    from pipelines.stages.layer_cache import layer_digest
 
     cfg = load_config("mnist_dbn")
     dump = cfg.model_dump(mode="json")["pretrain"]

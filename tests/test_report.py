@@ -2,8 +2,7 @@
 import csv
 import io
 
-from pipelines.report import Row, to_csv, to_markdown, verdict
-
+from pipelines.reporting.tables import Row, to_csv, to_markdown, verdict
 
 ROWS = [Row("mtc_all", "stack", 8.6, 9.43, params={"beta": 1.0}), Row("svm", "pixels", 11.6, 9.4),
         Row("svm", "codes", 10.2), Row("knn", "pixels", 13.8), Row("deep_autoencoder", "stack", 3.1,

@@ -1,7 +1,6 @@
 """Same config and seed on the same machine: identical numbers to the last digit; another seed
 differs. Every run records package versions and the git commit."""
 import mlflow
-import pytest
 import torch
 
 from pipelines.config import load_config

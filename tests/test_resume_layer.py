@@ -1,13 +1,12 @@
 """A layer interrupted after some epochs and resumed from its Lightning checkpoint ends with
 exactly the weights of an uninterrupted fit: optimizer, epoch, permutation and noise streams
 (corruption, Gibbs chains) all come back."""
-import os
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from pipelines.datamodule import ArrayDataModule
+from pipelines.data.datamodule import ArrayDataModule
 from pipelines.training import make_trainer, quiet_lightning
 from pretrain.layer import Layer
 from pretrain.presets import make_layer

@@ -9,8 +9,14 @@ import torch
 from pretrain import rbm
 from pretrain.autoencoder import AutoEncoder
 from pretrain.rbm import RBM
-from pretrain.sampling import (cae_step, decode_down, gibbs_chain, jacobian_noise, sample_cae,
-                               sample_dbn)
+from pretrain.sampling import (
+    cae_step,
+    decode_down,
+    gibbs_chain,
+    jacobian_noise,
+    sample_cae,
+    sample_dbn,
+)
 from pretrain.stack import Stack
 
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from pipelines.datasets import Dataset, load_dataset
-from pipelines.splits import make_split
+from pipelines.data.datasets import Dataset, load_dataset
+from pipelines.data.splits import make_split
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,10 @@
 """Tangents: J V and J^T U against autograd, the Krylov tangents against the explicit SVD."""
-import copy
-import os
 
 import pytest
 import torch
 
 import finetune.tangents as tg
-from finetune.tangents import cached_tangents, explicit_jacobian, jvp, tangents, vjp
+from finetune.tangents import explicit_jacobian, jvp, tangents, vjp
 from pretrain.autoencoder import AutoEncoder
 from pretrain.rbm import RBM
 from pretrain.stack import Stack
@@ -193,40 +191,6 @@ def test_seeded_and_float32_agrees_with_float64():
     assert tangents(stack.double(), X.float(), 5, **opts)[0].dtype == torch.float64
 
 
-def test_cache_round_trip_and_misses(tmp_path, monkeypatch):
-    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
-    X = _x(6, 64)
-    U, S = cached_tangents(stack, X, 4, tmp_path, oversample=2)
-    files = sorted(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".pt"  # no temporary file left behind
-    U_ref, S_ref = tangents(stack, X, 4, oversample=2)
-    assert torch.equal(U, U_ref) and torch.equal(S, S_ref)
-
-    calls = []
-    real = tg.tangents
-    monkeypatch.setattr(tg, "tangents", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    U2, S2 = cached_tangents(stack, X, 4, tmp_path, oversample=2)
-    assert calls == [] and torch.equal(U2, U) and torch.equal(S2, S)  # a hit: nothing computed
-
-    other = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
-    with torch.no_grad():
-        other[1].W[0, 0] += 1e-3
-    cached_tangents(other, X, 4, tmp_path, oversample=2)  # another stack misses
-    X2 = X.clone()
-    X2[0, 0] += 1e-6
-    cached_tangents(stack, X2, 4, tmp_path, oversample=2)  # another X misses
-    cached_tangents(stack, X, 3, tmp_path, oversample=2)  # another k misses
-    tanh_top = copy.deepcopy(stack)  # same weights, another unit
-    tanh_top[1].hidden_unit = "tanh"
-    cached_tangents(tanh_top, X, 4, tmp_path, oversample=2)
-    assert len(calls) == 4 and len(list(tmp_path.iterdir())) == 5
-
-    files[0].write_bytes(b"truncated")  # a damaged cache file is recomputed, not trusted
-    U3, _ = cached_tangents(stack, X, 4, tmp_path, oversample=2)
-    assert len(calls) == 5 and torch.equal(U3, U)
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
-
-
 def test_jvp_is_differentiable_in_the_weights():
     # J V may sit inside a training loss (a higher-order penalty): its gradient must be right
     stack = _stack((9, 7, 5), ("sigmoid", "tanh"))
@@ -299,15 +263,6 @@ def test_a_failing_batch_raises_and_restores_the_thread_count(monkeypatch):
         torch.set_num_threads(threads)
 
 
-def test_the_cache_key_changes_with_the_algorithm_version(monkeypatch):
-    stack = _stack((64, 30, 12), ("sigmoid", "sigmoid"))
-    X = _x(3, 64)
-    key = tg.tangent_key(stack, X, 4, oversample=2)
-    assert tg.tangent_key(stack, X, 4, oversample=2) == key
-    monkeypatch.setattr(tg, "_ALGORITHM", tg._ALGORITHM + " next")
-    assert tg.tangent_key(stack, X, 4, oversample=2) != key
-
-
 def _low_rank_stack(singular_values, n_top=12, seed=7):
     """A 64-40-n_top sigmoid stack whose W_1 (40, 64) has the given singular values."""
     g = torch.Generator().manual_seed(seed)
@@ -329,7 +284,7 @@ def test_the_search_space_keeps_the_fewest_directions_within_rank_tol():
     for rank_tol, r in ((0.0, 40), (2e-5, 28), (3e-5, 24), (1e-3, 18), (0.0013, 16), (0.01, 16)):
         assert tg._rank_within(s, rank_tol) == r
     # the subspace: r rounded up to aligned rows, never fewer than m, orthonormal, exact products
-    params = tg._params(_low_rank_stack(s))
+    params = tg.encoder_params(_low_rank_stack(s))
     for m, rank_tol, r in ((5, 0.01, 16), (5, 1e-3, 32), (20, 0.01, 32)):
         reduced, Vt = tg._input_subspace(params, m, rank_tol, torch.float64, "cpu", k=5)
         assert Vt.shape == (r, 64)
@@ -338,7 +293,7 @@ def test_the_search_space_keeps_the_fewest_directions_within_rank_tol():
     # none when nothing is dropped, or when mapping k tangents back costs more than it saves:
     # rank_tol = 0 keeps W_1's row space, 40 -> 48 directions: 2 m n_1 (d - r) = 2 * 5 * 40 * 16
     # = 6400 multiply-adds saved, k r d = 5 * 48 * 64 = 15360 spent, but 3072 for k = 1
-    full = tg._params(_stack((8, 12, 4), ("sigmoid", "sigmoid")))
+    full = tg.encoder_params(_stack((8, 12, 4), ("sigmoid", "sigmoid")))
     assert tg._input_subspace(full, 6, 0.0, torch.float64, "cpu", k=4) is None
     assert tg._input_subspace(params, 5, 0.0, torch.float64, "cpu", k=5) is None
     assert tg._input_subspace(params, 5, 0.0, torch.float64, "cpu", k=1)[1].shape == (48, 64)
@@ -349,7 +304,7 @@ def test_restricted_tangents_are_the_svd_of_the_jacobian_on_the_search_space():
     # vectors of J V_r^T (the products there are exact), mapped back to the input space
     stack = _stack((64, 48, 40), ("sigmoid", "tanh"))
     X = _x(8, 64)
-    _, Vt = tg._input_subspace(tg._params(stack), 20, 0.1, torch.float64, "cpu", k=5)
+    _, Vt = tg._input_subspace(tg.encoder_params(stack), 20, 0.1, torch.float64, "cpu", k=5)
     r = Vt.shape[0]
     assert r == 32  # a real restriction of W_1's 48-dimensional row space
     J = explicit_jacobian(stack, X)

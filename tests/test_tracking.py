@@ -7,6 +7,7 @@ import pytest
 
 from pipelines import tracking
 from pipelines.config import load_config
+from pipelines.files import atomic_write_text
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_unreachable_server_is_a_clear_error():
 
 
 def test_atomic_write_leaves_no_temporary(tmp_path):
-    tracking.atomic_write_text(tmp_path / "a" / "t.md", "hello")
+    atomic_write_text(tmp_path / "a" / "t.md", "hello")
     assert (tmp_path / "a" / "t.md").read_text() == "hello"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["t.md"]
 

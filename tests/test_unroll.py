@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from finetune.unroll import MLP, UnrolledDecoder, UnrolledEncoder, unroll_autoencoder, unroll_mlp
+from finetune.unroll import (
+    MLP,
+    UnrolledDecoder,
+    UnrolledEncoder,
+    unroll_autoencoder,
+    unroll_mlp,
+)
 from pretrain.autoencoder import AutoEncoder
 from pretrain.rbm import RBM
 from pretrain.stack import Stack

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import mnist as M
-from pipelines import variations as V
-from pipelines.datasets import load_dataset
+from pipelines.data import mnist as M
+from pipelines.data import variations as V
+from pipelines.data.datasets import load_dataset
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HAVE_MNIST = (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file()

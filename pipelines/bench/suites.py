@@ -7,7 +7,7 @@ Suites (``layerwise bench SUITE``):
   the MTC with its tangent penalty on the labeled set (``mtc``) and on labeled + unlabeled
   (``mtc_all``). One stack (seed 0) serves every L and seed. Two validation settings: the
   paper's (the last 10000 training images) and a realistic one of L labeled images.
-- ``variations``: the Larochelle et al. sets, regenerated (``pipelines.variations``); SVM and
+- ``variations``: the Larochelle et al. sets, regenerated (``pipelines.data.variations``); SVM and
   the MLP on DAE-3, RBM-3, CAE-1 and CAE-2 stacks, and the MTC on the CAE-2 stack.
 - ``knowledge-free``: MNIST with every pool label; k-NN, SVM, NN, CAE, MTC.
 - ``deep-autoencoder``: an RBM-pretrained autoencoder fine-tuned on reconstruction, the same
@@ -28,8 +28,14 @@ import numpy as np
 import torch
 
 from finetune.baselines import C_GRID, GAMMA_FACTORS
-
-from .bench_runner import (Cell, Summary, bars_figure, lines_figure, pivot_markdown, to_markdown)
+from pipelines.bench.runner import (
+    Cell,
+    Summary,
+    bars_figure,
+    lines_figure,
+    pivot_markdown,
+    to_markdown,
+)
 
 # -- profiles ------------------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ def bench_config(p: Profile, data: str, stack: str, seed: int, experiment: str =
     Trainer flag (``cpu``, ``gpu``, ``auto``); on a GPU, ``deterministic`` becomes ``"warn"``
     (CUDA has no deterministic kernel for some backward passes).
     """
-    from .config import LayerConfig, load_config
+    from pipelines.config import LayerConfig, load_config
 
     cfg = load_config("mnist_deep_autoencoder" if stack == "rbm-ae" else "mnist_mtc")
     cfg.name = f"bench {data} {stack}"
@@ -218,7 +224,7 @@ class Context:
     def dataset(self, name: str):
         """The dataset, its pool cut to the profile's size (the validation rows stay last)."""
         if name not in self._datasets:
-            from .datasets import Dataset, load_dataset
+            from pipelines.data.datasets import Dataset, load_dataset
 
             ds = load_dataset(name, data_dir=self.data_dir, seed=0)
             n_valid = ds.n_valid
@@ -231,7 +237,7 @@ class Context:
         return self._datasets[name]
 
     def split(self, name: str, *, labels: int | None, seed: int, valid_labels: int | None = None):
-        from .splits import make_split
+        from pipelines.data.splits import make_split
 
         ds = self.dataset(name)
         n_test = None if self.profile.n_test is None else min(self.profile.n_test, len(ds.X_test))
@@ -239,7 +245,7 @@ class Context:
 
     def cache_dir(self, name: str) -> Path:
         """Layer and tangent caches; the pool size is in the name because the layer digest
-        (``pretraining.layer_digest``) does not see a pool cut outside the config."""
+        (``layer_cache.layer_digest``) does not see a pool cut outside the config."""
         ds = self.dataset(name)
         return self.root / "bench" / "cache" / f"{name}-pool{len(ds.X) - ds.n_valid}"
 
@@ -253,8 +259,8 @@ class Context:
             return self._stacks[(data, stack)]
         import mlflow
 
-        from . import tracking
-        from .pretraining import pretrain_stack, tracked_layer_fitter
+        from pipelines import tracking
+        from pipelines.stages.pretraining import pretrain_stack, tracked_layer_fitter
 
         cfg = self.config(data, stack, STACK_SEED)
         ds, split = self.dataset(data), self.split(data, labels=None, seed=STACK_SEED)
@@ -292,8 +298,7 @@ def _valid_labels(ctx: Context, data: str, cap: int | None) -> int | None:
 def classify(ctx: Context, cell: Cell) -> dict:
     """A classification cell: a scikit-learn baseline or a fine-tuned network; % test error."""
     from finetune.baselines import run_baseline
-
-    from .finetuning import fit_classifier
+    from pipelines.stages.finetuning import fit_classifier
 
     t, p = cell.task, ctx.profile
     data, method = t["data"], t["method"]
@@ -365,7 +370,7 @@ def _variation_paper(keys: dict) -> float | None:
 def _variation_markdown(summaries, results, p: Profile) -> str:
     title = f"Larochelle variations, test error (%), ours (paper) ({_describe(p, *VAR_FIELDS)})"
     sae = ", ".join(f"{d} {row[1]}" for d, row in VARIATIONS_PAPER.items())
-    notes = ["The sets are regenerated from MNIST and by the published recipes (pipelines.variations), "
+    notes = ["The sets are regenerated from MNIST and by the published recipes (pipelines.data.variations), "
              "not the original files: the paper's figures are a reference, not the same test set.",
              "Paper columns: svm = SVM (RBF), dae3 = DAE-b-3, rbm3 = RBM-3 (DBN), cae1 = CAE-1, cae2 = CAE-2; "
              f"convex has no published row and mtc (on the CAE-2 stack) no column there ('-'). SAE-3, paper only: {sae}.",
@@ -403,9 +408,8 @@ def _fit_autoencoder(ctx: Context, cfg, split, stack, *, pretrained: bool):
     from lightning.pytorch.loggers import MLFlowLogger
 
     from finetune.deep_autoencoder import DeepAutoencoder
-
-    from .datamodule import ArrayDataModule
-    from .training import KeepBest, make_trainer
+    from pipelines.data.datamodule import ArrayDataModule
+    from pipelines.training import KeepBest, make_trainer
 
     ft = cfg.finetune
     module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, pretrained=pretrained, seed=cfg.seed)
@@ -500,24 +504,24 @@ def speed(ctx: Context, cell: Cell) -> dict:
     ds = ctx.dataset("mnist")
     X = np.ascontiguousarray(ds.X[:p.speed_rows])
     if name == "matmul":
-        from .bench_speed import matmul_rate
+        from pipelines.bench.timing.autoencoder import matmul_rate
 
         rate = matmul_rate(100, 784, p.hidden)
         return _speed(rate, "GFLOP/s", f"fp32 (100, 784) x (784, {p.hidden})", None, "-")
     if name == "batching":
-        from .bench_batching import bench_batching
+        from pipelines.bench.timing.batching import bench_batching
 
         r = bench_batching(X, batch_size=100, y=ds.y[:p.speed_rows], repeats=2)
         ours, ref = r["SliceLoader (ArrayDataModule)"], r["TensorDataset + DataLoader"]
         return _speed(ours["batches_per_s"], "batches/s", "SliceLoader epoch", ref["batches_per_s"],
                       "TensorDataset + DataLoader")
     if name == "autoencoder":
-        from .bench_speed import bench_autoencoder
+        from pipelines.bench.timing.autoencoder import bench_autoencoder
 
         r = bench_autoencoder(X, n_hidden=p.hidden, kind="cae")
         return _speed(r["gflops"], "GFLOP/s", f"{r['what']}, Trainer epoch", r["matmul_gflops"], "matmul rate")
     if name == "rbm":
-        from . import bench_rbm
+        from pipelines.bench.timing import rbm as bench_rbm
 
         # both return (model, wall seconds per epoch, ...); the tail has changed between versions
         ours = bench_rbm.train_lightning(torch.from_numpy(X), 1, 0)[1]
@@ -527,8 +531,7 @@ def speed(ctx: Context, cell: Cell) -> dict:
                       "sklearn BernoulliRBM")
     if name == "tangents":
         from finetune.tangents import tangents
-
-        from . import bench_tangents as bt
+        from pipelines.bench.timing import tangents as bt
 
         n = min(len(X), 2000)
         Xt = torch.from_numpy(X[:n])

@@ -4,7 +4,7 @@ One training epoch of batches over MNIST's 60000 x 784 training images (scikit-l
 when the MNIST files are not found), both loaders shuffled, same batch size, in the same run.
 Each loader gets one untimed warm-up pass; the best of ``repeats`` timed passes is reported.
 
-Run: ``python -m pipelines.bench_batching [--data-dir DIR] [--batch-size 100] [--threads 1]``.
+Run: ``python -m pipelines.bench.timing.batching [--data-dir DIR] [--batch-size 100] [--threads 1]``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipelines.datamodule import ArrayDataModule
-from pipelines.datasets import load_dataset
+from pipelines.data.datamodule import ArrayDataModule
+from pipelines.data.datasets import load_dataset
 
 
 def _time_epoch(loader, n_batches: int | None, repeats: int) -> tuple[float, int]:

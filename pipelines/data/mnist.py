@@ -25,12 +25,13 @@ import functools
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.files import atomic_path
 
 #: file name -> published md5 (the values torchvision and the dataset's authors list)
 FILES: dict[str, str] = {
@@ -159,21 +160,14 @@ def _download(name: str, target_dir: Path) -> tuple[Path | None, list[str]]:
     for mirror in MIRRORS:
         url = mirror + name
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
-        except OSError as err:
-            return None, errors + [f"cannot write in {target_dir}: {err}"]
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
-                while block := r.read(1 << 20):
-                    out.write(block)
-            verify_md5(tmp, FILES[name])
-            os.replace(tmp, target)  # atomic: a reader never sees a half-written file
+            with atomic_path(target) as tmp:  # a reader never sees a half-written file
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
+                    while block := r.read(1 << 20):
+                        out.write(block)
+                verify_md5(tmp, FILES[name])
             return target, errors
         except (OSError, DataFileError) as err:  # URLError and timeouts are OSErrors
             errors.append(f"{url}: {err}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return None, errors
 
 

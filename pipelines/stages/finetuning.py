@@ -16,12 +16,32 @@ Methods (``finetune.methods``):
 """
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import MLFlowLogger
+from sklearn.decomposition import PCA
 
-from .report import Row
+import finetune
+import pretrain
+from finetune.classifier import Classifier
+from finetune.deep_autoencoder import DeepAutoencoder
+from finetune.mtc import MTC
+from finetune.unroll import UnrolledEncoder, unroll_autoencoder
+from pretrain.stack import Stack
+
+from pipelines import tracking
+from pipelines.data.datamodule import ArrayDataModule
+from pipelines.reporting import figures
+from pipelines.reporting.tables import Row
+from pipelines.stages.pretraining import build_layers
+from pipelines.stages.tangent_cache import cached_tangents
+from pipelines.training import KeepBest, compute_device, make_trainer
 
 #: rows per validation batch when fine-tuning a classifier: no gradients, so only the per-step
 #: overhead depends on it (with the labeled batch of 50, validating 10000 rows took 200 steps,
@@ -30,23 +50,17 @@ VAL_BATCH = 1000
 
 
 def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
     return [f"torch=={version('torch').split('+')[0]}", f"lightning=={version('lightning')}",
             f"numpy=={version('numpy')}"]
 
 
 def _code_paths() -> list[str]:
-    import finetune
-    import pretrain
-
     return [str(Path(pretrain.__file__).parent), str(Path(finetune.__file__).parent)]
 
 
 def log_model(model: torch.nn.Module, X_example: np.ndarray, name: str = "model") -> str:
     """Log ``model`` with an input example of 5 rows (a batch-1 example would lock the exported
     signature to batch size 1) and explicit requirements; the layerwise sources travel along."""
-    import mlflow.pytorch
 
     model = model.cpu().eval()
     info = mlflow.pytorch.log_model(model, name=name, input_example=X_example[:5].astype(np.float32),
@@ -68,17 +82,6 @@ def predict(module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
 def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: str,
                    cache_dir: Path | None = None, image_shape=None) -> Row:
     """Fine-tune one classifier (``mlp``, ``mtc``, ``mtc_all`` or ``mlp_no_pretraining``)."""
-    import mlflow
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    from finetune.classifier import Classifier
-    from finetune.unroll import UnrolledEncoder, unroll_autoencoder
-    from pretrain.stack import Stack
-
-    from . import figures, tracking
-    from .datamodule import ArrayDataModule
-    from .pretraining import build_layers
-    from .training import KeepBest, compute_device, make_trainer
 
     ft = cfg.finetune
     n_classes = int(max(split.y_lab.max(), split.y_valid.max(), split.y_test.max())) + 1
@@ -96,8 +99,6 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
                   decoder=decoder, seed=cfg.seed)
     train_extra, unlabeled = (), None
     if method in ("mtc", "mtc_all"):
-        from finetune.mtc import MTC
-        from finetune.tangents import cached_tangents
 
         module = MTC(encoder, n_classes, beta=ft.beta, **common)
         device = compute_device(cfg.trainer)
@@ -122,7 +123,6 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
                              train_extra=train_extra, unlabeled=unlabeled,
                              unlabeled_batch_size=ft.unlabeled_batch, val_batch_size=VAL_BATCH)
         keep = KeepBest("val/error", "val/ce")
-        from lightning.pytorch.callbacks import EarlyStopping
         stop = EarlyStopping(monitor="val/error", patience=ft.patience, mode="min")
         trainer = make_trainer(cfg.trainer, max_epochs=ft.epochs, logger=logger,
                                callbacks=[keep, stop])
@@ -153,15 +153,6 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
 
 def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> list[Row]:
     """Fine-tune the unrolled deep autoencoder; PCA with as many components beside it."""
-    import mlflow
-    from lightning.pytorch.loggers import MLFlowLogger
-    from sklearn.decomposition import PCA
-
-    from finetune.deep_autoencoder import DeepAutoencoder
-
-    from . import tracking
-    from .datamodule import ArrayDataModule
-    from .training import KeepBest, make_trainer
 
     ft = cfg.finetune
     with tracking.start_run("finetune deep_autoencoder", experiment_id=experiment_id,

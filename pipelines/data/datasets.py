@@ -6,8 +6,8 @@ Names:
   once with a fixed generator (seed 0, whatever the run's seed); 1297 training rows (the last
   297 the default validation part) and 500 test rows.
 - ``mnist``: the 60000 MNIST training images (the last 10000 the default validation part)
-  and the 10000 official test images; see ``pipelines.mnist`` for lookup and verification.
-- the Larochelle et al. (2007) variations (``pipelines.variations.VARIATIONS``), generated
+  and the 10000 official test images; see ``pipelines.data.mnist`` for lookup and verification.
+- the Larochelle et al. (2007) variations (``pipelines.data.variations.VARIATIONS``), generated
   from MNIST by seed and cached.
 - ``npz``: a user's ``.npz`` file (``path=``) with arrays ``X`` and ``y``, optionally
   ``X_test``/``y_test`` and ``X_valid``/``y_valid``; see :func:`load_npz`.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import mnist as _mnist
-from pipelines import variations as _variations
-from pipelines.mnist import dataset_locations  # noqa: F401  (re-exported: the lookup order)
+from pipelines.data import mnist as _mnist
+from pipelines.data import variations as _variations
+from pipelines.data.mnist import dataset_locations  # noqa: F401  (re-exported: the lookup order)
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", *_variations.VARIATIONS, "npz")
 DIGITS_TEST = 500
@@ -132,7 +132,7 @@ def _variation(name: str, *, data_dir, seed: int, download: bool) -> Dataset:
         name, seed=seed, mnist=lambda: _mnist.load_mnist(data_dir, download=download), cache_dirs=dirs,
         write_dirs=mine + [d for d in dirs if d not in mine])
     n_classes = 10 if name in _variations.MNIST_BASED else 2
-    source = f"pipelines.variations recipe {_variations.RECIPE_VERSION}, seed {seed}"
+    source = f"pipelines.data.variations recipe {_variations.RECIPE_VERSION}, seed {seed}"
     if name in _variations.MNIST_BASED:
         source += ", from MNIST"
     if cache is not None:

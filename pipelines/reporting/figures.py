@@ -6,14 +6,13 @@ global state, so they are safe in tests, threads and headless runs.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipelines.datasets import Dataset
+from pipelines.files import atomic_path
 
 
 def image_grid(images: np.ndarray, image_shape: tuple[int, int], *, ncols: int = 10,
@@ -84,8 +83,9 @@ def image_grid(images: np.ndarray, image_shape: tuple[int, int], *, ncols: int =
     return fig
 
 
-def example_grid(ds: Dataset, n_per_class: int = 10, seed: int = 0) -> Figure:
-    """``n_per_class`` random training examples of each class, one grid row per class."""
+def example_grid(ds, n_per_class: int = 10, seed: int = 0) -> Figure:
+    """``n_per_class`` random training examples of each class, one grid row per class, of a
+    ``pipelines.data.datasets.Dataset`` (its ``X``, ``y``, ``n_classes``, ``image_shape``)."""
     if ds.image_shape is None:
         raise ValueError(f"{ds.name} has no image shape: its rows are not images")
     if int(n_per_class) != n_per_class or n_per_class < 1:
@@ -108,15 +108,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
         raise ValueError(f"{path}: give a suffix (.png, .pdf, .svg) to choose the format")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
     return path
 
 

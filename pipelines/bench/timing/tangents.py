@@ -30,7 +30,7 @@ sample), the relative error of the singular values, and the captured energy
 ``sum_i ||J u_i||^2 / sum_{i<=k} sigma_i^2`` (1 for the exact subspace; meaningful even when
 sigma_k ~ sigma_{k+1} makes the angle ill-defined), with the median gap ratio sigma_{k+1}/sigma_k.
 
-    python -m pipelines.bench_tangents [--data-dir ../shared/data] [--n N] [--configs 10:1:0.01]
+    python -m pipelines.bench.timing.tangents [--data-dir ../shared/data] [--n N] [--configs 10:1:0.01]
         [--sizes 784,1000,1000 | --layers a.pt,b.pt] [--pretrain-epochs E]
 """
 from __future__ import annotations
@@ -43,8 +43,15 @@ import time
 import numpy as np
 import torch
 
-from finetune.tangents import (OVERSAMPLE, RANK_TOL, explicit_jacobian, krylov_dim,
-                               krylov_products, search_space, tangents)
+from finetune.tangents import (
+    OVERSAMPLE,
+    RANK_TOL,
+    explicit_jacobian,
+    krylov_dim,
+    krylov_products,
+    search_space,
+    tangents,
+)
 from pretrain.autoencoder import AutoEncoder
 from pretrain.stack import Stack
 
@@ -54,7 +61,7 @@ SIZES = (784, 1000, 500)
 
 def load_images(data_dir: str | None, n: int) -> torch.Tensor:
     """The first n MNIST training images as (n, 784) float32 in [0, 1]."""
-    from pipelines.mnist import load_mnist
+    from pipelines.data.mnist import load_mnist
 
     X = load_mnist(data_dir)[0][:n]
     return torch.from_numpy(np.ascontiguousarray(X))
@@ -155,7 +162,7 @@ def build_stack(seed: int, pretrain_epochs: int, X: torch.Tensor, contraction: f
     layers = [AutoEncoder(a, c, seed=seed + i, contraction=contraction, lr=1e-3, optimizer="adam")
               for i, (a, c) in enumerate(zip(sizes[:-1], sizes[1:]))]
     if pretrain_epochs:
-        from pipelines.datamodule import ArrayDataModule
+        from pipelines.data.datamodule import ArrayDataModule
         from pipelines.training import make_trainer, quiet_lightning
         from pretrain.stack import encode_all
 

@@ -2,21 +2,18 @@
 on raw inputs and on the stack's codes, each with hyperparameters chosen on validation."""
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import torch
 
 from finetune.baselines import run_baseline
-
-from .report import Row
+from pipelines.reporting.tables import Row
+from pipelines.stages.finetuning import fit_classifier
 
 
 def run_baselines(cfg, stack, split, *, uri: str, experiment_id: str,
                   methods: list[str] | None = None) -> list[Row]:
     """Rows of each baseline in ``methods`` (default: ``cfg.baselines.methods``)."""
-    import mlflow
-
-    from .finetuning import fit_classifier
-
     inputs = {"pixels": (split.X_lab, split.X_valid, split.X_test)}
     if "codes" in cfg.baselines.inputs:
         def codes(X: np.ndarray) -> np.ndarray:

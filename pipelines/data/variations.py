@@ -64,13 +64,14 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipelines.files import atomic_path
 
 #: name -> (n_train, n_valid, n_test), the published split sizes
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -483,7 +484,7 @@ def generate_arrays(name: str, *, seed: int = 0, mnist=None, n_train: int | None
     ----------
     name : one of ``VARIATIONS``.
     seed : the seed; same seed, same bytes.
-    mnist : ``(X_train, y_train, X_test, y_test)`` as from ``pipelines.mnist.load_mnist``;
+    mnist : ``(X_train, y_train, X_test, y_test)`` as from ``pipelines.data.mnist.load_mnist``;
         needed by the ``mnist-*`` sets only.
     n_train, n_valid, n_test : split sizes; the published ones when None.
 
@@ -534,19 +535,12 @@ def cache_path(cache_dir: str | os.PathLike, name: str, seed: int) -> Path:
 
 def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write the arrays atomically (temporary name, then rename); images as uint8 levels."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(arrays)
     payload["X"] = np.rint(arrays["X"] * 255).astype(np.uint8)
     payload["X_test"] = np.rint(arrays["X_test"] * 255).astype(np.uint8)
     payload["recipe_version"] = np.asarray(RECIPE_VERSION)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+        np.savez(f, **payload)
 
 
 def _load(path: Path) -> dict[str, np.ndarray] | None:

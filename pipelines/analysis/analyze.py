@@ -1,7 +1,7 @@
 """What a trained autoencoder knows: its vector field and potential, its samples, its Jacobian.
 
 - **Toy vector fields** (:func:`vector_field_analysis`). A tied autoencoder with a linear
-  decoder trained on 2-D data (``pipelines.toy``) defines the field ``r(x) - x``, the gradient of
+  decoder trained on 2-D data (``pipelines.data.toy``) defines the field ``r(x) - x``, the gradient of
   its potential F (``pretrain.energy`` Eq. 2). Iterating
 
       (1) x_{t+1} = r(x_t)
@@ -19,7 +19,7 @@
   is loaded from the stage cache, sampled (``pretrain.sampling``: the contractive chain for an
   autoencoder on top, Gibbs in the top RBM for a deep belief net), and its samples are scored
   by a Parzen window on the run's test set, sigma chosen on its validation set
-  (``pipelines.parzen``).
+  (``pipelines.analysis.parzen``).
 - **The Jacobian's spectrum** (:func:`spectrum_run`). Per example, the singular values of the
   top code's Jacobian
 
@@ -54,12 +54,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from pipelines.data import toy
 from pretrain.autoencoder import AutoEncoder
 from pretrain.energy import layer_potential, vector_field
 from pretrain.layer import Layer
 from pretrain.units import activation, derivative
-
-from . import toy
 
 # -- training small autoencoders -------------------------------------------------------------------
 
@@ -83,8 +82,8 @@ def fit_autoencoder(layer: Layer, X, *, epochs: int, batch_size: int, seed: int,
     ``threads=1`` by default: the models here are tiny (2-100-2, 64-50), and on a shared
     2-core machine a second thread's spin-waiting made each step twenty times slower.
     """
-    from .datamodule import ArrayDataModule
-    from .training import make_trainer, quiet_lightning
+    from pipelines.data.datamodule import ArrayDataModule
+    from pipelines.training import make_trainer, quiet_lightning
 
     quiet_lightning()
     dm = ArrayDataModule(X, batch_size=batch_size, seed=seed)
@@ -141,7 +140,7 @@ def vector_field_analysis(out_dir: str | Path | None = None, *, data: str = "cir
     ----------
     out_dir : where ``vector_field.png``, ``potential.png`` and ``vector_field.json`` go (None:
         no files).
-    data, n, noise : the toy data (``pipelines.toy``: "circle" or "spiral"), seeded by ``seed``.
+    data, n, noise : the toy data (``pipelines.data.toy``: "circle" or "spiral"), seeded by ``seed``.
     kinds : which autoencoders, from ("dae", "cae").
     n_hidden, hidden_unit, epochs, batch_size, lr, corruption_level, contraction : the models.
     n_steps : iterations of Eq. (1) from 400 points at least 0.3 off the curve.
@@ -154,7 +153,7 @@ def vector_field_analysis(out_dir: str | Path | None = None, *, data: str = "cir
     "potential_far", "reconstruction_error"}, "files": [...]}``; ``distance_ratio`` is end / start
     (below 1: the iteration moves points onto the data).
     """
-    from . import figures
+    from pipelines.reporting import figures
 
     X = toy.toy_data(data, n, noise=noise, seed=seed)  # (n, 2)
     P = torch.from_numpy(off_manifold_points(data, seed=seed + 1))  # (400, 2)
@@ -185,7 +184,7 @@ def vector_field_analysis(out_dir: str | Path | None = None, *, data: str = "cir
             "potential.png": figures.potential_figure(xf, yf, potentials, X)}
     files = []
     if out_dir is not None:
-        from .tracking import atomic_write_text
+        from pipelines.files import atomic_write_text
         out_dir = Path(out_dir)
         for name, fig in figs.items():
             files.append(str(figures.save_figure(fig, out_dir / name)))
@@ -309,11 +308,12 @@ def load_run(run_id: str, *, uri: str | None = None, root: str | Path | None = N
     import yaml
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
-    from .config import config_from_dict
-    from .datasets import load_dataset
-    from .pretraining import build_layers, layer_digest, load_layer
-    from .splits import make_split
+    from pipelines import tracking
+    from pipelines.config import config_from_dict
+    from pipelines.data.datasets import load_dataset
+    from pipelines.data.splits import make_split
+    from pipelines.stages.layer_cache import layer_digest, load_layer
+    from pipelines.stages.pretraining import build_layers
     from pretrain.stack import Stack
 
     uri = tracking.resolve_uri(uri)
@@ -365,7 +365,7 @@ def log_to_run(run_id: str, *, uri: str | None = None, figures: dict | None = No
     """Log figures, metrics and text artifacts to an existing run without reopening it."""
     import mlflow
 
-    from . import tracking
+    from pipelines import tracking
 
     uri = tracking.resolve_uri(uri)
     tracking.check_reachable(uri)
@@ -450,8 +450,14 @@ def sample_run(run_id: str, *, uri: str | None = None, root: str | Path | None =
     dict with those numbers, the chosen ``noise`` and ``burn_in``, ``trials`` (one dict per
     setting tried: noise, burn_in, sigma, valid_ll), the sampler's name and the written files.
     """
-    from . import figures
-    from .parzen import DEFAULT_SIGMAS, PUBLISHED_MNIST, parzen_estimate, parzen_log_likelihood, select_sigma
+    from pipelines.analysis.parzen import (
+        DEFAULT_SIGMAS,
+        PUBLISHED_MNIST,
+        parzen_estimate,
+        parzen_log_likelihood,
+        select_sigma,
+    )
+    from pipelines.reporting import figures
 
     noises, burn_ins = _grid("noise", noise), _grid("burn_in", burn_in)
     r = load_run(run_id, uri=uri, root=root)
@@ -464,7 +470,7 @@ def sample_run(run_id: str, *, uri: str | None = None, root: str | Path | None =
             samples, chains, sampler = draw_samples(r.stack, sp.X_pool, n_samples=n_samples,
                                                     n_chains=n_chains, burn_in=b, thin=thin, noise=z,
                                                     seed=seed)
-            sigma, scores = select_sigma(samples, sp.X_valid, sigmas)  # Eq. (3) of pipelines.parzen
+            sigma, scores = select_sigma(samples, sp.X_valid, sigmas)  # Eq. (3) of pipelines.analysis.parzen
             trials.append({"noise": z if sampler == "cae-chain" else None, "burn_in": b, "sigma": sigma,
                            "valid_ll": scores[sigma]})
             if best is None or scores[sigma] > best[0]:
@@ -506,7 +512,7 @@ def sample_run(run_id: str, *, uri: str | None = None, root: str | Path | None =
     if r.ds.image_shape is not None:
         figs["analysis/sample_chains.png"] = figures.sample_chains_figure(chains, r.ds.image_shape)
     if out_dir is not None:
-        from .tracking import atomic_write_text
+        from pipelines.files import atomic_write_text
         for path, fig in figs.items():
             out["files"].append(str(figures.save_figure(fig, Path(out_dir) / Path(path).name)))
         atomic_write_text(Path(out_dir) / "parzen.md", md)
@@ -602,7 +608,7 @@ def spectrum_run(run_id: str, *, uri: str | None = None, root: str | Path | None
     Logged to the run: ``analysis/spectrum.png``, ``analysis/tangents.png`` (image data), and the
     metrics of :func:`spectrum_summary` under ``analysis/spectrum/``.
     """
-    from . import figures
+    from pipelines.reporting import figures
 
     r = load_run(run_id, uri=uri, root=root)
     X = r.split.X_test[:n_examples]

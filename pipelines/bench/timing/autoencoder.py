@@ -90,12 +90,10 @@ def bench_autoencoder(X: np.ndarray, *, n_hidden: int = 1000, kind: str = "cae",
     The epochs alone are timed (wall and this process's CPU time), not the Trainer's set-up.
     ``rate`` (GFLOP/s), when given, replaces the per-shape matmul timings of the ideal epoch.
     """
-    import lightning.pytorch as L
 
+    from pipelines.data.datamodule import ArrayDataModule
+    from pipelines.training import make_trainer, quiet_lightning
     from pretrain.presets import make_layer
-
-    from .datamodule import ArrayDataModule
-    from .training import make_trainer, quiet_lightning
 
     quiet_lightning()
     N, d = X.shape

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.datasets import Dataset
+from pipelines.data.datasets import Dataset
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The benchmark runner: resumable cells, results summarised over seeds beside the papers, MLflow.
 
-A suite (``pipelines.bench_suites``) is a list of cells; a cell is one method in one setting
+A suite (``pipelines.bench.suites``) is a list of cells; a cell is one method in one setting
 (dataset, label count, validation set) with one seed. The runner runs each cell that has no
 result yet and writes its result atomically (temporary file, then ``os.replace``) as
 ``<root>/bench/<suite>-<profile>-<hash>/<cell>.json``, the hash covering the profile (all but
@@ -25,14 +25,13 @@ import hashlib
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from .tracking import atomic_write_text
+from pipelines.files import atomic_write_text
 
 EXPERIMENT = "layerwise-bench"
 
@@ -307,7 +306,7 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
               root: str | Path = "mlruns", uri: str | None = None,
               log: Callable[[str], None] = print, accelerator: str = "cpu",
               only: Sequence[str] = ()) -> BenchResult:
-    """Run (or resume) benchmark ``suite`` of ``pipelines.bench_suites.SUITES``.
+    """Run (or resume) benchmark ``suite`` of ``pipelines.bench.suites.SUITES``.
 
     Parameters
     ----------
@@ -325,7 +324,7 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
         read back when they are finished and left out when not, and the table says how many
         cells it holds.
     """
-    from .bench_suites import SUITES, Context, get_profile
+    from pipelines.bench.suites import SUITES, Context, get_profile
 
     if suite not in SUITES:
         raise ValueError(f"unknown benchmark suite {suite!r}: choose one of {', '.join(SUITES)}")
@@ -334,9 +333,9 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
 
     import mlflow
 
-    from . import tracking
-    from .figures import save_figure
-    from .training import quiet_lightning
+    from pipelines import tracking
+    from pipelines.reporting.figures import save_figure
+    from pipelines.training import quiet_lightning
 
     cells = spec.cells(prof)
     selected = select_cells(cells, only)
@@ -346,13 +345,7 @@ def run_bench(suite: str, *, profile="quick", seeds: int | None = None, data_dir
     store = CellStore(directory)
 
     quiet_lightning()
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri(root)
-    try:
-        tracking.check_reachable(uri)
-    except ConnectionError as e:
-        print(f"warning: {e}\nwriting this run to the local store instead", file=sys.stderr)
-        uri = tracking.default_uri(root)
-    experiment_id = tracking.setup(uri, EXPERIMENT)
+    uri, experiment_id = tracking.open_store(uri, root=root, experiment=EXPERIMENT)
     stale = tracking.mark_stale_runs(experiment_id, digest)
     import torch
 

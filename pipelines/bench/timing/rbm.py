@@ -22,7 +22,7 @@ on the 10000 test images binarized at 0.5; beside it, the one-bit-flip estimate 
 scikit-learn's ``score_samples`` on the grey-level test images, with the same flipped bits for
 every model. All BLAS pools (torch's and numpy's) are limited to ``--threads``.
 
-    python -m pipelines.bench_rbm [--data-dir DIR] [--epochs 1] [--threads N] [--n-train N]
+    python -m pipelines.bench.timing.rbm [--data-dir DIR] [--epochs 1] [--threads N] [--n-train N]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from pipelines.mnist import load_mnist
+from pipelines.data.mnist import load_mnist
 from pretrain.rbm import RBM, pseudo_likelihood
 
 N_HIDDEN, BATCH, LR = 500, 100, 0.1
@@ -60,7 +60,7 @@ def loader(X: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
 def ideal_epoch(n_batches: int, n_visible: int, clock=time.perf_counter) -> float:
     """Seconds of an epoch's useful matmuls alone, five a CD-1 update, each timed on its own shape
     with fp32 ``torch.mm`` on ``clock`` (wall, or ``time.process_time`` for CPU time)."""
-    from pipelines.bench_speed import matmul_seconds
+    from pipelines.bench.timing.autoencoder import matmul_seconds
 
     up = matmul_seconds((BATCH, n_visible), (n_visible, N_HIDDEN), clock=clock)
     down = matmul_seconds((BATCH, N_HIDDEN), (N_HIDDEN, n_visible), clock=clock)
@@ -73,7 +73,7 @@ def ideal_epoch(n_batches: int, n_visible: int, clock=time.perf_counter) -> floa
 def train_lightning(X, epochs, seed, cls=RBM):
     import lightning.pytorch as L
 
-    from pipelines.bench_speed import epoch_timer
+    from pipelines.bench.timing.autoencoder import epoch_timer
 
     rbm = cls(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
     timer = epoch_timer()
