@@ -1,7 +1,7 @@
 """scikit-learn baselines: SVM (RBF), k-NN and PCA+SVM, hyperparameters chosen on validation.
 
-Each baseline picks its hyperparameters by the error on the validation set (DESIGN.md section
-6: model selection on validation, the reported error on test), refits nothing on validation
+Each baseline picks its hyperparameters by the error on the validation set (model selection
+on validation, the reported error on test), refits nothing on validation
 data, and takes its randomness from ``random_state``. They run on raw inputs or on a stack's
 codes alike: the caller passes the arrays.
 
@@ -25,6 +25,8 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
+
+from pretrain.checks import check_choice
 
 BASELINES = ("svm", "knn", "pca_svm")
 C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -142,8 +144,7 @@ RUNNERS: dict[str, Callable[..., BaselineResult]] = {"svm": svm, "knn": knn, "pc
 def run_baseline(name: str, X_lab, y_lab, X_valid, y_valid, X_test, y_test, *,
                  random_state: int = 0, **kwargs) -> BaselineResult:
     """Fit baseline ``name`` with selection on validation and fill in its test error."""
-    if name not in RUNNERS:
-        raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(RUNNERS)}")
+    check_choice("baseline", name, tuple(RUNNERS))
     result = RUNNERS[name](X_lab, y_lab, X_valid, y_valid, random_state=random_state, **kwargs)
     result.test_error = error(y_test, result.estimator.predict(X_test))
     return result

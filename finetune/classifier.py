@@ -21,16 +21,16 @@ networks, JMLR 2009.
 """
 from __future__ import annotations
 
-import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 
-from pretrain.layer import OPTIMIZERS, check_positive, check_probability
+from pretrain.checks import check_positive
+from pretrain.module import Module, batch_input
 
 from .unroll import MLP, UnrolledDecoder, UnrolledEncoder
 
 
-class Classifier(L.LightningModule):
+class Classifier(Module):
     """An MLP (encoder + softmax head) trained on Eq. (3).
 
     Parameters
@@ -43,18 +43,15 @@ class Classifier(L.LightningModule):
     seed : seeds the head's initial weights.
     """
 
+    progress_terms = ("loss", "error")
+
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, lr: float = 0.01,
                  optimizer: str = "adam", momentum: float = 0.0, weight_decay: float = 0.0,
                  reconstruction: float = 0.0, decoder: UnrolledDecoder | None = None, seed: int = 0):
-        super().__init__()
         if not isinstance(encoder, UnrolledEncoder):
             raise ValueError(f"encoder must be an UnrolledEncoder (finetune.unroll), got "
                              f"{type(encoder).__name__}")
-        check_positive("lr", lr)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        check_probability("momentum", momentum)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
+        super().__init__(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         check_positive("reconstruction", reconstruction, allow_zero=True)
         if reconstruction > 0:
             if decoder is None:
@@ -124,44 +121,8 @@ class Classifier(L.LightningModule):
         return terms
 
     # -- Lightning --------------------------------------------------------------------------
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        terms = self.loss_terms(batch, stage=stage)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{type(self).__name__}: the {stage} loss became {loss.item()} at epoch "
-                f"{self.current_epoch}, step {self.global_step}. Likely cause: a learning rate too "
-                f"high (lr={self.hparams.lr}); lower it or check the data for NaN/inf.")
-        batch_size = _batch_size(batch)
-        for name, value in terms.items():
-            self.log(f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True,
-                     prog_bar=name in ("loss", "error"), batch_size=batch_size,
-                     sync_dist=True)  # under DDP every rank selects on the same numbers
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
+    def batch_terms(self, batch, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.loss_terms(batch, stage=stage)
 
     def predict_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.predict_proba(x)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        params = list(self.parameters())  # a tied weight appears once
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-
-
-def _batch_size(batch) -> int:
-    """Examples in a batch: the labeled part of a dict batch, else the first tensor's rows."""
-    if isinstance(batch, dict):
-        batch = batch["labeled"]
-    return batch[0].shape[0]
+        return self.predict_proba(batch_input(batch))

@@ -20,18 +20,19 @@ Hinton & Salakhutdinov, Reducing the dimensionality of data with neural networks
 """
 from __future__ import annotations
 
-import lightning.pytorch as L
 import torch
 
-from pretrain.layer import OPTIMIZERS, batch_input, check_positive, check_probability
+from pretrain.checks import check_bool, check_int
+from pretrain.module import Module, batch_input
 from pretrain.stack import Stack
 from pretrain.units import activation
 
 from .unroll import unroll_autoencoder
 
 
-class DeepAutoencoder(L.LightningModule):
-    """A stack unrolled (``unroll_autoencoder``) and trained on Eq. (2).
+class DeepAutoencoder(Module):
+    """A stack unrolled (``unroll_autoencoder``) and trained on Eq. (2); logs ``stage/rec``
+    and ``stage/squared_error``.
 
     Parameters
     ----------
@@ -42,19 +43,15 @@ class DeepAutoencoder(L.LightningModule):
     seed : seeds the fresh weights when ``pretrained=False``; unused otherwise.
     """
 
+    logged_terms = ("rec", "squared_error")
+    progress_terms = ("rec",)
+
     def __init__(self, stack: Stack, *, untie: bool = False, lr: float = 1e-3, optimizer: str = "adam",
                  momentum: float = 0.0, weight_decay: float = 0.0, pretrained: bool = True,
                  seed: int = 0):
-        super().__init__()
-        check_positive("lr", lr)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        check_probability("momentum", momentum)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
-        if not isinstance(pretrained, bool):
-            raise ValueError(f"pretrained must be True or False, got {pretrained!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        super().__init__(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        check_bool("pretrained", pretrained)
+        seed = check_int("seed", seed)
         self.encoder, self.decoder = unroll_autoencoder(stack, untie=untie)
         if not pretrained:
             g = torch.Generator().manual_seed(seed)
@@ -95,35 +92,8 @@ class DeepAutoencoder(L.LightningModule):
         squared_error = ((r - x) ** 2).sum(dim=1).mean()  # Eq. (3)
         return {"rec": rec, "squared_error": squared_error, "loss": rec}
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        x = batch_input(batch)
-        terms = self.loss_terms(x)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"DeepAutoencoder: the {stage} loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {self.global_step}. Likely cause: a learning rate too high "
-                f"(lr={self.hparams.lr}); lower it or check the data for NaN/inf.")
-        for name in ("rec", "squared_error"):
-            self.log(f"{stage}/{name}", terms[name].detach(), on_step=False, on_epoch=True,
-                     prog_bar=name == "rec", batch_size=x.shape[0], sync_dist=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
+    def batch_terms(self, batch, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.loss_terms(batch_input(batch))
 
     def predict_step(self, batch, batch_idx):
         return self.encode(batch_input(batch))
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        params = list(self.parameters())  # a tied weight appears once
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pretrain.layer import check_positive
+from pretrain.checks import check_int, check_positive
 
 from .classifier import Classifier
 from .tangent_prop import tangent_penalty
@@ -160,8 +160,7 @@ def tangent_distance_knn(X_train: torch.Tensor, y_train: torch.Tensor, U_train: 
     if (isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int)
             or not 1 <= n_neighbors <= len(X_train)):
         raise ValueError(f"n_neighbors must be an integer in [1, {len(X_train)}], got {n_neighbors!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     if y_train.shape != (len(X_train),):
         raise ValueError(f"y_train must have shape ({len(X_train)},), got {tuple(y_train.shape)}")
     n_classes = int(y_train.max()) + 1

@@ -22,10 +22,10 @@ Lanczos with full reorthogonalisation):
         P^T P = Y Theta Y^T  (Rayleigh-Ritz),  v_i = K y_i,  sigma_i = ||P y_i|| = sqrt(theta_i)
 
 Eq. (7) keeps every block (not only the last, as subspace iteration does): for the same
-number of products with J the Krylov space holds polynomials of higher degree in J^T J, and
-it was 2 to 4 times cheaper for a given accuracy on MNIST stacks; for the same reason b = 1
-(degree m) beats blocks: on MNIST, k = 15, b = 1 with m = 28 (56 products) is as accurate as
-b = 4 with m = 30 (62 products), see below. ``orth`` is block classical Gram-Schmidt done twice
+number of products with J the Krylov space holds polynomials of higher degree in J^T J, so it
+reaches a given accuracy with fewer products; for the same reason b = 1 (degree m) converges
+fastest per product, and larger blocks only help to resolve clusters of equal singular
+values. ``orth`` is block classical Gram-Schmidt done twice
 ("twice is enough"), the first pass against the last two blocks only (in exact arithmetic
 J^T J Q_{j-1} is orthogonal to the older ones), the second against all of K, each followed by
 a symmetric orthonormalisation of the block (for b > 1 through the eigendecomposition of its
@@ -36,8 +36,8 @@ sigma_i = 0 and v_i completes an orthonormal basis). The heavy products (3), (4)
 stack's dtype; the small eigenproblems in float64.
 
 Where to search. J = (D_L W_L ... D_1) W_1, so J's row space lies in W_1's, and pretraining
-leaves W_1 numerically low-rank (the MTC's CAE+H W_1, 1000 x 784, holds 99% of ||W_1||_F^2 in
-282 of its 784 directions; a Glorot-initialised one needs 667). With W_1's SVD
+leaves W_1 numerically low-rank (a part of its d directions holds nearly all of
+||W_1||_F^2, where a Glorot-initialised W_1 needs most of them). With W_1's SVD
 W_1 = sum_i s_i a_i w_i^T, s_1 >= s_2 >= ...:
 
     (9) r = min{r : sum_{i>r} s_i^2 <= rank_tol sum_i s_i^2},  V_r = [w_1 .. w_r] (d, r),
@@ -59,40 +59,16 @@ vectors), costs min(n_L, d) products, and its batched SVD is exact: ``method="au
 that path when it needs no more products than the Krylov method, ``"explicit"`` and
 ``"krylov"`` force one. Either way memory per batch is bounded and J is never formed for the
 whole set. Forming J^T J per example instead (the Gram form) costs 2 d n_L (n_1 + d) flops for
-two layers, 10 to 14 times the Krylov products for the MNIST stacks, before a (d, d) eigh.
+two layers, d / (2m) times the Krylov products when n_1 = n_L, before a (d, d) eigh. On CPU
+the batches are shared out to ``torch.get_num_threads()`` worker threads of one intra-op
+thread each (see ``_map``); on a GPU they run one after the other.
 
-Speed (``pipelines.bench.timing.tangents --n 60000 --threads 2``, k = 15, 2-core AMD EPYC whose
-cores each multiply fp32 matrices at about 93 GFLOP/s, wall time on a quiet machine), the
-defaults (m = 25, rank_tol = 0.01) against the former ones (m = 28, the whole input space):
-
-    stack                            r     products    wall s / 60000   CPU s   former (m = 28)
-    784-1000-500, untrained          784   7.7 TFLOP   56.9             112     65.2 s
-    784-1000-1000, the MTC's CAE+H   288   7.5 TFLOP   58.4             116     85.3 s
-
-about 72-75% of the machine's matmul rate. The rest is the full reorthogonalisation
-(memory-bound: K is read twice per step), the small eigenproblems, Eq. (8)'s products and the
-elementwise slopes. On CPU the batches are shared out to ``torch.get_num_threads()`` worker
-threads of one intra-op thread each (see ``_map``); on a GPU they run one after the other.
-
-How good the tangents are depends on the spectrum: the top-k subspace is only defined up to
-the gap sigma_k - sigma_{k+1}; the measure that stays meaningful without a gap is the energy
-captured, ``sum_i ||J u_i||^2 / sum_{i<=k} sigma_i^2`` (1 for the exact subspace). On 200 MNIST
-images against the float64 SVD of the explicit Jacobian, k = 15 (min / median over the images):
-
-    stack, spectrum                                      m = 20 (r)    m = 25 (r)    m = 28 (r)
-    MTC's CAE+H 784-1000-1000, sigma_16/sigma_15 = 0.96  0.86 / 0.94   0.95 / 0.99   0.98 / 0.999
-      (same, all 784 directions: m = 25)                               0.94 / 0.99
-    untrained 784-1000-500, flat: 0.993                  -             0.82 / 0.84   0.87 / 0.89
-
-(m = 20, 28 on the MTC stack: r = 784; m = 23 in r = 288: 0.92 / 0.97). On the trained stack
-restricting the search to r = 288 directions costs nothing measurable (0.954 / 0.988 against
-0.941 / 0.990 in the whole space) and a third of the time. Does the MTC notice? On the full semi-supervised profile (`mtc_all`,
-paper setting, one seed each) its test error at 100, 600, 1000 and 3000 labels was 11.55, 4.94,
-4.28, 3.14% with m = 28 and 11.61, 4.80, 4.18, 3.17% with the defaults (m = 20 in the whole
-space: 11.65% at 100 labels, 3.97% at 1000). On the
-untrained stack the principal angles stay near pi/2 whatever m, since the top-15 subspace is
-barely defined there. With a gap, convergence is fast: the tests reach angles below 1e-3 rad
-with m = 30 for a Jacobian of rank 40.
+Accuracy. The top-k subspace is only defined up to the gap sigma_k - sigma_{k+1}: with a gap
+the Ritz vectors converge to the exact tangents as m grows, the faster the wider the gap;
+without one, the measure that stays meaningful is the energy captured,
+``sum_i ||J u_i||^2 / sum_{i<=k} sigma_i^2`` (1 for the exact subspace), which the block
+Krylov method brings close to 1 independently of the gap (Musco and Musco 2015). The
+restriction of Eq. (9) adds at most the error bounded there.
 
 References
 ----------
@@ -114,18 +90,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
+from pretrain.checks import check_choice, check_float, check_int
 from pretrain.stack import Stack
 from pretrain.units import activation, derivative
 
 METHODS = ("auto", "krylov", "explicit")
 
-# The defaults of ``tangents``: m = k + 10 Krylov vectors, in the span of W_1's leading right
-# singular vectors holding 99% of ||W_1||_F^2 (see "Speed" and "How good" above).
-OVERSAMPLE = 10
-RANK_TOL = 1e-2
-
-# Part of the cache key: bump it when the same options give other tangents (2: Lanczos
-# default, one random start per (seed, batch) instead of one generator run through the batches).
+# Part of the cache key: bump it when the same options give other tangents.
 ALGORITHM = "tangents 2"
 
 # A direction whose squared norm after projection is below this many float eps of the block's
@@ -164,7 +136,7 @@ def _mm(A: torch.Tensor, W: torch.Tensor, work: dict | None, key) -> torch.Tenso
 
     The Krylov loop makes the same products dozens of times per batch; reusing their outputs
     matters on CPU, where each fresh multi-megabyte tensor comes as new pages from the
-    operating system, whose faults cost as much as the elementwise op that follows (measured).
+    operating system, whose faults cost about as much as the elementwise op that follows.
     """
     if work is None:
         return A @ W
@@ -254,13 +226,13 @@ def vjp(stack: Stack, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
 
 # -- small dense linear algebra, batched ------------------------------------------------------
 @contextlib.contextmanager
-def _one_thread():
+def one_thread():
     """One intra-op thread inside the block, the caller's count restored after (also on error).
 
     For batched LAPACK calls on small matrices: torch loops over the batch and MKL threads each
-    small call; for eigh/svd above 25 rows (divide and conquer) that made them 10x slower on a
-    busy 2-core machine (measured). And for ``_map``'s worker threads, which read the count
-    when they start.
+    small call, and for eigh/svd above 25 rows (divide and conquer) the threads then wait on
+    each other far longer than the small calls take, worst on a busy machine. And for
+    ``_map``'s worker threads, which read the count when they start.
     """
     n = torch.get_num_threads()
     if n == 1:  # already (the worker threads of ``_map``): do not touch the process-wide setting
@@ -329,9 +301,8 @@ def _orthonormalize(Z: torch.Tensor, K: torch.Tensor | None, generator: torch.Ge
 def _fix_signs(U: torch.Tensor) -> torch.Tensor:
     """Flip each row of U (B, k, d), in place, so that its largest-magnitude entry is positive.
 
-    From the row's largest and smallest entries (``abs().argmax()`` was 2.5% of the whole
-    computation, amax and amin are vectorised and 4 times cheaper); a row whose extremes are
-    +a and -a keeps its sign.
+    From the row's largest and smallest entries (amax and amin are vectorised, cheaper than
+    ``abs().argmax()``); a row whose extremes are +a and -a keeps its sign.
     """
     hi, lo = U.amax(-1, keepdim=True), U.amin(-1, keepdim=True)  # (B, k, 1)
     return U.mul_(torch.where(hi >= -lo, 1.0, -1.0).to(U.dtype))
@@ -358,7 +329,7 @@ def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor |
     K = _scratch(work, "K", (B, m, d), x)  # the Krylov basis, rows orthonormal
     P = _scratch(work, "P", (B, m, n_L), x)  # J K^T as rows
     omega = torch.randn(B, sizes[0], n_L, generator=generator, dtype=x.dtype, device=x.device)
-    with _one_thread():
+    with one_thread():
         _orthonormalize(_vjp_rows(params, slopes, omega, work), None, generator,
                         out=K[:, :sizes[0]])  # Eq. (6)
     j = prev = 0
@@ -369,11 +340,11 @@ def _krylov_batch(params, x, k, m, b, generator, work: dict, out: torch.Tensor |
         if i + 1 < len(sizes):
             Z = _vjp_rows(params, slopes, P[:, j - size:j], work)  # J^T J Q_{i}
             nxt = sizes[i + 1]
-            with _one_thread():  # the last block is smaller: keep its leading directions
+            with one_thread():  # the last block is smaller: keep its leading directions
                 _orthonormalize(Z[:, :nxt], K[:, :j], generator, recent=size + prev,
                                 out=K[:, j:j + nxt])  # Eq. (7)
             prev = size
-    with _one_thread():
+    with one_thread():
         theta, Y = torch.linalg.eigh((P @ P.transpose(1, 2)).double())  # Eq. (8), ascending
     Yk = Y.flip(-1)[:, :, :k].transpose(1, 2).to(x.dtype)  # (B, k, m), descending theta
     if subspace is None:
@@ -410,7 +381,7 @@ def _input_subspace(params, m: int, rank_tol: float, dtype, device, k: int = 0):
     if min(m, n1) >= d:  # nothing to restrict
         return None
     W1 = W1.detach().double().cpu()
-    with _one_thread():  # the same V_r whatever the thread count: reproducible tangents
+    with one_thread():  # the same V_r whatever the thread count: reproducible tangents
         _, s, Vh = torch.linalg.svd(W1, full_matrices=n1 < d)
     r = min(-(-max(_rank_within(s, rank_tol), m) // 16) * 16, d)
     if r >= d or 2 * m * n1 * (d - r) <= k * r * d:
@@ -425,7 +396,7 @@ def search_space(stack: Stack, k: int, *, oversample: int = OVERSAMPLE,
     """V_r^T (r, d) of Eq. (9): the orthonormal rows that span where ``tangents(stack, X, k,
     oversample=, rank_tol=)`` looks for the tangents with the Krylov method, or None when it
     searches the whole input space."""
-    m = krylov_dim(_check_int("k", k, 1), _check_int("oversample", oversample, 0), stack.n_visible)
+    m = krylov_dim(check_int("k", k, 1), check_int("oversample", oversample, 0), stack.n_visible)
     sub = _input_subspace(encoder_params(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
                           "cpu", k)
     return None if sub is None else sub[1]
@@ -451,37 +422,26 @@ def explicit_jacobian(stack: Stack, x: torch.Tensor) -> torch.Tensor:
 def _explicit_batch(stack, x, k):
     """Exact tangents of one batch through the SVD of the explicit Jacobian: U (B, k, d), S (B, k)."""
     J = explicit_jacobian(stack, x)  # (B, n_L, d)
-    with _one_thread():
+    with one_thread():
         _, S, Vh = torch.linalg.svd(J, full_matrices=False)  # Eq. (5)
     return Vh[:, :k], S[:, :k]
 
 
 # -- the tangents of a data set ---------------------------------------------------------------
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def _check_rank_tol(rank_tol) -> float:
-    if (isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float))
-            or not 0.0 <= rank_tol < 1.0):
-        raise ValueError(f"rank_tol must be a number in [0, 1), the fraction of ||W_1||_F^2 the "
-                         f"search space may leave out (0: none), got {rank_tol!r}")
-    return rank_tol
+    return check_float("rank_tol", rank_tol, low=0, high=1,
+                       meaning="the fraction of ||W_1||_F^2 the search space may leave out (0: none)")
 
 
 def _resolve(stack: Stack, X: torch.Tensor, k: int, oversample: int, block_size: int,
              batch_size: int, method: str, rank_tol: float = 0.0) -> tuple[str, int]:
     """Validate the arguments of ``tangents``; return the method and the Krylov dimension m."""
     _check_input(stack, X, "X")
-    _check_int("k", k, 1)
-    _check_int("oversample", oversample, 0)
-    _check_int("block_size", block_size, 1)
-    _check_int("batch_size", batch_size, 1)
+    k, oversample = check_int("k", k, 1), check_int("oversample", oversample, 0)
+    block_size = check_int("block_size", block_size, 1)
+    check_int("batch_size", batch_size, 1)
     _check_rank_tol(rank_tol)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    check_choice("method", method, METHODS)
     d, n_L = stack.n_visible, stack.n_hidden
     if k > n_L:
         raise ValueError(f"k={k} tangents asked but the stack's top code has n_hidden={n_L}: "
@@ -527,15 +487,14 @@ def _map(run, n: int, workers: int) -> None:
 
     On CPU the batches are independent, so the cores share them out rather than split every
     matmul and elementwise op: torch's intra-op parallelism waits for the slowest core at the
-    end of each op, and on a shared machine (another job on one core) that made 2 threads 3
-    times slower than 1 (measured: matmul of (512, 784) x (784, 1000), 13 vs 39 GFLOP/s), while
-    two one-thread workers lose nothing. The ops release the GIL.
+    end of each op, so on a shared machine one busy core holds up every op, while one-thread
+    workers each lose only the time of their own core. The ops release the GIL.
     """
     if workers <= 1:
         for batch in range(n):
             run(batch)
         return
-    with _one_thread(), ThreadPoolExecutor(workers) as pool:  # workers read 1 when they start
+    with one_thread(), ThreadPoolExecutor(workers) as pool:  # workers read 1 when they start
         for _ in pool.map(run, range(n)):  # re-raises a worker's exception
             pass
 

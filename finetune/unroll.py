@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.autoencoder import glorot_uniform
+from pretrain.checks import check_bool, check_int
 from pretrain.stack import Stack
 from pretrain.units import activation
 
@@ -146,8 +147,7 @@ class UnrolledDecoder(nn.Module):
     def __init__(self, stack: Stack, encoder: UnrolledEncoder, *, untie: bool = False):
         super().__init__()
         layers = _layers(stack)
-        if not isinstance(untie, bool):
-            raise ValueError(f"untie must be True or False, got {untie!r}")
+        check_bool("untie", untie)
         sizes = [layers[0].n_visible] + [layer.n_hidden for layer in layers]
         if encoder.sizes != sizes:
             raise ValueError(f"the encoder has sizes {encoder.sizes} but the stack has sizes {sizes}: "
@@ -229,10 +229,8 @@ class MLP(nn.Module):
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, seed: int = 0):
         super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        check_int("n_classes", n_classes, 2)
+        seed = check_int("seed", seed)
         self.encoder = encoder
         W = encoder.layers[-1].weight
         g = torch.Generator().manual_seed(seed)

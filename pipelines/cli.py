@@ -68,31 +68,13 @@ def data() -> None:
 @click.option("--data-dir", default=None, help="Where to look for data files first.")
 def data_list(data_dir: str | None) -> None:
     """List the datasets and where their files are found."""
-    from pipelines.data.datasets import DATASETS
-    from pipelines.data.mnist import dataset_locations, find_mnist
-    from pipelines.data.variations import cache_path
+    from pipelines.data.catalog import catalog
+    from pipelines.data.mnist import dataset_locations
 
-    try:
-        mnist = find_mnist(data_dir)
-        where = f"found in {next(iter(mnist.values())).parent} (md5 verified)"
-    except (FileNotFoundError, ValueError) as e:
-        mnist, where = None, f"not usable: {str(e).splitlines()[0]}"
-    dirs = dataset_locations(data_dir)
-    click.echo("searched, in order: " + ", ".join(str(d) for d in dirs))
-    for name in DATASETS:
-        if name == "digits":
-            status = "embedded (scikit-learn's 8x8 digits)"
-        elif name == "mnist":
-            status = where
-        elif name == "npz":
-            status = "your own file: --set data.name=npz --set data.path=FILE.npz"
-        else:
-            cached = [cache_path(d, name, 0) for d in dirs if cache_path(d, name, 0).exists()]
-            base = "MNIST" if name.startswith("mnist-") else "its recipe (no download)"
-            status = (f"generated from {base}, cached at {cached[0]}" if cached else
-                      "needs MNIST (see above)" if base == "MNIST" and not mnist else
-                      f"generated from {base} on first use")
-        click.echo(f"{name:18s} {status}")
+    rows = catalog(data_dir)
+    click.echo("searched, in order: " + ", ".join(str(d) for d in dataset_locations(data_dir)))
+    for row in rows:
+        click.echo(f"{row.name:18s} {row.status}")
 
 
 @data.command("show")
@@ -157,7 +139,7 @@ def analyze() -> None:
 @click.option("--seed", default=0, show_default=True)
 def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) -> None:
     """Train a DAE and a CAE on 2-D toy data; plot r(x) - x and the potential."""
-    from pipelines.analysis.analyze import vector_field_analysis
+    from pipelines.analysis.vector_field import vector_field_analysis
 
     res = vector_field_analysis(out_dir, data=data, hidden_unit=hidden_unit, epochs=epochs, seed=seed,
                                 run_id=run_id, uri=uri)
@@ -183,7 +165,7 @@ def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) 
 @click.option("--out", "out_dir", default=None, help="Also write the figures here.")
 def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed, out_dir) -> None:
     """Sample a run's stack; log the chains and the Parzen log-likelihood to the run."""
-    from pipelines.analysis.analyze import sample_run
+    from pipelines.analysis.sampling import sample_run
 
     try:
         res = sample_run(run_id, uri=uri, root=root, n_samples=n_samples, n_chains=n_chains,
@@ -201,7 +183,7 @@ def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed,
 @click.option("--out", "out_dir", default=None, help="Also write the figures here.")
 def analyze_spectrum(run_id, uri, root, n_examples, out_dir) -> None:
     """Singular values of the top code's Jacobian over test examples; tangent images."""
-    from pipelines.analysis.analyze import spectrum_run
+    from pipelines.analysis.spectrum import spectrum_run
 
     try:
         res = spectrum_run(run_id, uri=uri, root=root, n_examples=n_examples, out_dir=out_dir)

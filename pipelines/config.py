@@ -17,7 +17,10 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-LAYER_KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm")
+from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
+from pretrain.checks import check_choice
+from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, UNITS
+
 FINETUNE_METHODS = ("mlp", "mtc", "mtc_all", "deep_autoencoder")
 BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
 
@@ -31,7 +34,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Which dataset and how it is split (DESIGN.md sections 5 and 6)."""
+    """Which dataset and how it is split."""
 
     name: str = "digits"
     data_dir: str | None = None        # where MNIST files are looked up first
@@ -55,15 +58,15 @@ class LayerConfig(_Section):
     batch_size: int | None = Field(None, ge=1)   # None: pretrain.batch_size
     # optimisation (every kind)
     lr: float | None = Field(None, gt=0)
-    optimizer: Literal["sgd", "adam"] | None = None
+    optimizer: Literal[OPTIMIZERS] | None = None
     momentum: float | None = Field(None, ge=0, le=1)
     weight_decay: float | None = Field(None, ge=0)
     # autoencoders
-    hidden_unit: Literal["sigmoid", "tanh", "relu", "linear"] | None = None
-    visible_unit: Literal["sigmoid", "tanh", "relu", "linear"] | None = None
+    hidden_unit: Literal[UNITS] | None = None
+    visible_unit: Literal[UNITS] | None = None
     tied: bool | None = None
-    loss: Literal["cross_entropy", "mse"] | None = None
-    corruption: Literal["none", "gaussian", "masking", "salt_pepper"] | None = None
+    loss: Literal[LOSSES] | None = None
+    corruption: Literal[CORRUPTIONS] | None = None
     corruption_level: float | None = Field(None, ge=0)
     contraction: float | None = Field(None, ge=0)
     higher_order: float | None = Field(None, ge=0)
@@ -86,9 +89,7 @@ class LayerConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in LAYER_KINDS:
-            raise ValueError(f"unknown layer kind {v!r}: choose one of {', '.join(LAYER_KINDS)}")
-        return v
+        return check_choice("layer kind", v, KINDS)
 
     def layer_kwargs(self) -> dict[str, Any]:
         """The overrides passed to ``pretrain.presets.make_layer`` (fields that were set)."""
@@ -112,15 +113,15 @@ class FinetuneConfig(_Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
-    optimizer: Literal["sgd", "adam"] = "adam"
+    optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(20, ge=1)           # early stopping on val/error
     reconstruction: float = Field(0.0, ge=0)  # weight of the unsupervised term during fine-tuning
     beta: float = Field(0.1, ge=0)            # MTC tangent penalty weight
     n_tangents: int = Field(15, ge=1)         # k leading singular vectors
-    # their accuracy (finetune.tangents' defaults, mirrored: config stays free of torch):
-    tangent_oversample: int = Field(10, ge=0)       # m = k + this many Krylov vectors
-    tangent_rank_tol: float = Field(0.01, ge=0, lt=1)  # share of ||W_1||_F^2 left out of the search
+    # their accuracy, finetune.tangents' defaults:
+    tangent_oversample: int = Field(OVERSAMPLE, ge=0)       # m = k + this many Krylov vectors
+    tangent_rank_tol: float = Field(RANK_TOL, ge=0, lt=1)  # share of ||W_1||_F^2 left out of the search
     unlabeled_batch: int = Field(64, ge=1)    # pool examples per step for mtc_all
     deep_autoencoder_epochs: int = Field(20, ge=1)
 
@@ -150,7 +151,7 @@ class BaselinesConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    """Lightning Trainer flags, passed through unchanged (DESIGN.md section 8)."""
+    """Lightning Trainer flags, passed through unchanged."""
 
     accelerator: str = "cpu"
     devices: int | str = 1

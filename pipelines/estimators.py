@@ -33,42 +33,33 @@ from __future__ import annotations
 
 import numbers
 
+import lightning.pytorch as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from finetune.tangents import OVERSAMPLE, RANK_TOL
-from pretrain.layer import OPTIMIZERS
+from finetune.classifier import Classifier
+from finetune.mtc import MTC
+from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
+from finetune.tangents import tangents
+from finetune.unroll import UnrolledEncoder
+from pretrain.checks import check_float, check_int
+from pretrain.names import KINDS, OPTIMIZERS
+from pretrain.presets import accepted_keys, make_layer
+from pretrain.stack import GreedyStack
 
-from pipelines import training
+from pipelines.data.datamodule import ArrayDataModule
+from pipelines.training import KeepBest, fit_layer, make_trainer, quiet_lightning
 
 __all__ = ["StackedPretrainer", "StackedMLPClassifier", "MTCClassifier"]
 
 
 # -- validation of hyperparameters (in fit, never in __init__) ----------------------------------
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value, *, low: float, high: float = np.inf, low_open: bool = False,
-                 high_open: bool = True) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    if ok:
-        above = value > low if low_open else value >= low
-        below = value < high if high_open else value <= high
-        ok = above and below
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)
-
-
 def _seed(random_state) -> int:
     """An integer seed: ``random_state`` itself when it is a non-negative int, else one drawn
     from it (``None`` or a ``RandomState``), as scikit-learn's ``check_random_state`` reads it."""
@@ -87,8 +78,6 @@ def _seed(random_state) -> int:
 
 def _check_layers(layers) -> list[tuple[str, int]]:
     """``layers`` as a list of ``(kind, n_hidden)``; a ValueError naming ``layers`` otherwise."""
-    from pretrain.presets import KINDS
-
     try:
         specs = [tuple(spec) for spec in layers]
     except TypeError:
@@ -104,17 +93,13 @@ def _check_layers(layers) -> list[tuple[str, int]]:
         if kind not in KINDS:
             raise ValueError(f"layers[{k}] has unknown kind {kind!r}: choose one of "
                              f"{', '.join(KINDS)}")
-        out.append((kind, _check_int(f"layers[{k}] n_hidden", n_hidden, 1)))
+        out.append((kind, check_int(f"layers[{k}] n_hidden", n_hidden, 1)))
     return out
 
 
 def _quiet_seed(seed: int) -> None:
     """Lightning's global seed, for any code below that draws from torch's or numpy's global
     RNG (the layers, the head and the tangents take their own seeded generators)."""
-    import lightning.pytorch as L
-
-    from pipelines.training import quiet_lightning
-
     quiet_lightning()
     L.seed_everything(seed, workers=False, verbose=False)
 
@@ -160,11 +145,9 @@ class StackedPretrainer(TransformerMixin, BaseEstimator):
         self.layer_params = layer_params
 
     def _build_layers(self, n_visible: int, seed: int) -> list:
-        from pretrain.presets import accepted_keys, make_layer
-
         specs = _check_layers(self.layers)
         if self.lr is not None:
-            _check_float("lr", self.lr, low=0.0, low_open=True)
+            check_float("lr", self.lr, low=0.0, low_open=True)
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be None or one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -193,20 +176,18 @@ class StackedPretrainer(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Pretrain the stack on ``X`` (N, d); ``y`` is ignored. Returns ``self``."""
-        from pretrain.stack import GreedyStack
-
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
-        epochs = _check_int("epochs", self.epochs, 0)
-        batch_size = _check_int("batch_size", self.batch_size, 1)
+        epochs = check_int("epochs", self.epochs, 0)
+        batch_size = check_int("batch_size", self.batch_size, 1)
         seed = _seed(self.random_state)
         greedy = GreedyStack(self._build_layers(X.shape[1], seed))
         _quiet_seed(seed)
 
-        def fit_layer(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
-            training.fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
-                               where=f"layers[{k}]")
+        def fit(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
+            fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
+                      where=f"layers[{k}]")
 
-        self.stack_ = greedy.fit(_tensor(X), fit_layer).eval()
+        self.stack_ = greedy.fit(_tensor(X), fit).eval()
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -227,13 +208,13 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self, n_visible: int) -> dict:
         return {
-            "pretrain_epochs": _check_int("pretrain_epochs", self.pretrain_epochs, 0),
-            "epochs": _check_int("epochs", self.epochs, 1),
-            "batch_size": _check_int("batch_size", self.batch_size, 1),
-            "lr": _check_float("lr", self.lr, low=0.0, low_open=True),
-            "validation_fraction": _check_float("validation_fraction", self.validation_fraction,
-                                                low=0.0, high=1.0),
-            "patience": _check_int("patience", self.patience, 1),
+            "pretrain_epochs": check_int("pretrain_epochs", self.pretrain_epochs, 0),
+            "epochs": check_int("epochs", self.epochs, 1),
+            "batch_size": check_int("batch_size", self.batch_size, 1),
+            "lr": check_float("lr", self.lr, low=0.0, low_open=True),
+            "validation_fraction": check_float("validation_fraction", self.validation_fraction,
+                                               low=0.0, high=1.0),
+            "patience": check_int("patience", self.patience, 1),
             "seed": _seed(self.random_state),
         }
 
@@ -243,12 +224,6 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         """Pretrain on ``X`` (N, d), fine-tune on ``(X, y)``; returns ``self``."""
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        from finetune.unroll import UnrolledEncoder
-        from pipelines.data.datamodule import ArrayDataModule
-        from pipelines.training import KeepBest, make_trainer
-
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         check_classification_targets(y)
         p = self._check_params(X.shape[1])
@@ -266,6 +241,7 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
         self.stack_ = self.pretrainer_.stack_
 
         idx = np.arange(len(X))
+        i_tr, i_val = idx, idx[:0]  # no validation set: no early stopping
         if p["validation_fraction"] > 0:
             try:
                 i_tr, i_val = train_test_split(idx, test_size=p["validation_fraction"],
@@ -275,8 +251,6 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
                                  f"out a stratified validation set of these {len(X)} examples "
                                  f"in {K} classes ({e}); give more examples per class or "
                                  f"validation_fraction=0 (no early stopping)") from None
-        else:
-            i_tr, i_val = idx, idx[:0]
         X_tr = _tensor(X[i_tr])
         _quiet_seed(p["seed"])
         module, extra = self._module(UnrolledEncoder(self.stack_), K, p, X_tr)
@@ -285,12 +259,9 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
                              y_enc[i_val] if validate else None,
                              batch_size=min(p["batch_size"], len(i_tr)), seed=p["seed"],
                              train_extra=extra)
-        callbacks = []
-        if validate:
-            keep = KeepBest("val/error", "val/ce")
-            stop = EarlyStopping(monitor="val/error", patience=p["patience"], mode="min")
-            callbacks = [keep, stop]
-        trainer = make_trainer(max_epochs=p["epochs"], callbacks=callbacks)
+        keep = KeepBest("val/error", "val/ce")
+        stop = EarlyStopping(monitor="val/error", patience=p["patience"], mode="min")
+        trainer = make_trainer(max_epochs=p["epochs"], callbacks=[keep, stop] if validate else [])
         trainer.fit(module, datamodule=dm)
         if validate:
             keep.restore(module)
@@ -359,8 +330,6 @@ class StackedMLPClassifier(_StackedClassifier):
         self.layer_params = layer_params
 
     def _module(self, encoder, n_classes, p, X_train):
-        from finetune.classifier import Classifier
-
         return Classifier(encoder, n_classes, lr=p["lr"], optimizer="adam", seed=p["seed"]), ()
 
 
@@ -410,23 +379,20 @@ class MTCClassifier(_StackedClassifier):
 
     def _check_params(self, n_visible: int) -> dict:
         p = super()._check_params(n_visible)
-        p["beta"] = _check_float("beta", self.beta, low=0.0)
+        p["beta"] = check_float("beta", self.beta, low=0.0)
         top = _check_layers(self.layers)[-1][1]
-        k = _check_int("n_tangents", self.n_tangents, 1)
+        k = check_int("n_tangents", self.n_tangents, 1)
         if k > min(n_visible, top):
             raise ValueError(f"n_tangents={self.n_tangents!r} exceeds min(n_features={n_visible}, "
                              f"top layer n_hidden={top}): the Jacobian has at most "
                              f"{min(n_visible, top)} non-zero singular values")
         p["n_tangents"] = k
-        p["tangent_oversample"] = _check_int("tangent_oversample", self.tangent_oversample, 0)
-        p["tangent_rank_tol"] = _check_float("tangent_rank_tol", self.tangent_rank_tol, low=0.0,
-                                             high=1.0)
+        p["tangent_oversample"] = check_int("tangent_oversample", self.tangent_oversample, 0)
+        p["tangent_rank_tol"] = check_float("tangent_rank_tol", self.tangent_rank_tol, low=0.0,
+                                            high=1.0)
         return p
 
     def _module(self, encoder, n_classes, p, X_train):
-        from finetune.mtc import MTC
-        from finetune.tangents import tangents
-
         U, _ = tangents(self.stack_, X_train, p["n_tangents"], oversample=p["tangent_oversample"],
                         rank_tol=p["tangent_rank_tol"], seed=p["seed"])  # (N, k, d)
         module = MTC(encoder, n_classes, beta=p["beta"], lr=p["lr"], optimizer="adam",

@@ -2,7 +2,7 @@
 
 Every stage is a nested MLflow run under one parent run; every stage reads what the stage
 before produced; the trained layers are cached by config hash under ``mlruns/cache`` so that a
-re-run after a crash resumes at the first missing layer (DESIGN.md section 2).
+re-run after a crash resumes at the first missing layer.
 """
 from __future__ import annotations
 
@@ -11,12 +11,21 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import lightning.pytorch as L
+import mlflow
 import numpy as np
 import torch
 
+from pipelines import tracking
 from pipelines.config import PipelineConfig
+from pipelines.data.datasets import load_dataset
+from pipelines.data.splits import make_split
 from pipelines.files import atomic_write_text
 from pipelines.reporting.tables import Row, to_csv, to_markdown
+from pipelines.stages.baselines import run_baselines
+from pipelines.stages.finetuning import fit_classifier, fit_deep_autoencoder
+from pipelines.stages.pretraining import build_layers, pretrain_stack, tracked_layer_fitter
+from pipelines.training import quiet_lightning
 
 
 @dataclass
@@ -35,21 +44,6 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns") -> RunResult:
     """Run the whole pipeline of ``cfg``; return the results table and the MLflow run id."""
-    import lightning.pytorch as L
-    import mlflow
-
-    from pipelines import tracking
-    from pipelines.data.datasets import load_dataset
-    from pipelines.data.splits import make_split
-    from pipelines.stages.baselines import run_baselines
-    from pipelines.stages.finetuning import fit_classifier, fit_deep_autoencoder
-    from pipelines.stages.pretraining import (
-        build_layers,
-        pretrain_stack,
-        tracked_layer_fitter,
-    )
-    from pipelines.training import quiet_lightning
-
     quiet_lightning()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

@@ -31,9 +31,9 @@ def default_uri(root: str | Path = DEFAULT_ROOT) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def resolve_uri(uri: str | None = None) -> str:
-    """The tracking URI: explicit, else ``$MLFLOW_TRACKING_URI``, else ``./mlruns``."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+def resolve_uri(uri: str | None = None, root: str | Path = DEFAULT_ROOT) -> str:
+    """The tracking URI: explicit, else ``$MLFLOW_TRACKING_URI``, else the store under ``root``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -47,7 +47,6 @@ def artifact_root(uri: str) -> str | None:
 def is_rank_zero() -> bool:
     """True in the process of global rank 0 (and in any non-distributed run). Read from the
     launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID), as Lightning does."""
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -87,7 +86,7 @@ def open_store(uri: str | None, *, root: str | Path = DEFAULT_ROOT,
     server that does not answer is replaced by the local store, with a warning; under DDP, the
     processes of rank > 0 write to a throwaway store of their own (only rank 0 tracks).
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    uri = resolve_uri(uri, root)
     try:
         check_reachable(uri)
     except ConnectionError as e:
@@ -112,7 +111,6 @@ def git_commit() -> str:
 
 def environment_tags() -> dict[str, str]:
     """Package versions and the git commit, recorded on every parent run."""
-
     tags = {"python": sys.version.split()[0], "platform": platform.platform(),
             "git_commit": git_commit()}
     for pkg in ("layerwise", "torch", "lightning", "scikit-learn", "mlflow", "numpy"):
@@ -144,7 +142,6 @@ def start_run(name: str, *, experiment_id: str, nested: bool = False,
 def mark_stale_runs(experiment_id: str, digest: str) -> list[str]:
     """Mark runs of the same config left RUNNING by a killed process (and their nested runs)
     as KILLED; return their ids. A process killed with SIGKILL cannot end its own runs."""
-
     client = MlflowClient()
     stale = [r.info.run_id for r in client.search_runs(
         [experiment_id], f"tags.`layerwise.digest` = '{digest}' and attributes.status = 'RUNNING'")]
@@ -162,7 +159,6 @@ def mark_stale_runs(experiment_id: str, digest: str) -> list[str]:
 
 def log_config(cfg) -> None:
     """The resolved config as params (dotted keys) and as ``config.yaml``."""
-
     params = cfg.flat()
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -171,24 +167,19 @@ def log_config(cfg) -> None:
 
 
 def log_figure(fig, path: str) -> None:
-
     mlflow.log_figure(fig, path)
 
 
 def log_text_artifact(text: str, path: str) -> None:
-
     mlflow.log_text(text, path)
 
 
 def log_file(local_path: str | Path, artifact_dir: str | None = None) -> None:
-
     mlflow.log_artifact(str(local_path), artifact_dir)
 
 
 def log_dataset_input(X, y, *, name: str, source: str, context: str) -> None:
     """Log a dataset as an MLflow input (schema, digest, source), not its contents."""
-    import mlflow.data
-
     ds = mlflow.data.from_numpy(X, targets=y, source=source, name=name)
     mlflow.log_input(ds, context=context)
 
@@ -196,7 +187,6 @@ def log_dataset_input(X, y, *, name: str, source: str, context: str) -> None:
 def metric_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every metric of a run as ``{name: [(step, value), ...]}`` (Lightning logs epochs as steps
     of its own; the epoch is logged as the metric ``epoch``, so curves use the index)."""
-
     client = MlflowClient()
     out = {}
     for name in client.get_run(run_id).data.metrics:

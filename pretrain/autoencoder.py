@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import operator
 
 import torch
@@ -41,17 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain import penalties
+from pretrain.checks import check_bool, check_choice, check_int, check_positive
 from pretrain.corruption import check_corruption, corrupt
-from pretrain.layer import Layer, check_positive
+from pretrain.layer import Layer
+from pretrain.names import LOSSES
 from pretrain.units import activation, check_unit, derivative
-
-LOSSES = ("cross_entropy", "mse")
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def glorot_uniform(n_out: int, n_in: int, unit: str, generator: torch.Generator) -> torch.Tensor:
@@ -93,14 +86,12 @@ class AutoEncoder(Layer):
                  lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.0,
                  weight_decay: float = 0.0, seed: int = 0):
         super().__init__(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-        _check_count("n_visible", n_visible)
-        _check_count("n_hidden", n_hidden)
+        # plain ints in the hyperparameters (numpy integers do not seed a torch.Generator)
+        n_visible, n_hidden = check_int("n_visible", n_visible, 1), check_int("n_hidden", n_hidden, 1)
         check_unit(hidden_unit, "hidden_unit")
         check_unit(visible_unit, "visible_unit")
-        if not isinstance(tied, bool):
-            raise ValueError(f"tied must be True or False, got {tied!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        check_bool("tied", tied)
+        check_choice("loss", loss, LOSSES)
         if loss == "cross_entropy" and visible_unit != "sigmoid":
             raise ValueError(f"loss='cross_entropy' needs visible_unit='sigmoid' (reconstructions are "
                              f"Bernoulli means), got visible_unit={visible_unit!r}; use loss='mse'")
@@ -109,18 +100,14 @@ class AutoEncoder(Layer):
                             ("sparsity_l1", sparsity_l1), ("sparsity_kl", sparsity_kl)):
             check_positive(name, value, allow_zero=True)
         check_positive("higher_order_sigma", higher_order_sigma)
-        _check_count("higher_order_copies", higher_order_copies)
+        higher_order_copies = check_int("higher_order_copies", higher_order_copies, 1)
         if not 0.0 < sparsity_target < 1.0:
             raise ValueError(f"sparsity_target must be in (0, 1), got {sparsity_target!r}")
         if sparsity_kl > 0 and hidden_unit != "sigmoid":
             raise ValueError(f"sparsity_kl reads codes as firing probabilities and needs "
                              f"hidden_unit='sigmoid', got hidden_unit={hidden_unit!r}; "
                              f"use sparsity_l1 instead")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        # plain ints in the hyperparameters (numpy integers do not seed a torch.Generator)
-        n_visible, n_hidden = int(n_visible), int(n_hidden)
-        higher_order_copies, seed = int(higher_order_copies), int(seed)
+        seed = check_int("seed", seed)
         self.save_hyperparameters()
 
         self.hidden_unit = hidden_unit
@@ -231,7 +218,7 @@ class AutoEncoder(Layer):
         penalised = hp.contraction > 0 or hp.higher_order > 0 or hp.sparsity_l1 > 0 or hp.sparsity_kl > 0
         if x_tilde is x or penalised:
             # the clean pre-activation and code, computed once: the reconstruction (when the input
-            # is not corrupted) and every penalty read them; recomputing W x for each term cost
+            # is not corrupted) and every penalty read them; recomputing W x for each term would cost
             # two more (B, n_visible) x (n_visible, n_hidden) products a step, forward and backward
             a = self.encoder_preactivation(x)  # (B, n_hidden)
             h = activation(unit, a)  # (B, n_hidden): Eq. (2) at the clean x

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from pretrain.layer import check_positive, check_probability
-
-CORRUPTIONS = ("none", "gaussian", "masking", "salt_pepper")
+from pretrain.checks import check_choice, check_positive, check_probability
+from pretrain.names import CORRUPTIONS
 
 
 def check_corruption(kind: str, level: float, *, name: str = "corruption_level") -> tuple[str, float]:
@@ -30,8 +29,7 @@ def check_corruption(kind: str, level: float, *, name: str = "corruption_level")
     probability in [0, 1]; ``none`` only ``level == 0`` (a non-zero level with no corruption is
     almost certainly a configuration mistake, so it is refused rather than ignored).
     """
-    if kind not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {kind!r}: choose one of {', '.join(CORRUPTIONS)}")
+    check_choice("corruption", kind, CORRUPTIONS)
     level = float(level)
     if kind == "gaussian":
         check_positive(name, level, allow_zero=True)

@@ -7,65 +7,32 @@ A layer maps visible vectors ``x`` (B, n_visible) to codes ``h`` (B, n_hidden) a
 
 An RBM keeps the same contract with ``encode = P(h=1|v)`` and ``decode = P(v=1|h)`` (or the
 Gaussian mean). Subclasses implement ``encode``, ``decode``, the four weight properties and
-``loss_terms``; this base class turns ``loss_terms`` into Lightning's training, validation and
-test steps, logs each term as ``stage/name`` and stops on a non-finite loss instead of writing
-NaN weights.
+``loss_terms``; ``pretrain.module.Module`` turns ``loss_terms`` into Lightning's training,
+validation and test steps and stops on a non-finite loss instead of writing NaN weights, and
+this class logs each term as ``stage/name``.
 
 Each logged ``stage/name`` is the epoch mean of the term, weighted by batch size:
 
     (1) m = sum_batches B_k t_k / sum_batches B_k
 
-summed on the device as the batches come and ``self.log``-ged once, at the end of the epoch.
-Lightning's ``log`` costs about a millisecond of Python per call: logging every term at every
-step (what ``on_epoch=True`` does) cost a quarter of a CPU step of a 784-500 RBM.
+summed on the device as the batches come and ``self.log``-ged once, at the end of the epoch:
+Lightning's ``log`` is Python work on every call, too much to pay for every term of every
+step of a small layer.
 """
 from __future__ import annotations
 
-import lightning.pytorch as L
 import torch
 
-OPTIMIZERS = ("sgd", "adam")
+from pretrain.module import Module, batch_input
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Raise a ValueError naming ``name`` unless ``value`` is > 0 (or >= 0 with allow_zero)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value != value:  # value != value catches NaN
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return value
-
-
-def check_probability(name: str, value: float) -> float:
-    """Raise a ValueError naming ``name`` unless ``0 <= value <= 1``."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
-
-
-def fused_sgd(params) -> bool | None:
-    """``fused=True`` for ``torch.optim.SGD`` where torch has the fused kernel (CPU and CUDA
-    floating-point parameters): weight decay, momentum and the step in one pass over each
-    weight instead of four, with the same numbers as the loop; else None (torch's default)."""
-    params = list(params)
-    ok = params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return True if ok else None
-
-
-def batch_input(batch) -> torch.Tensor:
-    """The input ``x`` of a batch: the tensor itself, or the first item of ``(x,)``/``(x, y)``."""
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-class Layer(L.LightningModule):
+class Layer(Module):
     """Base class of all pretraining layers (autoencoders and RBMs).
 
     Parameters
     ----------
-    lr : learning rate of the optimizer.
-    optimizer : ``"sgd"`` or ``"adam"``.
-    momentum : SGD momentum (ignored by Adam).
-    weight_decay : L2 weight decay added by the optimizer.
+    lr, optimizer, momentum, weight_decay : the optimizer (``pretrain.module.Module``); SGD
+        runs through torch's fused kernel where it has one.
     """
 
     #: unit of the code h (``pretrain.units`` name); sigmoid for an RBM
@@ -73,28 +40,17 @@ class Layer(L.LightningModule):
     #: unit of the reconstruction r; sigmoid for binary inputs, linear for real-valued ones
     visible_unit: str = "sigmoid"
 
+    fused = True
+    nonfinite_advice = (" or inputs outside the range the loss expects; lower lr or check the data. "
+                        "No weights were written from this step.")
+
     def __init__(self, *, lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.0,
                  weight_decay: float = 0.0):
-        super().__init__()
-        check_positive("lr", lr)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        check_probability("momentum", momentum)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
-        self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         #: a name for messages and logs, set by the stack ("layer 2")
         self.layer_name = type(self).__name__
         #: the epoch's sums of Eq. (1): {stage: {"epoch": e, "groups": [[names, sum B_k t_k, sum B_k]]}}
         self._running_sums: dict[str, dict] = {}
-
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning sets this plain string around each of the ~20 hooks it calls per step (44
-        # times a step); nn.Module's __setattr__ looks through parameters, buffers and submodules
-        # each time, ~10 us a call on a shared CPU core: about as much as a tiny layer's whole step
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # -- the contract ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, n_visible) -> (B, n_hidden)
@@ -148,27 +104,14 @@ class Layer(L.LightningModule):
         monitoring-only terms out of some steps (the RBM's reconstruction error)."""
         return self.loss_terms(x, train=stage == "train")
 
-    def _step(self, batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
-        x = batch_input(batch)
-        terms = self.step_terms(x, stage, batch_idx)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):  # one scalar read: the check that no NaN reaches the weights
-            raise FloatingPointError(
-                f"{self.layer_name} ({type(self).__name__}): the {stage} loss became {loss.item()} "
-                f"at epoch {self.current_epoch}, step {self.global_step}. Likely cause: a learning "
-                f"rate too high (lr={self._opt['lr']}) or inputs outside the range the loss expects; "
-                f"lower lr or check the data. No weights were written from this step.")
-        self._accumulate(stage, terms, x.shape[0])
-        return loss
+    def batch_terms(self, batch, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.step_terms(batch_input(batch), stage, batch_idx)
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", batch_idx)
+    def describe(self) -> str:
+        return f"{self.layer_name} ({type(self).__name__})"
 
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val", batch_idx)
-
-    def test_step(self, batch, batch_idx):
-        return self._step(batch, "test", batch_idx)
+    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch) -> None:
+        self._accumulate(stage, terms, batch_input(batch).shape[0])
 
     # -- epoch means of the terms, Eq. (1) -------------------------------------------------------
     def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
@@ -202,7 +145,7 @@ class Layer(L.LightningModule):
         for name, (total, count) in totals.items():
             # under DDP: the mean of the ranks' means (the loaders give every rank equal counts)
             self.log(f"{stage}/{name}", (total / count).to(torch.get_default_dtype()), on_step=False,
-                     on_epoch=True, prog_bar=name == "loss", sync_dist=True)
+                     on_epoch=True, prog_bar=name in self.progress_terms, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -243,10 +186,3 @@ class Layer(L.LightningModule):
             stage: {"epoch": acc["epoch"],
                     "groups": [[list(names), sums, n] for names, sums, n in acc["groups"]]}
             for stage, acc in checkpoint.get("running_sums", {}).items()}
-
-    def configure_optimizers(self):
-        o = self._opt
-        if o["optimizer"] == "adam":
-            return torch.optim.Adam(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
-        return torch.optim.SGD(self.parameters(), lr=o["lr"], momentum=o["momentum"],
-                               weight_decay=o["weight_decay"], fused=fused_sgd(self.parameters()))

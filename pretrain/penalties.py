@@ -30,13 +30,12 @@ Ng, Sparse autoencoder, CS294A lecture notes, 2011 (the KL sparsity penalty).
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from pretrain.layer import check_positive
+from pretrain.checks import check_int, check_positive
 from pretrain.units import activation, check_unit, derivative
 
 #: rho_hat is clamped to [KL_EPS, 1 - KL_EPS] before the logs of Eq. (5); see sparsity_kl
@@ -164,8 +163,7 @@ def higher_order_at(a: torch.Tensor, act_grad: torch.Tensor, W: torch.Tensor, un
     """
     check_unit(unit, "hidden unit")
     check_positive("sigma", sigma, allow_zero=True)
-    if isinstance(copies, bool) or not isinstance(copies, numbers.Integral) or copies < 1:
-        raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+    check_int("copies", copies, 1)
     if sigma == 0.0:  # x + eps = x: no difference, and no noise drawn
         return torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
     B, n_visible = a.shape[0], W.shape[1]

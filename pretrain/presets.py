@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import inspect
 
+from pretrain.autoencoder import AutoEncoder
+from pretrain.checks import check_choice
 from pretrain.layer import Layer
-
-KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm")
+from pretrain.names import KINDS
+from pretrain.rbm import RBM
 
 PRESETS: dict[str, dict] = {
     "ae": {},
@@ -38,14 +40,9 @@ PRESETS: dict[str, dict] = {
 
 
 def layer_class(kind: str) -> type[Layer]:
-    """The class that builds ``kind``; RBMs are imported only when asked for."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown layer kind {kind!r}: choose one of {', '.join(KINDS)}")
-    if kind in ("rbm", "grbm"):
-        from pretrain.rbm import RBM
-        return RBM
-    from pretrain.autoencoder import AutoEncoder
-    return AutoEncoder
+    """The class that builds ``kind``."""
+    check_choice("layer kind", kind, KINDS)
+    return RBM if kind in ("rbm", "grbm") else AutoEncoder
 
 
 def accepted_keys(kind: str) -> tuple[str, ...]:

@@ -61,7 +61,7 @@ nu <h>_0 (nu = ``centring_rate``, mu starting at the first batch's mean, lambda 
 after each step; moving them changes no parameter and so not the model. The centred gradient is
 invariant to flipping units (v -> 1 - v), which the plain one is not: on data far from 1/2 on
 average (a dark digit on a bright random background) the plain RBM's updates are dominated by
-the mean, and a DBN fine-tuned from it stayed near chance.
+the mean.
 
 References
 ----------
@@ -79,16 +79,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pretrain.layer import Layer, check_positive, check_probability, fused_sgd
+from pretrain.checks import check_bool, check_choice, check_int, check_positive, check_probability
+from pretrain.layer import Layer
+from pretrain.module import fused_sgd
 
 VISIBLE = ("bernoulli", "gaussian")
 MAX_ENUMERATED_UNITS = 20
 
 
 def _check_visible(visible: str) -> str:
-    if visible not in VISIBLE:
-        raise ValueError(f"unknown visible {visible!r}: choose one of {', '.join(VISIBLE)}")
-    return visible
+    return check_choice("visible", visible, VISIBLE)
 
 
 def _scaled(v: torch.Tensor, visible: str, sigma: float) -> torch.Tensor:
@@ -154,7 +154,7 @@ def propdown(h, W, c, visible="bernoulli", sigma=1.0):
 
 
 def _bernoulli(p: torch.Tensor, generator) -> torch.Tensor:
-    # uniform-then-compare, in place: three times faster than torch.bernoulli on CPU, same law
+    # uniform-then-compare, in place: cheaper than torch.bernoulli on CPU, same law
     return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype).lt_(p)
 
 
@@ -319,12 +319,6 @@ class _DataAndChainPreactivation(torch.autograd.Function):
         return None, du, dW, db
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 class RBM(Layer):
     """A restricted Boltzmann machine trained by CD-k or PCD-k, keeping the layer contract.
 
@@ -369,16 +363,14 @@ class RBM(Layer):
                  momentum_switch_epoch: int = 5, centred: bool = False, centring_rate: float = 0.01,
                  seed: int = 0):
         super().__init__(lr=lr, optimizer="sgd", momentum=momentum, weight_decay=weight_decay)
-        _check_int("n_visible", n_visible, 1)
-        _check_int("n_hidden", n_hidden, 1)
+        n_visible, n_hidden = check_int("n_visible", n_visible, 1), check_int("n_hidden", n_hidden, 1)
         _check_visible(visible)
-        _check_int("k", k, 1)
+        k = check_int("k", k, 1)
         check_positive("sigma", sigma)
         check_probability("final_momentum", final_momentum)
-        _check_int("momentum_switch_epoch", momentum_switch_epoch, 0)
-        _check_int("seed", seed, 0)
-        if not isinstance(centred, bool):
-            raise ValueError(f"centred must be True or False, got {centred!r}")
+        momentum_switch_epoch = check_int("momentum_switch_epoch", momentum_switch_epoch, 0)
+        seed = check_int("seed", seed, 0)
+        check_bool("centred", centred)
         if centred and visible != "bernoulli":
             raise ValueError("centred=True needs binary (visible='bernoulli') units: a Gaussian RBM's "
                              "standardized inputs are centred already; drop centred or use visible='bernoulli'")

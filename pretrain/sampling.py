@@ -38,14 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from pretrain import rbm as R
-from pretrain.layer import Layer, check_positive
+from pretrain.checks import check_int, check_positive
+from pretrain.layer import Layer
 from pretrain.units import activation, derivative
 
 
 def _check_steps(n_steps: int, thin: int) -> None:
-    for name, value in (("n_steps", n_steps), ("thin", thin)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_int("n_steps", n_steps, 1)
+    check_int("thin", thin, 1)
 
 
 def _layers(stack) -> list[Layer]:

@@ -22,14 +22,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-UNITS = ("sigmoid", "tanh", "relu", "linear")
+from pretrain.checks import check_choice
+from pretrain.names import UNITS
 
 
 def check_unit(name: str, what: str = "unit") -> str:
     """Return ``name`` if it is a known unit, else raise a ValueError naming it."""
-    if name not in UNITS:
-        raise ValueError(f"unknown {what} {name!r}: choose one of {', '.join(UNITS)}")
-    return name
+    return check_choice(what, name, UNITS)
 
 
 def activation(name: str, a: torch.Tensor) -> torch.Tensor:

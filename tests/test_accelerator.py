@@ -3,7 +3,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipelines.bench.suites import bench_config, get_profile
+from pipelines.bench.context import bench_config
+from pipelines.bench.profiles import get_profile
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.stages.layer_cache import layer_digest

@@ -1,12 +1,12 @@
-"""The analysis stage: toy data, the vector-field command, the energy classifier on digits,
-loading a pipeline run's stack back, sampling it with a Parzen estimate, the Jacobian spectrum.
+"""The analysis of a finished pipeline run (``layerwise analyze sample`` and ``spectrum``): its
+stack loaded back, sampled with a Parzen estimate, its Jacobian's spectrum; and the sampler's
+dispatch on untrained stacks.
 
 The run-based tests build a pipeline-shaped run with the pipeline's own pieces (config logged
 as an artifact, a nested ``pretrain`` run with one nested ``layer k`` run per layer logging its
 digest, layers saved to the stage cache by ``pretrain_stack``) but train the small layers
 directly, which is ten times faster than ``run_pipeline``; the slow test runs the real pipeline.
 """
-import json
 import math
 
 import mlflow
@@ -14,58 +14,23 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from sklearn.datasets import load_digits
 
 from pipelines import tracking
-from pipelines.analysis.analyze import (
-    EnergyClassifier,
-    batch_jacobians,
-    draw_samples,
-    fit_autoencoder,
-    iterate_reconstruction,
-    jacobian_singular_values,
-    jacobian_tangents,
-    load_run,
-    off_manifold_points,
-    sample_run,
-    spectrum_run,
-    spectrum_summary,
-    toy_autoencoder,
-)
 from pipelines.analysis.parzen import parzen_estimate, parzen_log_likelihood
+from pipelines.analysis.runs import load_run
+from pipelines.analysis.sampling import draw_samples, sample_run
+from pipelines.analysis.spectrum import jacobian_singular_values, spectrum_run, spectrum_summary
+from pipelines.analysis.vector_field import fit_autoencoder
 from pipelines.cli import main
-from pipelines.data.toy import (
-    distance_to_circle,
-    distance_to_points,
-    noisy_circle,
-    spiral,
-    toy_data,
-)
+from pipelines.config import load_config
+from pipelines.data.datasets import load_dataset
+from pipelines.data.splits import make_split
+from pipelines.run import run_pipeline
+from pipelines.stages.layer_cache import layer_digest
+from pipelines.stages.pretraining import pretrain_stack
 from pretrain.autoencoder import AutoEncoder
-from pretrain.energy import layer_potential
 from pretrain.rbm import RBM
 from pretrain.stack import Stack
-
-# -- toy data -------------------------------------------------------------------------------------
-
-
-def test_toy_data_is_seeded_and_lies_on_its_curve():
-    a, b, c = noisy_circle(5000, noise=0.05, seed=1), noisy_circle(5000, noise=0.05, seed=1), noisy_circle(5000, seed=2)
-    assert a.shape == (5000, 2) and a.dtype == np.float32
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
-    r = np.linalg.norm(a, axis=1)
-    assert abs(r.mean() - 1.0) < 0.005 and abs(r.std() - 0.05) < 0.005
-    exact = distance_to_circle(a)
-    approx = distance_to_points(a[:1000], noisy_circle(20000, noise=0.0, seed=0))
-    assert np.abs(exact[:1000] - approx).max() < 1e-3  # nearest of 20000 points ~3e-4 apart
-    s = spiral(3000, noise=0.0, seed=0)
-    radius = np.linalg.norm(s, axis=1)
-    assert 0.19 < radius.min() and radius.max() < 1.01  # from start=0.2 to ~1
-    with pytest.raises(ValueError, match="toy data"):
-        toy_data("moons")
-
-
-# -- the vector field ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -76,76 +41,11 @@ def store(tmp_path_factory):
     mlflow.set_tracking_uri(None)
 
 
-def test_vector_field_command_moves_points_onto_the_circle(tmp_path, store):
-    """``layerwise analyze vector-field`` trains a DAE and a CAE (2-100-2, tanh) on the noisy
-    circle: 50 steps of x <- r(x) from 400 points >= 0.3 off the circle must at least halve their
-    mean distance to it (measured with seed 0: 0.82 -> 0.07 for the DAE, 0.05 for the CAE; other
-    seeds 0.04-0.41 of the start; an untrained autoencoder multiplies it by ~13, see below), and
-    the potential must be higher on the data than on a ring of radius 3."""
-    _, uri = store
-    exp = tracking.setup(uri, "analysis-tests")
-    with tracking.start_run("holder", experiment_id=exp) as run:
-        pass
-    out = tmp_path / "vf"
-    res = CliRunner().invoke(main, ["analyze", "vector-field", "--out", str(out), "--run-id",
-                                    run.info.run_id, "--uri", uri])
-    assert res.exit_code == 0, res.output
-    assert (out / "vector_field.png").stat().st_size > 10_000 and (out / "potential.png").stat().st_size > 10_000
-    numbers = json.loads((out / "vector_field.json").read_text())
-    for kind in ("dae", "cae"):
-        m = numbers[kind]
-        assert m["distance_start"] > 0.5
-        assert m["distance_ratio"] < 0.5, (kind, m)
-        assert m["potential_data"] > m["potential_far"] + 0.3, (kind, m)
-    logged = mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics
-    assert logged["analysis/dae/distance_ratio"] == pytest.approx(numbers["dae"]["distance_ratio"])
-    arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "analysis")}
-    assert {"analysis/vector_field.png", "analysis/potential.png"} <= arts
-
-
-def test_untrained_toy_autoencoder_does_not_pass_the_same_bar():
-    """The bar above is not met by construction: from the same points, an untrained 2-100-2
-    autoencoder's iteration moves them away from the circle."""
-    P = torch.from_numpy(off_manifold_points("circle", seed=1))  # the points vector_field_analysis uses
-    for kind in ("dae", "cae"):
-        x = iterate_reconstruction(toy_autoencoder(kind, seed=0).eval(), P, 50)[-1]
-        assert distance_to_circle(x.numpy()).mean() > 2 * distance_to_circle(P.numpy()).mean()
-
-
-# -- the energy classifier ------------------------------------------------------------------------------
-
-
-def test_energy_classifier_on_digits_beats_chance_by_far():
-    """50 training digits per class, one DAE (64-50-64, tanh, linear decoder) per class, the class
-    of the highest potential: chance is 90% error; measured about 4%."""
-    d = load_digits()
-    X, y = (d.data / 16.0).astype(np.float32), d.target
-    rng = np.random.default_rng(0)
-    train = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:50] for k in range(10)])
-    test = np.setdiff1d(np.arange(len(y)), train)
-    clf = EnergyClassifier(random_state=0).fit(X[train], y[train])
-    err = 1.0 - clf.score(X[test], y[test])
-    assert err < 0.2, err
-    F = clf.decision_function(X[test[:5]])
-    assert F.shape == (5, 10)
-    with torch.no_grad():
-        want = layer_potential(clf.autoencoders_[3], torch.from_numpy(X[test[:5]])).numpy()
-    np.testing.assert_allclose(F[:, 3], want, rtol=1e-6)
-    with pytest.raises(ValueError, match="2 classes"):
-        EnergyClassifier().fit(X[:10], np.zeros(10))
-
-
 # -- a pipeline run, loaded back ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(store):
-    from pipelines.config import load_config
-    from pipelines.data.datasets import load_dataset
-    from pipelines.data.splits import make_split
-    from pipelines.stages.layer_cache import layer_digest
-    from pipelines.stages.pretraining import pretrain_stack
-
     root, uri = store
     cfg = load_config("quickstart", ["pretrain.layers.0.n_hidden=32", "pretrain.layers.1.n_hidden=16",
                                      f"tracking.uri={uri}"])
@@ -261,32 +161,7 @@ def test_spectrum_run_logs_the_spectrum(pipeline_run, tmp_path):
     assert np.all(np.diff(S, axis=1) <= 0)  # each row sorted, largest first
 
 
-# -- Jacobians, tangents, samplers on untrained stacks ----------------------------------------------------
-
-
-def _stack():
-    torch.manual_seed(0)  # not used by the layers (seeded), kept out of the global stream anyway
-    return Stack([AutoEncoder(12, 7, hidden_unit="tanh", seed=0), RBM(7, 5, seed=1)]).double()
-
-
-def test_batch_jacobians_and_singular_values_match_autograd():
-    stack = _stack()
-    with torch.no_grad():
-        stack[1].W.mul_(100)  # RBM init is N(0, 0.01^2): make the second layer matter
-    X = torch.rand(9, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    J = torch.stack([torch.autograd.functional.jacobian(lambda v: stack.encode(v[None])[0], x) for x in X])
-    with torch.no_grad():
-        torch.testing.assert_close(batch_jacobians(stack, X), J, rtol=1e-10, atol=1e-12)
-    S = jacobian_singular_values(stack, X, batch_size=4)  # batches of 4, 4, 1
-    np.testing.assert_allclose(S, torch.linalg.svdvals(J).float().numpy(), rtol=1e-5, atol=1e-7)
-    U, S3 = jacobian_tangents(stack, X, 3)
-    assert U.shape == (9, 3, 12) and S3.shape == (9, 3)
-    U = torch.from_numpy(U).double()
-    torch.testing.assert_close(U @ U.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(9, 3, 3),
-                               atol=1e-4, rtol=0)
-    # u_i are right singular vectors: ||J u_i|| = s_i
-    torch.testing.assert_close(torch.linalg.vector_norm(J @ U.transpose(1, 2), dim=1),
-                               torch.from_numpy(S[:, :3]).double(), rtol=1e-3, atol=1e-6)
+# -- the sampler on untrained stacks -----------------------------------------------------------------------
 
 
 def test_draw_samples_dispatches_on_the_top_layer():
@@ -307,9 +182,6 @@ def test_draw_samples_dispatches_on_the_top_layer():
 @pytest.mark.slow
 def test_real_pipeline_run_is_sampled_and_analysed(tmp_path):
     """End to end: ``run_pipeline`` (pretraining only), then sample and spectrum on its run."""
-    from pipelines.config import load_config
-    from pipelines.run import run_pipeline
-
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     cfg = load_config("quickstart", ["pretrain.epochs=5", "pretrain.layers.0.n_hidden=32",
                                      "pretrain.layers.1.n_hidden=16", "finetune.methods=[]",

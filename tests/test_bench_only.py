@@ -1,8 +1,9 @@
 """`layerwise bench SUITE --only PATTERN`: compute a chosen part of a suite, table what is finished."""
 import pytest
 
-from pipelines.bench.runner import Cell, CellStore, run_cells, select_cells
-from pipelines.bench.suites import SUITES, get_profile
+from pipelines.bench.cells import Cell, CellStore, run_cells, select_cells
+from pipelines.bench.profiles import get_profile
+from pipelines.bench.suites import SUITES
 
 
 def _cells():

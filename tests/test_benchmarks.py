@@ -8,19 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.bench import papers
 from pipelines.bench import suites as bs
-from pipelines.bench.runner import (
-    Cell,
-    CellStore,
-    mean_std,
-    pivot_markdown,
-    run_bench,
-    run_cells,
-    settings_digest,
-    summarize,
-    to_csv,
-    to_markdown,
-)
+from pipelines.bench.cells import Cell, CellStore, run_cells, settings_digest
+from pipelines.bench.context import bench_config
+from pipelines.bench.profiles import PROFILES, get_profile
+from pipelines.bench.runner import run_bench
+from pipelines.bench.suites import speed, variations
+from pipelines.bench.summary import summarize
+from pipelines.reporting.tables import mean_std, pivot_markdown, summary_csv, summary_markdown
 
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HAVE_MNIST = (MNIST / "mnist" / "train-images-idx3-ubyte.gz").exists()
@@ -83,11 +79,23 @@ def test_duplicate_cell_ids_and_missing_value_refused(tmp_path):
 
 
 def test_results_folder_named_by_profile_sizes_not_seed_count():
-    suite, quick = bs.SUITES["semi-supervised"], bs.PROFILES["quick"]
+    suite, quick = bs.SUITES["semi-supervised"], PROFILES["quick"]
     d = settings_digest(suite.settings(quick))
-    assert d == settings_digest(suite.settings(bs.get_profile("quick", seeds=5)))  # more seeds extend
+    assert d == settings_digest(suite.settings(get_profile("quick", seeds=5)))  # more seeds extend
     assert d != settings_digest(suite.settings(replace(quick, pretrain_epochs=6)))
     assert d != settings_digest(bs.SUITES["knowledge-free"].settings(quick))
+
+
+@pytest.mark.parametrize("suite, profile, digest", [
+    ("semi-supervised", "tiny", "fe14901aa7db"), ("semi-supervised", "quick", "0bbd14f46ee9"),
+    ("semi-supervised", "full", "07e2804fba5d"), ("variations", "tiny", "dd349020e25e"),
+    ("variations", "quick", "0f050096a944"), ("knowledge-free", "tiny", "4318b4efd1a5"),
+    ("knowledge-free", "quick", "31c8050278e6"), ("deep-autoencoder", "tiny", "4ade6d0fc9d0"),
+    ("deep-autoencoder", "quick", "616e3d63f474"), ("speed", "tiny", "26e41f35af23"),
+    ("speed", "quick", "a3a4ea39fd23")])
+def test_results_folders_keep_their_names(suite, profile, digest):
+    """The digests that name existing results folders, so that a finished run is found again."""
+    assert settings_digest(bs.SUITES[suite].settings(PROFILES[profile])) == digest
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -116,7 +124,7 @@ def test_summaries_mean_std_and_difference_to_paper():
 
 def test_markdown_csv_and_pivot():
     sums = summarize(_synthetic(), bs.SUITES["semi-supervised"].paper)
-    md = to_markdown(sums, ["labels", "method"], title="T", notes=["a note"])
+    md = summary_markdown(sums, ["labels", "method"], title="T", notes=["a note"])
     lines = md.splitlines()
     assert lines[0] == "### T" and "| labels | method | ours (mean ± std) | seeds | paper | ours - paper |" in lines
     assert "| 100 | mtc | 13.00 ± 1.00 | 3 | 12.03 | +0.97 |" in lines
@@ -124,7 +132,7 @@ def test_markdown_csv_and_pivot():
     assert "| 600 | mtc | 5.50 | 1 | 5.13 | +0.37 |" in lines and lines[-1] == "a note"
     table = [line for line in lines if line.startswith("| ") and "---" not in line]
     assert len(table) == 1 + len(sums)  # header + one row per group
-    csv_rows = [r.split(",") for r in to_csv(sums, ["labels", "method"]).strip().splitlines()]
+    csv_rows = [r.split(",") for r in summary_csv(sums, ["labels", "method"]).strip().splitlines()]
     assert csv_rows[0] == ["labels", "method", "metric", "mean", "std", "seeds", "paper", "difference"]
     assert csv_rows[1][:2] == ["100", "mtc"] and float(csv_rows[1][3]) == 13.0
     assert float(csv_rows[1][7]) == pytest.approx(0.97) and csv_rows[2][6] == ""
@@ -136,7 +144,7 @@ def test_markdown_csv_and_pivot():
 
 def test_paper_figures_where_published():
     semi, var = bs.SUITES["semi-supervised"].paper, bs.SUITES["variations"].paper
-    assert [semi({"method": "svm", "labels": L}) for L in bs.LABELS] == [23.44, 8.85, 7.77, 4.21]
+    assert [semi({"method": "svm", "labels": L}) for L in papers.LABELS] == [23.44, 8.85, 7.77, 4.21]
     assert semi({"method": "mtc_all", "labels": 3000}) == 2.57 and semi({"method": "cae", "labels": 200}) is None
     assert var({"dataset": "mnist-bg-img-rot", "method": "dae3"}) == 43.76
     assert var({"dataset": "rect", "method": "cae2"}) == 1.21
@@ -146,46 +154,46 @@ def test_paper_figures_where_published():
 
 
 def test_quick_title_states_its_sizes():
-    title = bs.SUITES["semi-supervised"].title(bs.PROFILES["quick"])
+    title = bs.SUITES["semi-supervised"].title(PROFILES["quick"])
     for words in ("quick profile", "pool 10000", "validation 2000 of the last 10000", "test 2000", "1 seed",
                   "5 pretraining epochs", "500-unit layers"):
         assert words in title
-    assert "5 seeds" in bs.SUITES["variations"].title(bs.PROFILES["full"])
+    assert "5 seeds" in bs.SUITES["variations"].title(PROFILES["full"])
 
 
 # -- pretraining settings of the quick variations ------------------------------------------------------
 
 def test_quick_variation_stacks_get_hundreds_of_pretraining_updates():
-    """Batches of 100 gave the quick variation pools (1000-1500 rows) 15 updates per epoch, 75 per
-    layer in 5 epochs: the RBMs learned next to nothing and the DBN was at chance on rect-img."""
+    """The quick variation pools (1000-1500 rows) pretrain in batches small enough for every
+    layer to get hundreds of updates in its 5 epochs."""
     from pipelines.data.variations import SIZES
 
-    p = bs.PROFILES["quick"]
+    p = PROFILES["quick"]
     for data in p.variations:
         rows = min(p.variation_pool, SIZES[data][0])
-        for stack in {s for s, _, _ in bs.VARIATION_METHODS.values() if s}:
-            cfg = bs.bench_config(p, data, stack, 0)
+        for stack in {s for s, _, _ in variations.METHODS.values() if s}:
+            cfg = bench_config(p, data, stack, 0)
             updates = cfg.pretrain.epochs * math.ceil(rows / cfg.pretrain.batch_size)
             assert updates >= 250, (data, stack, cfg.pretrain.batch_size, updates)
-    full = bs.PROFILES["full"]  # the papers' pools keep the shipped batch
-    assert bs.bench_config(full, "rect-img", "rbm-3", 0).pretrain.batch_size == 100
-    assert bs.bench_config(p, "mnist", "cae_h-2", 0).pretrain.batch_size == 100
+    full = PROFILES["full"]  # the papers' pools keep the shipped batch
+    assert bench_config(full, "rect-img", "rbm-3", 0).pretrain.batch_size == 100
+    assert bench_config(p, "mnist", "cae_h-2", 0).pretrain.batch_size == 100
 
 
 def test_quick_rbm_settings_learn_rectangle_outlines():
     """The first RBM of the quick ``rbm-3`` stack, trained as the bench trains it (its config's
     Trainer, epochs and batch) on 1000 rect images, reconstructs them far better than the mean
-    image does: with the former settings (lr 0.05, batches of 100) the ratio was 0.99."""
+    image does."""
     import torch
 
     from pipelines.data.datamodule import ArrayDataModule
-    from pipelines.data.variations import rectangles
+    from pipelines.data.shapes import rectangles
     from pipelines.stages.pretraining import build_layers
     from pipelines.training import make_trainer, quiet_lightning
 
     quiet_lightning()
-    p = bs.PROFILES["quick"]
-    cfg = bs.bench_config(p, "rect", "rbm-3", 0)
+    p = PROFILES["quick"]
+    cfg = bench_config(p, "rect", "rbm-3", 0)
     X = torch.from_numpy(rectangles(1000, np.random.default_rng(0))[0])  # (1000, 784) binary outlines
     torch.manual_seed(0)
     rbm = build_layers(cfg, X.shape[1])[0]
@@ -196,16 +204,16 @@ def test_quick_rbm_settings_learn_rectangle_outlines():
         rec = ((rbm.decode(h) - X) ** 2).sum(1).mean()
     base = ((X - X.mean(0)) ** 2).sum(1).mean()  # predicting the mean image
     assert rec / base < 0.5, (rec / base).item()
-    assert h.std(0).mean() > 0.1  # hidden units that tell the images apart (0.08 before)
+    assert h.std(0).mean() > 0.1  # hidden units that tell the images apart
 
 
 def test_unknown_suite_profile_and_bad_seeds():
     with pytest.raises(ValueError, match="unknown benchmark suite 'semi'"):
         run_bench("semi")
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
-        bs.get_profile("fast")
+        get_profile("fast")
     with pytest.raises(ValueError, match="seeds must be a positive integer, got 0"):
-        bs.get_profile("quick", seeds=0)
+        get_profile("quick", seeds=0)
 
 
 def test_run_bench_tracks_and_resumes(tmp_path, monkeypatch):
@@ -223,7 +231,7 @@ def test_run_bench_tracks_and_resumes(tmp_path, monkeypatch):
                     lambda p: [Cell(f"L{L}-s{s}", {"labels": L, "method": "mtc"}, s, {"L": L})
                                for L in (100, 600) for s in range(p.seeds)],
                     run_cell, bs.SUITES["semi-supervised"].paper,
-                    lambda s, r, p: to_markdown(s, ["labels", "method"], title="fake"), lambda s, r, p: None,
+                    lambda s, r, p: summary_markdown(s, ["labels", "method"], title="fake"), lambda s, r, p: None,
                     lambda p: "fake suite")
     monkeypatch.setitem(bs.SUITES, "fake", fake)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -251,7 +259,7 @@ def test_suite_tiny_end_to_end(suite, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     t0 = time.perf_counter()
     res = run_bench(suite, profile="tiny", data_dir=str(MNIST), root=tmp_path, log=lambda m: None)
-    cells = bs.SUITES[suite].cells(bs.PROFILES["tiny"])
+    cells = bs.SUITES[suite].cells(PROFILES["tiny"])
     keys = bs.SUITES[suite].key_names
     assert len(res.results) == len(cells) and len(res.summaries) == len(cells)  # one seed: a row per cell
     rows = [r for r in res.csv.strip().splitlines()[1:]]
@@ -272,7 +280,7 @@ def test_suite_tiny_end_to_end(suite, tmp_path, monkeypatch):
         assert err["pca"] < 20  # 30 components keep most of a digit (predicting the mean image: ~52)
     else:
         assert all(v > 0 for v in values)
-        assert {r["keys"]["benchmark"] for r in res.results} == set(bs.SPEED_BENCHMARKS)
+        assert {r["keys"]["benchmark"] for r in res.results} == set(speed.BENCHMARKS)
     if suite != "speed":
         assert res.figure_path is not None and res.figure_path.stat().st_size > 10000
     print(f"{suite}: {time.perf_counter() - t0:.0f} s")

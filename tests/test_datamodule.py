@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.data.datamodule import ArrayDataModule, SliceLoader
+from pipelines.bench.timing.batching import bench_batching
+from pipelines.data.datamodule import ArrayDataModule, PairedLoader, SliceLoader
 
 N, D = 250, 3
 
@@ -179,7 +180,6 @@ def test_dtype_conversion_and_input_checks():
 # -- aligned extras and the paired unlabeled stream (the MTC's batches) ----------------------------
 
 def test_extra_tensors_stay_aligned_with_rows():
-    from pipelines.data.datamodule import ArrayDataModule
     X = torch.arange(20, dtype=torch.float32).reshape(10, 2)
     y = torch.arange(10)
     U = X[:, None, :] * 10  # (10, 1, 2): row i's extra is 10 * row i
@@ -193,7 +193,6 @@ def test_extra_tensors_stay_aligned_with_rows():
 
 
 def test_paired_loader_draws_fresh_pool_rows_each_epoch_deterministically():
-    from pipelines.data.datamodule import PairedLoader, SliceLoader
     X, y = torch.rand(8, 3), torch.arange(8)
     pool = torch.arange(50, dtype=torch.float32)[:, None].repeat(1, 3)
     mk = lambda e: PairedLoader(SliceLoader(X, y, batch_size=4, seed=0, epoch=e), (pool, pool * 2),
@@ -211,7 +210,6 @@ def test_paired_loader_draws_fresh_pool_rows_each_epoch_deterministically():
 
 
 def test_paired_loader_cycles_a_small_pool():
-    from pipelines.data.datamodule import PairedLoader, SliceLoader
     X, y = torch.rand(12, 2), torch.arange(12)
     pool = torch.arange(4, dtype=torch.float32)[:, None]
     batches = list(PairedLoader(SliceLoader(X, y, batch_size=3), (pool,), batch_size=4))
@@ -221,8 +219,6 @@ def test_paired_loader_cycles_a_small_pool():
 
 
 def test_bench_batching_times_one_epoch_of_each_loader():
-    from pipelines.bench.timing.batching import bench_batching
-
     X, y = _data(1000)
     results = bench_batching(X.numpy(), 100, y=y.numpy(), repeats=1)
     assert set(results) == {"SliceLoader (ArrayDataModule)", "TensorDataset + DataLoader"}

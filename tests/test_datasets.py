@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from pipelines.data import datasets as D
 from pipelines.reporting.figures import example_grid, image_grid, save_figure
@@ -12,8 +13,6 @@ HAVE_MNIST = (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file()
 
 
 def test_digits_split_is_fixed_scaled_and_complete():
-    from sklearn.datasets import load_digits
-
     ds = D.load_dataset("digits", seed=7)
     assert (ds.X.shape, ds.X_test.shape, ds.n_valid) == ((1297, 64), (500, 64), 297)
     assert ds.image_shape == (8, 8) and ds.n_classes == 10 and ds.X.dtype == np.float32

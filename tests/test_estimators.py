@@ -220,11 +220,12 @@ def test_bad_hyperparameter_is_named_at_fit(digits, est, name):
 
 def test_the_tangent_accuracy_parameters_reach_the_tangents(labeled, monkeypatch):
     import finetune.tangents as tg
+    import pipelines.estimators as estimators
 
     X_tr, y_tr, _, _ = labeled
     calls = []
     real = tg.tangents
-    monkeypatch.setattr(tg, "tangents", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(estimators, "tangents", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     clf = MTCClassifier(layers=[("cae", 8)], pretrain_epochs=1, epochs=1, n_tangents=2)
     assert (clf.tangent_oversample, clf.tangent_rank_tol) == (tg.OVERSAMPLE, tg.RANK_TOL)
     clf.set_params(tangent_oversample=3, tangent_rank_tol=0.2).fit(X_tr, y_tr)

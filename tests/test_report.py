@@ -1,8 +1,19 @@
-"""Results tables: Markdown and CSV carry every row; the verdict line compares with SVM/k-NN."""
+"""Results tables: Markdown and CSV carry every row; the verdict line compares with SVM/k-NN;
+summaries over seeds are tabled beside the paper's figure."""
 import csv
 import io
+from types import SimpleNamespace
 
-from pipelines.reporting.tables import Row, to_csv, to_markdown, verdict
+from pipelines.reporting.tables import (
+    Row,
+    fmt,
+    mean_std,
+    summary_csv,
+    summary_markdown,
+    to_csv,
+    to_markdown,
+    verdict,
+)
 
 ROWS = [Row("mtc_all", "stack", 8.6, 9.43, params={"beta": 1.0}), Row("svm", "pixels", 11.6, 9.4),
         Row("svm", "codes", 10.2), Row("knn", "pixels", 13.8), Row("deep_autoencoder", "stack", 3.1,
@@ -24,3 +35,11 @@ def test_verdict_compares_best_mtc_with_best_svm_and_knn():
     worse = [Row("mtc", "stack", 12.0), Row("svm", "pixels", 11.6), Row("knn", "pixels", 13.8)]
     assert "not below svm (pixels, 11.60%) and below knn" in verdict(worse)
     assert verdict([Row("deep_autoencoder", "stack", 3.0, metric="squared error per image")]) == ""
+
+
+def test_summary_tables_take_any_summary_like_object():
+    s = SimpleNamespace(keys={"method": "mtc"}, metric="test error (%)", mean=1.0, std=None, n=1,
+                        paper=1.5, difference=-0.5)
+    assert mean_std(s) == "1.00" and fmt(None) == "-" and fmt(float("nan")) == "-" and fmt(0.5, 1, sign=True) == "+0.5"
+    assert "| mtc | 1.00 | 1 | 1.50 | -0.50 |" in summary_markdown([s], ["method"])
+    assert summary_csv([s], ["method"]).splitlines()[1] == "mtc,test error (%),1,,1,1.5,-0.5"

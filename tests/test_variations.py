@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.data import images as I
 from pipelines.data import mnist as M
 from pipelines.data import variations as V
 from pipelines.data.datasets import load_dataset
@@ -69,20 +70,6 @@ def test_digits_of_train_and_test_parts_are_disjoint(mnist):
     np.testing.assert_array_equal(np.concatenate([a["y"], a["y_test"]]), y_src)
 
 
-def test_rotate_turns_counter_clockwise_and_preserves_mass():
-    img = np.zeros((1, 28, 28), np.float32)
-    img[0, 14, 20] = 1.0  # right of the centre (13.5, 13.5)
-    up = V.rotate(img, np.array([np.pi / 2]))[0]
-    r, c = np.unravel_index(up.argmax(), up.shape)
-    assert (r, c) == (7, 14)  # counter-clockwise as displayed: right -> top
-    assert abs(up.sum() - 1.0) < 1e-5
-    blob = np.zeros((1, 28, 28), np.float32)
-    blob[0, 8:16, 10:18] = 1.0  # an 8x8 square off the centre
-    turned = V.rotate(np.repeat(blob, 8, 0), np.linspace(0, 2 * np.pi, 8, endpoint=False))
-    np.testing.assert_allclose(turned.sum((1, 2)), 64.0, rtol=0.03)  # bilinear keeps the mass
-    np.testing.assert_allclose(turned[4], blob[0, ::-1, ::-1], atol=1e-5)  # pi: a point reflection
-
-
 @needs_mnist
 def test_rot_images_are_rotated_digits_by_the_recorded_angles(mnist):
     a = _small("mnist-rot", mnist)
@@ -96,8 +83,8 @@ def test_rot_images_are_rotated_digits_by_the_recorded_angles(mnist):
         u, v = u - u.mean(1, keepdims=True), v - v.mean(1, keepdims=True)
         return (u * v).sum(1) / np.sqrt((u * u).sum(1) * (v * v).sum(1))
 
-    back = V.rotate(X, -theta)
-    wrong = V.rotate(X, -(theta + np.pi / 2))
+    back = I.rotate(X, -theta)
+    wrong = I.rotate(X, -(theta + np.pi / 2))
     assert corr(back, d).mean() > 0.9  # un-rotating restores the digit (bilinear blur aside)
     assert corr(wrong, d).mean() < 0.4
     np.testing.assert_allclose(X.sum(1), d.sum(1), rtol=0.05)  # rotation keeps the ink
@@ -120,94 +107,16 @@ def test_bg_img_background_is_the_recorded_textured_patch(name, mnist):
     X = np.concatenate([a["X"], a["X_test"]])
     d = _source_digits(a, mnist)
     if name.endswith("rot"):
-        d = V.quantize(V.rotate(d, a["factor_angle"]))
-    images = V.natural_images()
+        d = I.quantize(I.rotate(d, a["factor_angle"]))
+    images = I.natural_images()
     off = np.arange(28)
     for i in range(len(X)):
         g = images[a["factor_patch_image"][i]]
         r, c = a["factor_patch_row"][i], a["factor_patch_col"][i]
-        patch = V.quantize(g[r + off[:, None], c + off[None, :]].reshape(784))
-        assert g[r:r + 28, c:c + 28].std() >= V.MIN_PATCH_STD
+        patch = I.quantize(g[r + off[:, None], c + off[None, :]].reshape(784))
+        assert g[r:r + 28, c:c + 28].std() >= I.MIN_PATCH_STD
         np.testing.assert_allclose(X[i], np.maximum(d[i], patch), atol=1.5 / 255)
     assert set(a["factor_patch_image"].tolist()) == {0, 1}
-
-
-def _measured_boxes(X):
-    on = X.reshape(-1, 28, 28) > 0.5
-    rows, cols = on.any(2), on.any(1)
-    h = 28 - rows.argmax(1) - rows[:, ::-1].argmax(1)
-    w = 28 - cols.argmax(1) - cols[:, ::-1].argmax(1)
-    return h, w, on
-
-
-def test_rect_labels_agree_with_the_measured_outline():
-    a = V.generate_arrays("rect", seed=0, n_train=800, n_valid=200, n_test=1000)
-    X = np.concatenate([a["X"], a["X_test"]])
-    y = np.concatenate([a["y"], a["y_test"]])
-    h, w, on = _measured_boxes(X)
-    np.testing.assert_array_equal(y, (h > w).astype(int))
-    assert (np.abs(h - w) >= 3).all()  # no squares, nor near-squares
-    thin = (h == 1) | (w == 1)
-    # an outline, not a filled rectangle: 2 (h + w) - 4 pixels
-    np.testing.assert_array_equal(on.sum((1, 2))[~thin], (2 * (h + w) - 4)[~thin])
-    np.testing.assert_array_equal(h, a["factor_height"])
-
-
-def test_rect_img_inside_and_outside_are_two_recorded_patches():
-    a = V.generate_arrays("rect-img", seed=0, n_train=150, n_valid=50, n_test=100)
-    X = np.concatenate([a["X"], a["X_test"]])
-    y = np.concatenate([a["y"], a["y_test"]])
-    h, w = a["factor_height"], a["factor_width"]
-    assert (h >= 10).all() and (w >= 10).all() and (np.abs(h - w) >= 5).all()
-    assert (h * w >= 196).all() and (h * w <= 588).all()  # 25% to 75% of the image
-    np.testing.assert_array_equal(y, (h > w).astype(int))
-    images = V.natural_images()
-    off = np.arange(28)
-    for i in range(len(X)):
-        img = X[i].reshape(28, 28)
-        t, l_ = a["factor_top"][i], a["factor_left"][i]
-        inside = np.zeros((28, 28), bool)
-        inside[t:t + h[i], l_:l_ + w[i]] = True
-        for part, mask in (("inside", inside), ("outside", ~inside)):
-            g = images[a[f"factor_{part}_image"][i]]
-            r, c = a[f"factor_{part}_row"][i], a[f"factor_{part}_col"][i]
-            patch = V.quantize(g[r + off[:, None], c + off[None, :]])
-            np.testing.assert_array_equal(img[mask], patch[mask])
-
-
-def test_is_convex_on_known_shapes():
-    yy, xx = np.mgrid[0:28, 0:28]
-    disk = (yy - 13.2) ** 2 + (xx - 14.1) ** 2 <= 60
-    triangle = (xx >= 3) & (yy >= 2) & (xx + 2 * yy <= 40)
-    ell = ((yy > 3) & (yy < 20) & (xx > 3) & (xx < 7)) | ((yy > 16) & (yy < 20) & (xx > 3) & (xx < 22))
-    two = ((yy < 5) & (xx < 5)) | ((yy > 20) & (xx > 20))
-    notch = disk & ~((yy == 13) & (xx == 14))  # one pixel missing inside
-    got = V.is_convex(np.stack([disk, triangle, ell, two, notch]).reshape(5, 784))
-    assert got.tolist() == [True, True, False, False, False]
-
-
-def test_convex_labels_agree_with_a_brute_force_hull_test():
-    from scipy.spatial import ConvexHull
-
-    a = V.generate_arrays("convex", seed=0, n_train=100, n_valid=20, n_test=80)
-    X = np.concatenate([a["X"], a["X_test"]]) > 0.5
-    y = np.concatenate([a["y"], a["y_test"]])
-    grid = np.stack(np.mgrid[0:28, 0:28], -1).reshape(784, 2).astype(float)
-    for mask, label in zip(X, y):
-        pts = grid[mask]
-        hull = ConvexHull(pts)
-        # lattice points inside the hull of the set's pixels but not in the set
-        inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9).all(1)
-        holes = int((inside & ~mask).sum())
-        assert (holes == 0) == bool(label)
-        assert mask.sum() >= (19 if label else 10)
-    assert set(a["factor_n_sets"][y == 0].tolist()) <= {2, 3, 4} and (a["factor_n_sets"][y == 1] == 1).all()
-    # the pixel count tells nothing: per split, both classes have the same histogram of counts
-    edges = np.linspace(0, 785, V.INK_BINS + 1)
-    for Xs, ys in ((a["X"], a["y"]), (a["X_test"], a["y_test"])):
-        ink = Xs.sum(1)
-        h1, h0 = np.histogram(ink[ys == 1], edges)[0], np.histogram(ink[ys == 0], edges)[0]
-        np.testing.assert_array_equal(h1, h0)
 
 
 @needs_mnist

@@ -32,7 +32,7 @@ Theis, van den Oord & Bethge, A note on the evaluation of generative models, ICL
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 
-from pretrain.layer import check_positive
+from pretrain.checks import check_positive
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -208,8 +208,8 @@ class ArrayDataModule(L.LightningDataModule):
         ``{"labeled": ..., "unlabeled": ...}`` (see :class:`PairedLoader`).
     unlabeled_batch_size : pool rows paired with each labeled batch.
     val_batch_size : rows per validation batch (default: ``batch_size``). Validation computes no
-        gradients, so larger batches only save per-step overhead: a fine-tuning run with 50-row
-        batches spent 80% of its time in 200 validation steps per epoch over 10000 rows.
+        gradients, so a larger batch changes no result and only saves per-step overhead, which
+        dominates an epoch when small training batches meet a large validation set.
     """
 
     def __init__(self, X_train, y_train=None, X_val=None, y_val=None, *, batch_size: int = 100,

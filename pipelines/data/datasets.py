@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from pipelines.data import mnist as _mnist
 from pipelines.data import variations as _variations
-from pipelines.data.mnist import dataset_locations  # noqa: F401  (re-exported: the lookup order)
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", *_variations.VARIATIONS, "npz")
 DIGITS_TEST = 500
@@ -113,8 +113,6 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
 
 
 def _digits() -> Dataset:
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     X = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
@@ -126,8 +124,8 @@ def _digits() -> Dataset:
 
 
 def _variation(name: str, *, data_dir, seed: int, download: bool) -> Dataset:
-    dirs = dataset_locations(data_dir)
-    mine = dataset_locations(None)  # $LAYERWISE_DATA, ~/.cache/layerwise
+    dirs = _mnist.dataset_locations(data_dir)
+    mine = _mnist.dataset_locations(None)  # $LAYERWISE_DATA, ~/.cache/layerwise
     arrays, cache = _variations.generate(
         name, seed=seed, mnist=lambda: _mnist.load_mnist(data_dir, download=download), cache_dirs=dirs,
         write_dirs=mine + [d for d in dirs if d not in mine])

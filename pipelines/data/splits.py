@@ -1,7 +1,8 @@
 """Semi-supervised splits: unlabeled pool, class-balanced labeled subset, validation, test.
 
-From a ``Dataset`` whose training part ``X`` has its validation rows last (DESIGN section 6,
-for MNIST the last 10000 of the 60000 training images):
+From a ``Dataset`` whose training part ``X`` has its validation rows last (for MNIST the
+last 10000 of the 60000 training images, the validation set of the semi-supervised protocol
+of Rifai et al. 2011):
 
 - ``X_valid`` = the last ``n_valid`` rows of ``X`` (optionally a class-balanced subset of
   ``valid_labels`` of them: a validation set no larger than the labeled set);
@@ -12,6 +13,10 @@ for MNIST the last 10000 of the 60000 training images):
 Draws are nested: for one seed, the 100-label set is inside the 600-label set (each class's
 pool rows are permuted once per seed and the first L/K taken). The labeled, validation and
 test draws use independent streams, so asking a smaller test set never changes the labels.
+
+References
+----------
+Rifai, Dauphin, Vincent, Bengio and Muller (2011), The manifold tangent classifier. NIPS.
 """
 from __future__ import annotations
 

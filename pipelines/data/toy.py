@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: the toy data by name
+TOY = ("circle", "spiral")
+
 
 def _check(n: int, noise: float) -> None:
     if isinstance(n, bool) or int(n) != n or n < 1:
@@ -77,8 +80,6 @@ def distance_to_points(x: np.ndarray, points: np.ndarray, batch_size: int = 1024
         d2 = (xb**2).sum(1, keepdims=True) - 2.0 * xb @ points.T + p_sq  # (b, m): one matmul
         out[i:i + batch_size] = np.sqrt(np.maximum(d2.min(1), 0.0))
     return out
-
-TOY = ("circle", "spiral")
 
 
 def toy_data(name: str, n: int = 2000, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Figures: image grids of examples, filters and samples; atomic saving.
+"""Figures: image grids of examples, filters and samples; what a model learned; benchmark
+results beside the papers' figures; atomic saving.
 
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot's
 global state, so they are safe in tests, threads and headless runs.
@@ -13,6 +14,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipelines.files import atomic_path
+
+
+def _figure(width: float, height: float) -> Figure:
+    """An empty ``width`` x ``height`` inch figure on the Agg canvas."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _panels(n: int, width: float = 3.6, height: float | None = None) -> tuple[Figure, list]:
+    """A figure of ``n`` panels side by side, each ``width`` x ``height`` inches (square by default)."""
+    fig = _figure(width * n, width if height is None else height)
+    return fig, list(fig.subplots(1, n, squeeze=False).flat)
 
 
 def image_grid(images: np.ndarray, image_shape: tuple[int, int], *, ncols: int = 10,
@@ -58,8 +72,7 @@ def image_grid(images: np.ndarray, image_shape: tuple[int, int], *, ncols: int =
     cell = 1.0 if titles is None else 1.25
     margin = 0.0 if row_labels is None else 0.2 + 0.07 * max(len(str(r)) for r in row_labels)  # inches
     width = ncols * 1.0 + margin
-    fig = Figure(figsize=(width, nrows * cell))
-    FigureCanvasAgg(fig)
+    fig = _figure(width, nrows * cell)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -138,8 +151,7 @@ def curves_figure(history: dict[str, list[tuple[int, float]]], title: str = "") 
     names = sorted(history)
     if not names:
         raise ValueError("no metrics to plot")
-    fig = Figure(figsize=(3.2 * min(len(names), 4), 2.6 * -(-len(names) // 4)))
-    FigureCanvasAgg(fig)
+    fig = _figure(3.2 * min(len(names), 4), 2.6 * -(-len(names) // 4))
     axes = fig.subplots(-(-len(names) // 4), min(len(names), 4), squeeze=False)
     for ax, name in zip(axes.flat, names):
         steps, values = zip(*history[name]) if history[name] else ((), ())
@@ -159,8 +171,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     """The confusion matrix (rows: true class, columns: predicted), with counts."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    fig = Figure(figsize=(0.45 * n_classes + 1.5, 0.45 * n_classes + 1.2))
-    FigureCanvasAgg(fig)
+    fig = _figure(0.45 * n_classes + 1.5, 0.45 * n_classes + 1.2)
     ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     for i in range(n_classes):
@@ -190,12 +201,6 @@ def tangents_figure(X: np.ndarray, U: np.ndarray, image_shape: tuple[int, int]) 
 
 
 # -- what a trained autoencoder knows: fields, potentials, samples, spectra --------------------
-
-def _panels(n: int, size: float = 3.6) -> tuple[Figure, list]:
-    fig = Figure(figsize=(size * n, size))
-    FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(1, n, squeeze=False).flat)
-
 
 def vector_field_figure(points: np.ndarray, fields: dict[str, np.ndarray], data: np.ndarray) -> Figure:
     """The field ``r(x) - x`` as arrows at grid ``points`` (n, 2), one panel per model, the data on top.
@@ -275,8 +280,7 @@ def singular_values_figure(S: np.ndarray, title: str = "") -> Figure:
     S = np.asarray(S, dtype=np.float64)
     if S.ndim != 2 or S.size == 0:
         raise ValueError(f"S must be a non-empty (N, k) array, got shape {S.shape}")
-    fig = Figure(figsize=(5.0, 3.4))
-    FigureCanvasAgg(fig)
+    fig = _figure(5.0, 3.4)
     ax = fig.subplots()
     i = np.arange(1, S.shape[1] + 1)
     floor = max(S.max() * 1e-8, 1e-300)  # log axis: zeros drawn at a floor, not dropped
@@ -290,4 +294,92 @@ def singular_values_figure(S: np.ndarray, title: str = "") -> Figure:
     ax.legend(fontsize=7)
     ax.set_title(title or f"Jacobian spectrum over {len(S)} examples", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+# -- benchmark results: ours (mean, std bars) beside the papers' figures -------------------------
+
+def lines_figure(summaries, *, x_key: str, line_key: str, panel_key: str | None = None,
+                 paper: dict | None = None, ylabel: str = "", title: str = "") -> Figure:
+    """One line per ``line_key`` value of the summaries (``pipelines.reporting.tables``; ours: mean
+    with std bars), ``x_key`` on a log axis, one panel per ``panel_key`` value; ``paper[line][x]``
+    drawn as hollow squares on dashed lines."""
+    panels = list(dict.fromkeys(s.keys[panel_key] for s in summaries)) if panel_key else [None]
+    fig, axes = _panels(len(panels), 6.0, 4.0)
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(s.keys[line_key] for s in summaries))}
+    for ax, panel in zip(axes, panels):
+        sub = [s for s in summaries if panel is None or s.keys[panel_key] == panel]
+        for m, color in colors.items():
+            pts = sorted((s.keys[x_key], s.mean, s.std or 0.0) for s in sub if s.keys[line_key] == m)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, ys, yerr=es, color=color, marker="o", ms=4, capsize=2, label=str(m))
+            ref = sorted((paper or {}).get(m, {}).items())
+            if ref:
+                ax.plot(*zip(*ref), color=color, ls="--", marker="s", mfc="none", ms=5, label=f"{m} (paper)")
+        ax.set_xscale("log")
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}{'' if panel is None else f': {panel_key} {panel}'}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def bars_figure(summaries, *, group_key: str | None, bar_key: str, ylabel: str = "",
+                title: str = "") -> Figure:
+    """Grouped bars (ours: mean with std bars) per ``group_key`` value, one bar per ``bar_key``
+    value; the paper's figure as a black tick on its bar."""
+    groups = list(dict.fromkeys(s.keys[group_key] for s in summaries)) if group_key else [""]
+    bars = list(dict.fromkeys(s.keys[bar_key] for s in summaries))
+    fig, (ax,) = _panels(1, max(6.0, 0.5 * len(groups) * len(bars) ** 0.5 + 4), 4.0)
+    width = 0.8 / len(bars)
+    at = {(s.keys[group_key] if group_key else "", s.keys[bar_key]): s for s in summaries}
+    labeled = False
+    for j, b in enumerate(bars):
+        for i, g in enumerate(groups):
+            s = at.get((g, b))
+            if s is None:
+                continue
+            x = i - 0.4 + (j + 0.5) * width
+            ax.bar(x, s.mean, width, yerr=s.std or 0.0, color=f"C{j}", label=str(b) if i == 0 else None)
+            if s.paper is not None:
+                ax.plot([x - width / 2, x + width / 2], [s.paper] * 2, color="k", lw=2,
+                        label=None if labeled else "paper")
+                labeled = True
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=30 if group_key else 0,
+                  ha="right" if group_key else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def autoencoder_figure(originals: np.ndarray, reconstructions: dict[str, np.ndarray],
+                       codes: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """Test digits (``originals``, (n, 784)) above each model's reconstructions of them, one row
+    per model; right of them, per entry of ``codes`` (model -> (xy (N, 2), labels (N,))), the
+    codes' first 2 principal components coloured by digit."""
+    rows = [("test", np.asarray(originals)), *((m, np.asarray(r)) for m, r in reconstructions.items())]
+    n_show, n_scatter = len(rows[0][1]), len(codes)
+    fig = _figure(n_show * 0.8 + 4.0 * n_scatter, 0.85 * len(rows) + 0.5)
+    grid = fig.add_gridspec(len(rows), n_show + n_scatter, width_ratios=[1] * n_show + [5] * n_scatter,
+                            wspace=0.1)
+    for i, (name, images) in enumerate(rows):
+        for j in range(min(n_show, len(images))):
+            ax = fig.add_subplot(grid[i, j])
+            ax.imshow(images[j].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    for k, (m, (xy, y)) in enumerate(codes.items()):
+        ax = fig.add_subplot(grid[:, n_show + k])
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
+        ax.set_title(f"{m}: codes, first 2 PCs", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+    if codes:
+        fig.colorbar(sc, ax=ax, ticks=range(10), fraction=0.05)
     return fig

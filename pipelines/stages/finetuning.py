@@ -151,25 +151,36 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     return Row(method=name, inputs=inputs, test=test_error, valid=valid_error, params=params)
 
 
+def fit_autoencoder_module(cfg, split, stack, *, uri: str, run_id: str,
+                           pretrained: bool = True) -> tuple[DeepAutoencoder, int]:
+    """Fine-tune the unrolled deep autoencoder on ``split.X_pool`` for the config's
+    ``deep_autoencoder_epochs``, logging its curves to MLflow run ``run_id``; from the stack's
+    weights (``pretrained``) or from fresh ones of the same shape drawn from the config's seed.
+
+    Returns the module with the weights of its best validation epoch (squared error per
+    image), in eval mode, and that epoch.
+    """
+    ft = cfg.finetune
+    module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, pretrained=pretrained, seed=cfg.seed)
+    logger = MLFlowLogger(tracking_uri=uri, run_id=run_id, experiment_name=cfg.tracking.experiment)
+    dm = ArrayDataModule(split.X_pool, None, split.X_valid, None, batch_size=ft.batch_size,
+                         seed=cfg.seed)
+    keep = KeepBest("val/squared_error", "val/rec")
+    trainer = make_trainer(cfg.trainer, max_epochs=ft.deep_autoencoder_epochs, logger=logger,
+                           callbacks=[keep])
+    trainer.fit(module, datamodule=dm)
+    keep.restore(module)
+    return module.eval(), keep.best_epoch
+
+
 def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> list[Row]:
     """Fine-tune the unrolled deep autoencoder; PCA with as many components beside it."""
 
-    ft = cfg.finetune
     with tracking.start_run("finetune deep_autoencoder", experiment_id=experiment_id,
                             nested=True) as run:
-        module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, seed=cfg.seed)
-        logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
-                              experiment_name=cfg.tracking.experiment)
-        dm = ArrayDataModule(split.X_pool, None, split.X_valid, None, batch_size=ft.batch_size,
-                             seed=cfg.seed)
-        keep = KeepBest("val/squared_error", "val/rec")
-        trainer = make_trainer(cfg.trainer, max_epochs=ft.deep_autoencoder_epochs, logger=logger,
-                               callbacks=[keep])
-        trainer.fit(module, datamodule=dm)
-        keep.restore(module)
+        module, best_epoch = fit_autoencoder_module(cfg, split, stack, uri=uri, run_id=run.info.run_id)
         X_test = _as_tensor(split.X_test)
         with torch.no_grad():
-            module.eval()
             err = float(((module.reconstruct(X_test) - X_test) ** 2).sum(1).mean())
         n_code = stack.n_hidden
         pca = PCA(n_components=n_code, random_state=cfg.seed).fit(split.X_pool)
@@ -179,5 +190,5 @@ def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> 
         log_model(module, split.X_test)
     metric = "squared error per image"
     return [Row("deep_autoencoder", "stack", err, metric=metric,
-                params={"epoch": keep.best_epoch}),
+                params={"epoch": best_epoch}),
             Row(f"pca_{n_code}", "pixels", pca_err, metric=metric, params={"n_components": n_code})]

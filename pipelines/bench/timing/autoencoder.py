@@ -18,69 +18,26 @@ target is an epoch within 1 / 0.6 of it (60% of the matmul rate).
 """
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
 import torch
 
-
-def matmul_rate(B: int = 100, d: int = 784, h: int = 1000, seconds: float = 1.0) -> float:
-    """This machine's fp32 GFLOP/s on (B, d) x (d, h) products, the shapes the layers use."""
-    a, w = torch.rand(B, d), torch.rand(d, h)
-    for _ in range(10):
-        a @ w
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(20):
-            a @ w
-        n += 20
-    return 2 * B * d * h * n / (time.perf_counter() - t0) / 1e9
+from pipelines.bench.timing.matmul import epoch_timer, matmul_seconds
+from pipelines.data.mnist import load_mnist
+from pipelines.training import fit_layer, quiet_lightning
+from pretrain.presets import make_layer
 
 
-def matmul_seconds(shape_a: tuple[int, int], shape_b: tuple[int, int], seconds: float = 0.3,
-                   clock=time.perf_counter) -> float:
-    """Seconds of one fp32 ``torch.mm`` of these shapes on ``clock`` (wall by default;
-    ``time.process_time`` for this process's CPU time): the best of three timed loops."""
-    a, b = torch.rand(*shape_a), torch.rand(*shape_b)
-    for _ in range(5):
-        torch.mm(a, b)
-    t0 = time.perf_counter()
-    torch.mm(a, b)
-    repeats = max(3, int(seconds / 3 / max(time.perf_counter() - t0, 1e-6)))
-    best = float("inf")
-    for _ in range(3):
-        t = clock()
-        for _ in range(repeats):
-            torch.mm(a, b)
-        best = min(best, (clock() - t) / repeats)
-    return best
-
-
-def update_products(B: int, d: int, h: int, copies: int = 0) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """The matmul shapes of one autoencoder update, Eq. (1), plus ``copies`` perturbed copies."""
-    up, down, weight = ((B, d), (d, h)), ((B, h), (h, d)), ((h, B), (B, d))
+def update_products(B: int, d: int, h: int, copies: int = 0) -> list[tuple[int, int, int]]:
+    """The matmuls of one autoencoder update, Eq. (1), plus ``copies`` perturbed copies, each
+    as ``(rows, inner, cols)`` of a ``(rows, inner) x (inner, cols)`` product."""
+    up, down, weight = (B, d, h), (B, h, d), (h, B, d)
     products = [up, down, weight, up, weight]  # encode, decode; dW', dL/dh~, dW
     if copies:
-        products += [((copies * B, d), (d, h)), ((h, copies * B), (copies * B, d))]  # W eps, its dW
+        products += [(copies * B, d, h), (h, copies * B, d)]  # W eps, its dW
     return products
-
-
-def epoch_timer():
-    """A Lightning callback that times the training epochs alone, not the Trainer's set-up and
-    tear-down: ``.wall`` and ``.cpu`` (this process's CPU time, all threads), summed over epochs."""
-    import lightning.pytorch as L
-
-    class EpochTimer(L.Callback):
-        wall = cpu = 0.0
-
-        def on_train_epoch_start(self, trainer, module):
-            self.start = (time.perf_counter(), time.process_time())
-
-        def on_train_epoch_end(self, trainer, module):
-            self.wall += time.perf_counter() - self.start[0]
-            self.cpu += time.process_time() - self.start[1]
-
-    return EpochTimer()
 
 
 def bench_autoencoder(X: np.ndarray, *, n_hidden: int = 1000, kind: str = "cae", batch_size: int = 100,
@@ -90,30 +47,24 @@ def bench_autoencoder(X: np.ndarray, *, n_hidden: int = 1000, kind: str = "cae",
     The epochs alone are timed (wall and this process's CPU time), not the Trainer's set-up.
     ``rate`` (GFLOP/s), when given, replaces the per-shape matmul timings of the ideal epoch.
     """
-
-    from pipelines.data.datamodule import ArrayDataModule
-    from pipelines.training import make_trainer, quiet_lightning
-    from pretrain.presets import make_layer
-
     quiet_lightning()
     N, d = X.shape
     layer = make_layer(kind, d, n_hidden, optimizer="sgd", lr=0.01, seed=0)
     copies = layer.hparams.higher_order_copies if layer.hparams.higher_order > 0 else 0
     products = update_products(batch_size, d, n_hidden, copies)
-    flops_per_batch = sum(2.0 * a[0] * a[1] * b[1] for a, b in products)  # Eq. (1)
+    flops_per_batch = sum(2.0 * rows * inner * cols for rows, inner, cols in products)  # Eq. (1)
     n_batches = -(-N // batch_size)
     flops = flops_per_batch * N / batch_size  # useful flops of an epoch, the last batch pro rata
 
     def ideal_seconds(clock=time.perf_counter) -> float:
         if rate:
             return flops / (rate * 1e9)
-        per_batch = sum(matmul_seconds(a, b, clock=clock) for a, b in products)
+        per_batch = sum(matmul_seconds(*shape, clock=clock) for shape in products)
         return per_batch * N / batch_size
 
     ideal, ideal_cpu = ideal_seconds(), ideal_seconds(time.process_time)
     timer = epoch_timer()
-    trainer = make_trainer(None, max_epochs=epochs, deterministic=False, callbacks=[timer])
-    trainer.fit(layer, datamodule=ArrayDataModule(X, batch_size=batch_size, seed=0))
+    fit_layer(layer, X, epochs=epochs, batch_size=batch_size, seed=0, callbacks=[timer], deterministic=False)
     # other processes only ever add time: keep the better of the readings before and after
     ideal, ideal_cpu = min(ideal, ideal_seconds()), min(ideal_cpu, ideal_seconds(time.process_time))
     seconds, cpu = timer.wall / epochs, timer.cpu / epochs
@@ -132,3 +83,28 @@ def format_rows(rows: list[dict]) -> str:
         lines.append(f"| {r['what']} | {r['seconds_per_epoch']:.2f} | {r['epochs_per_second']:.3f} | "
                      f"{r['gflops']:.1f} | {r['matmul_gflops']:.1f} | {r['fraction_of_matmul']:.0%} |")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="folder holding the MNIST .gz files")
+    parser.add_argument("--n", type=int, default=60000, help="training images per epoch")
+    parser.add_argument("--hidden", type=int, default=1000)
+    parser.add_argument("--kind", default="cae", help="layer kind (pretrain.presets)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    X = np.ascontiguousarray(load_mnist(args.data_dir)[0][:args.n])
+    r = bench_autoencoder(X, n_hidden=args.hidden, kind=args.kind, batch_size=args.batch_size,
+                          epochs=args.epochs)
+    print(f"{len(X)} images, {torch.get_num_threads()} threads")
+    print(format_rows([r]))
+    print(f"CPU time: {r['cpu_seconds_per_epoch']:.2f} s/epoch, {r['cpu_fraction_of_matmul']:.0%} of the matmul rate")
+    return r
+
+
+if __name__ == "__main__":
+    main()

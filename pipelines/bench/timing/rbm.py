@@ -30,10 +30,15 @@ import argparse
 import os
 import time
 
+import lightning.pytorch as L
 import numpy as np
 import torch
+from sklearn.neural_network import BernoulliRBM
+from threadpoolctl import threadpool_limits
 
+from pipelines.bench.timing.matmul import epoch_timer, matmul_seconds
 from pipelines.data.mnist import load_mnist
+from pipelines.training import make_trainer, quiet_lightning
 from pretrain.rbm import RBM, pseudo_likelihood
 
 N_HIDDEN, BATCH, LR = 500, 100, 0.1
@@ -60,26 +65,20 @@ def loader(X: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
 def ideal_epoch(n_batches: int, n_visible: int, clock=time.perf_counter) -> float:
     """Seconds of an epoch's useful matmuls alone, five a CD-1 update, each timed on its own shape
     with fp32 ``torch.mm`` on ``clock`` (wall, or ``time.process_time`` for CPU time)."""
-    from pipelines.bench.timing.autoencoder import matmul_seconds
-
-    up = matmul_seconds((BATCH, n_visible), (n_visible, N_HIDDEN), clock=clock)
-    down = matmul_seconds((BATCH, N_HIDDEN), (N_HIDDEN, n_visible), clock=clock)
-    outer = matmul_seconds((N_HIDDEN, BATCH), (BATCH, n_visible), clock=clock)
+    up = matmul_seconds(BATCH, n_visible, N_HIDDEN, clock=clock)
+    down = matmul_seconds(BATCH, N_HIDDEN, n_visible, clock=clock)
+    outer = matmul_seconds(N_HIDDEN, BATCH, n_visible, clock=clock)
     return n_batches * (2 * up + down + 2 * outer)
 
 
 # each trainer returns (model, wall seconds per epoch, CPU seconds per epoch); CPU time is the
 # steadier figure when other processes share the cores (it counts every thread of this process)
 def train_lightning(X, epochs, seed, cls=RBM):
-    import lightning.pytorch as L
-
-    from pipelines.bench.timing.autoencoder import epoch_timer
-
+    """Through a Trainer on the batches of ``train_raw``, in file order, so that both end with
+    the same weights (``pipelines.training.fit_layer`` would shuffle them)."""
     rbm = cls(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
     timer = epoch_timer()
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        callbacks=[timer])
+    trainer = make_trainer(max_epochs=epochs, callbacks=[timer], accelerator="cpu", deterministic=False)
     trainer.fit(rbm, loader(X, BATCH))
     return rbm, timer.wall / epochs, timer.cpu / epochs
 
@@ -100,8 +99,6 @@ def train_raw(X, epochs, seed):
 
 
 def train_sklearn(X, epochs, seed):
-    from sklearn.neural_network import BernoulliRBM
-
     model = BernoulliRBM(n_components=N_HIDDEN, batch_size=BATCH, n_iter=epochs, learning_rate=LR,
                          random_state=seed)
     t, c = time.perf_counter(), time.process_time()
@@ -139,16 +136,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="train each model this many times from the same seed; report the fastest")
     args = p.parse_args(argv)
-
-    import logging
-
-    import lightning.pytorch as L
-    from threadpoolctl import threadpool_limits
-
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)  # numpy's BLAS (scikit-learn) gets the same cores
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_lightning()
     L.seed_everything(args.seed, verbose=False)
     say = lambda *a: print(*a, flush=True)
 

@@ -37,23 +37,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 
 import numpy as np
 import torch
 
+from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
 from finetune.tangents import (
-    OVERSAMPLE,
-    RANK_TOL,
     explicit_jacobian,
     krylov_dim,
     krylov_products,
+    one_thread,
     search_space,
     tangents,
 )
+from pipelines.bench.timing.matmul import machine_rate
+from pipelines.data.mnist import load_mnist
+from pipelines.training import fit_layer, quiet_lightning
 from pretrain.autoencoder import AutoEncoder
-from pretrain.stack import Stack
+from pretrain.stack import Stack, encode_all
 
 K = 15
 SIZES = (784, 1000, 500)
@@ -61,58 +63,8 @@ SIZES = (784, 1000, 500)
 
 def load_images(data_dir: str | None, n: int) -> torch.Tensor:
     """The first n MNIST training images as (n, 784) float32 in [0, 1]."""
-    from pipelines.data.mnist import load_mnist
-
     X = load_mnist(data_dir)[0][:n]
     return torch.from_numpy(np.ascontiguousarray(X))
-
-
-def matmul_rate(rows: int, d: int, h: int, seconds: float = 2.0, workers: int = 1,
-                clock=time.perf_counter) -> float:
-    """fp32 GFLOP/s of ``(rows, d) x (d, h)`` torch.mm, the best of 0.5 s loops on ``clock``.
-
-    With ``workers`` > 1, that many threads of one intra-op thread each run the product at
-    once (as ``tangents`` shares batches out to the cores) and the rate is their sum; with 1,
-    one product at a time on torch's intra-op threads. ``clock=time.process_time`` (with one
-    thread) gives the rate per CPU second, which other jobs on the machine barely change.
-    """
-    if workers > 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        rates = [0.0] * workers
-        try:
-            pool = [threading.Thread(target=lambda i=i: rates.__setitem__(i, matmul_rate(rows, d, h, seconds)))
-                    for i in range(workers)]
-            for t in pool:
-                t.start()
-            for t in pool:
-                t.join()
-        finally:
-            torch.set_num_threads(threads)
-        return sum(rates)
-    a, w = torch.rand(rows, d), torch.rand(d, h)
-    a @ w
-    best = 0.0
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        n, t0 = 0, clock()
-        while clock() - t0 < 0.5:
-            a @ w
-            n += 1
-        best = max(best, 2.0 * rows * d * h * n / (clock() - t0) / 1e9)
-    return best
-
-
-def machine_rate(rows: int, d: int, h: int, seconds: float = 1.0) -> tuple[float, float, float]:
-    """GFLOP/s: (intra-op threads, one product per core, one core per CPU second)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        per_core = matmul_rate(rows, d, h, seconds, clock=time.process_time)
-    finally:
-        torch.set_num_threads(threads)
-    return (matmul_rate(rows, d, h, seconds), matmul_rate(rows, d, h, seconds, workers=threads),
-            per_core)
 
 
 def krylov_flops(k: int, oversample: int, block_size: int, sizes=SIZES, r: int | None = None) -> float:
@@ -162,26 +114,20 @@ def build_stack(seed: int, pretrain_epochs: int, X: torch.Tensor, contraction: f
     layers = [AutoEncoder(a, c, seed=seed + i, contraction=contraction, lr=1e-3, optimizer="adam")
               for i, (a, c) in enumerate(zip(sizes[:-1], sizes[1:]))]
     if pretrain_epochs:
-        from pipelines.data.datamodule import ArrayDataModule
-        from pipelines.training import make_trainer, quiet_lightning
-        from pretrain.stack import encode_all
-
         quiet_lightning()
         codes = X[:10000]
         for layer in layers:
-            trainer = make_trainer(None, max_epochs=pretrain_epochs, deterministic=False)
-            trainer.fit(layer, datamodule=ArrayDataModule(codes.numpy(), batch_size=100, seed=seed))
+            fit_layer(layer, codes.numpy(), epochs=pretrain_epochs, batch_size=100, seed=seed,
+                      deterministic=False)
             codes = encode_all(layer, codes)
     return frozen_stack(layers)
 
 
 def exact(stack: Stack, X: torch.Tensor, dtype: torch.dtype, chunk: int = 50):
     """Right singular vectors (n, min, d) and singular values (n, min) by the explicit SVD."""
-    from finetune.tangents import _one_thread
-
     st = stack.to(dtype)
     Vh, S = [], []
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), one_thread():
         for i in range(0, len(X), chunk):
             _, s, vh = torch.linalg.svd(explicit_jacobian(st, X[i:i + chunk].to(dtype)),
                                         full_matrices=False)

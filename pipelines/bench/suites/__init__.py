@@ -1,0 +1,48 @@
+"""The benchmark suites (``layerwise bench SUITE``), by name.
+
+Each suite is one module of this package, holding its cells, the paper's figure for a group of
+cells, its Markdown table, its figure and its title; the modules are named for the suites
+(``semi_supervised``, ``variations``, ``knowledge_free``, ``deep_autoencoder``, ``speed``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pipelines.bench.cells import Cell
+from pipelines.bench.context import Context, bench_config
+from pipelines.bench.profiles import Profile
+from pipelines.bench.suites import deep_autoencoder, knowledge_free, semi_supervised, speed, variations
+from pipelines.bench.suites.classify import prepare
+from pipelines.bench.summary import Summary
+
+
+@dataclass(frozen=True)
+class Suite:
+    """How a suite makes its cells, runs one, finds the paper's figure, and presents the results."""
+
+    name: str
+    key_names: list[str]
+    cells: Callable[[Profile], list[Cell]]
+    run_cell: Callable[[Context, Cell], dict]
+    paper: Callable[[dict], float | None]
+    markdown: Callable[[list[Summary], list[dict], Profile], str]
+    figure: Callable
+    title: Callable[[Profile], str]
+
+    def prepare(self, ctx: Context, cell: Cell) -> None:
+        prepare(ctx, cell)
+
+    def settings(self, p: Profile) -> dict:
+        """What names the results folder: the profile (not its seed count), the tasks, the configs."""
+        cells = [c for c in self.cells(p) if c.seed == 0]
+        stacks = sorted({(c.task["data"], c.task["stack"]) for c in cells if c.task.get("stack")})
+        prof = {k: v for k, v in p.as_dict().items() if k != "seeds"}
+        return {"suite": self.name, "profile": prof, "tasks": [c.task for c in cells],
+                "configs": {f"{d}/{s}": bench_config(p, d, s, 0).digest("data", "pretrain", "finetune", "trainer")
+                            for d, s in stacks}}
+
+
+SUITES: dict[str, Suite] = {
+    m.NAME: Suite(m.NAME, m.KEY_NAMES, m.cells, m.run_cell, m.paper, m.markdown, m.figure, m.title)
+    for m in (semi_supervised, variations, knowledge_free, deep_autoencoder, speed)}

@@ -1,0 +1,46 @@
+"""The classification cell of the semi-supervised, variations and knowledge-free suites: a
+scikit-learn baseline or a network fine-tuned on a pretrained stack; its value is the % test
+error. ``prepare``, which every suite runs before a cell, pretrains the cell's stack before the
+cell's own MLflow run opens."""
+from __future__ import annotations
+
+import numpy as np
+
+from finetune.baselines import run_baseline
+from pipelines.bench.cells import Cell
+from pipelines.bench.context import Context
+from pipelines.stages.finetuning import fit_classifier
+
+
+def prepare(ctx: Context, cell: Cell) -> None:
+    """Pretrain the cell's stack (if any), so that its runs nest under the suite's run."""
+    if cell.task.get("stack") and cell.task.get("method") not in ("mlp_no_pretraining", "pca"):
+        ctx.stack(cell.task["data"], cell.task["stack"])
+
+
+def _valid_labels(ctx: Context, data: str, cap: int | None) -> int | None:
+    """``make_split``'s ``valid_labels`` for at most ``cap`` validation rows: None (all rows) when
+    the cap holds them all, else a class-balanced count the rarest class can fill."""
+    ds = ctx.dataset(data)
+    if cap is None or cap >= ds.n_valid:
+        return None
+    rarest = int(np.bincount(ds.y[len(ds.y) - ds.n_valid:], minlength=ds.n_classes).min())
+    return max(1, min(cap // ds.n_classes, rarest)) * ds.n_classes
+
+
+def classify(ctx: Context, cell: Cell) -> dict:
+    """A classification cell: a scikit-learn baseline or a fine-tuned network; % test error."""
+    t, p = cell.task, ctx.profile
+    data, method = t["data"], t["method"]
+    split = ctx.split(data, labels=t["labels"], seed=cell.seed,
+                      valid_labels=_valid_labels(ctx, data, t.get("valid_cap")))
+    if method in ("svm", "knn"):
+        grid = {"Cs": p.svm_C, "gamma_factors": p.svm_gamma} if method == "svm" else {}
+        res = run_baseline(method, split.X_lab, split.y_lab, split.X_valid, split.y_valid, split.X_test,
+                           split.y_test, random_state=cell.seed, **grid)
+        return {"value": 100 * res.test_error, "valid": 100 * res.valid_error, "params": res.params}
+    stack = None if method == "mlp_no_pretraining" else ctx.stack(data, t["stack"])
+    row = fit_classifier(ctx.config(data, t["stack"], cell.seed), split, stack=stack, method=method,
+                         uri=ctx.uri, experiment_id=ctx.experiment_id, cache_dir=ctx.cache_dir(data),
+                         image_shape=ctx.dataset(data).image_shape)
+    return {"value": row.test, "valid": row.valid, "params": row.params}

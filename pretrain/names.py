@@ -1,0 +1,13 @@
+"""The names a layer is configured by, free of torch so that the config validates them
+without importing it."""
+
+#: layer kinds of ``pretrain.presets``
+KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm")
+#: units s of ``pretrain.units``
+UNITS = ("sigmoid", "tanh", "relu", "linear")
+#: reconstruction losses of ``pretrain.autoencoder``
+LOSSES = ("cross_entropy", "mse")
+#: corruption processes of ``pretrain.corruption``
+CORRUPTIONS = ("none", "gaussian", "masking", "salt_pepper")
+#: optimizers of ``pretrain.module.Module``
+OPTIMIZERS = ("sgd", "adam")
