@@ -1,6 +1,8 @@
-"""``layerwise bench speed``: pretraining, tangent and batching speed beside this machine's own
-matmul rate, measured in the same run (the machines are shared and noisy, so only ratios to a
-reference taken at the same moment mean anything).
+"""Speed benchmark: epochs of an autoencoder layer through a real Trainer, beside this machine's
+own matmul rate measured in the same run (the machines are shared and noisy, so only ratios to
+a reference taken at the same moment mean anything).
+
+Run: ``python -m pipelines.bench.timing.autoencoder [--data-dir DIR] [--n 10000] [--threads 1]``.
 
 For an autoencoder layer d -> h (tied or not) and a batch of B, one update needs five
 (B x d x h)-sized matmuls, 2 B d h flops each:
