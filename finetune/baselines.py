@@ -143,8 +143,10 @@ RUNNERS: dict[str, Callable[..., BaselineResult]] = {"svm": svm, "knn": knn, "pc
 
 def run_baseline(name: str, X_lab, y_lab, X_valid, y_valid, X_test, y_test, *,
                  random_state: int = 0, **kwargs) -> BaselineResult:
-    """Fit baseline ``name`` with selection on validation and fill in its test error."""
+    """Fit baseline ``name`` with selection on validation and fill in its test error (left
+    None when ``X_test`` is None: a hyperparameter search never reads the test set)."""
     check_choice("baseline", name, tuple(RUNNERS))
     result = RUNNERS[name](X_lab, y_lab, X_valid, y_valid, random_state=random_state, **kwargs)
-    result.test_error = error(y_test, result.estimator.predict(X_test))
+    if X_test is not None:
+        result.test_error = error(y_test, result.estimator.predict(X_test))
     return result

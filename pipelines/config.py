@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
 from pretrain.checks import check_choice
 from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, UNITS
 
-FINETUNE_METHODS = ("mlp", "mtc", "mtc_all", "deep_autoencoder")
+FINETUNE_METHODS = ("mlp", "mtc", "mtc_all", "vat", "ladder", "deep_autoencoder")
 BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
 
 
@@ -43,6 +43,13 @@ class DataConfig(_Section):
     n_valid: int | None = Field(None, ge=1)        # None: the dataset's published validation size
     valid_labels: int | None = Field(None, ge=1)   # cap the validation set (realistic setting)
     n_test: int | None = Field(None, ge=1)         # subsample the test set (quick profiles)
+    pool: int | None = Field(None, ge=1)           # unlabeled pool: the first this many rows; None: all
+    image_shape: tuple[PositiveInt, PositiveInt] | None = None  # [rows, cols] of rows that are images
+
+    #: added after caches existed: out of the digest while unset, so earlier caches are found
+    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("pool",)
+    #: what changes only figures, never a number: never in the digest
+    NOT_DIGESTED: ClassVar[tuple[str, ...]] = ("image_shape",)
 
 
 class LayerConfig(_Section):
@@ -106,7 +113,7 @@ class PretrainConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    """Unrolling and supervised fine-tuning: the MLP, the MTC, the deep autoencoder."""
+    """Unrolling and supervised fine-tuning: the MLP, the MTC, VAT, the Ladder, the deep autoencoder."""
 
     labels: int | None = Field(50, ge=1)   # labeled examples L, class-balanced; None = all
     methods: list[str] = Field(default_factory=lambda: ["mlp", "mtc"])
@@ -122,8 +129,31 @@ class FinetuneConfig(_Section):
     # their accuracy, finetune.tangents' defaults:
     tangent_oversample: int = Field(OVERSAMPLE, ge=0)       # m = k + this many Krylov vectors
     tangent_rank_tol: float = Field(RANK_TOL, ge=0, lt=1)  # share of ||W_1||_F^2 left out of the search
-    unlabeled_batch: int = Field(64, ge=1)    # pool examples per step for mtc_all
+    unlabeled_batch: int = Field(64, ge=1)    # pool examples per step for mtc_all, vat, ladder
     deep_autoencoder_epochs: int = Field(20, ge=1)
+    # virtual adversarial training (finetune.vat), on the labeled batch and the unlabeled pool
+    vat_alpha: float = Field(1.0, ge=0)             # weight of the VAT penalty, Eq. (6)
+    vat_epsilon: float = Field(2.0, gt=0)           # ||r_adv||, in input units, Eq. (4)
+    vat_xi: float = Field(1e-6, gt=0, le=1)         # finite-difference step of the power iteration
+    vat_power_iterations: int = Field(1, ge=1, le=20)
+    vat_entropy: float = Field(0.0, ge=0)           # weight of entropy minimisation (VAT+EntMin)
+    # the Ladder network (finetune.ladder)
+    ladder_noise: float = Field(0.3, ge=0)          # std of the Gaussian noise at every layer
+    ladder_denoise: list[float] | None = None       # lambda_0..lambda_L; None: 1000, 10, 0.1, ...
+
+    #: fields added after results were cached: left out of the digest while at their default,
+    #: so that the stage results and bench folders named before them are found again
+    DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = (
+        "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy",
+        "ladder_noise", "ladder_denoise")
+
+    @field_validator("ladder_denoise")
+    @classmethod
+    def _nonnegative_lambdas(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(lam < 0 for lam in v)):
+            raise ValueError(f"ladder_denoise must be a non-empty list of weights >= 0 (lambda_0 of the "
+                             f"input first), got {v}")
+        return v
 
     @field_validator("methods")
     @classmethod
@@ -172,7 +202,7 @@ class PipelineConfig(_Section):
     """A whole pipeline run: dataset, split, stack, fine-tuning, baselines, trainer, tracking."""
 
     name: str = "quickstart"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # torch intra-op threads; None keeps torch's default (one per core). Small models (digits)
     # run faster on one thread: waking idle threads costs more than a tiny matmul saves.
     threads: int | None = Field(None, ge=1)
@@ -190,6 +220,14 @@ class PipelineConfig(_Section):
             for key in LayerConfig.DIGEST_WHEN_SET:
                 if layer.get(key) is None:
                     layer.pop(key, None)
+        section = data.get("data", {})
+        for key in DataConfig.DIGEST_WHEN_SET + DataConfig.NOT_DIGESTED:
+            if key in DataConfig.NOT_DIGESTED or section.get(key) is None:
+                section.pop(key, None)
+        finetune = data.get("finetune", {})
+        for key in FinetuneConfig.DIGEST_WHEN_CHANGED:
+            if key in finetune and finetune[key] == FinetuneConfig.model_fields[key].default:
+                finetune.pop(key)
         if sections:
             data = {s: data[s] for s in sections}
         blob = json.dumps(data, sort_keys=True).encode()
@@ -229,6 +267,9 @@ def resolve_config_path(name_or_path: str | Path | None) -> Path:
     if name_or_path is None:
         name_or_path = "quickstart"
     p = Path(name_or_path)
+    if p.is_dir():
+        raise ConfigError(f"config {str(name_or_path)!r} is a folder: give a YAML file in it "
+                          f"(e.g. {p / 'quickstart.yaml'}) or a shipped config's name")
     if p.exists():
         return p
     shipped = shipped_configs()
@@ -280,18 +321,30 @@ def apply_override(raw: dict, path: list[str], value: Any) -> None:
         raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:-1])} is a value, not a section")
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
+def _format_errors(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
+    """One line per error; an error under a ``--set`` key is reported as that override (key
+    and value as given), not as an error of the config file."""
+    lines, from_overrides = [], 0
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (remove it or check its spelling)")
+            line = f"{key}: unknown key (remove it or check its spelling)"
         else:
             msg = e["msg"].removeprefix("Value error, ")
             given = e.get("input")
             shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-            lines.append(f"{key}: {msg}{shown}")
-    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+            line = f"{key}: {msg}{shown}"
+        text = next((t for k, t in (overrides or {}).items() if key == k or key.startswith(k + ".")), None)
+        if text is not None:
+            from_overrides += 1
+            line = f"override --set {text}: {line}"
+        lines.append(line)
+    what = f"invalid config {source}"
+    if from_overrides == len(lines):  # the file is fine: say only what was given
+        what, lines = "invalid override", [line.removeprefix("override ") for line in lines]
+    if len(lines) == 1:
+        return f"{what}: {lines[0]}"
+    return f"{what}:\n  " + "\n  ".join(lines)
 
 
 def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<dict>") -> PipelineConfig:
@@ -306,14 +359,21 @@ def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<dict>
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        keys = {".".join(parse_override(t)[0]): t for t in overrides}
+        raise ConfigError(_format_errors(e, source, keys)) from None
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
     """Load a YAML config (a path or a shipped name) with ``safe_load`` and apply overrides."""
     path = resolve_config_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"config {path} cannot be read ({reason}): give a readable YAML "
+                          f"file") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,10 @@ import mlflow
 import mlflow.data
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from mlflow.tracking import MlflowClient
+
+from pipelines import store
+from pipelines.files import file_lock
+from pipelines.interrupts import Interrupted
 
 DEFAULT_ROOT = Path("mlruns")
 
@@ -51,12 +56,18 @@ def is_rank_zero() -> bool:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail early, with the fix, when an HTTP tracking server does not answer."""
+    """Fail early, with the fix, when an HTTP tracking server does not answer within ``timeout``
+    seconds or answers with a server error (5xx: MLflow's client would retry it for minutes)."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise ConnectionError(
+                f"the MLflow tracking server {uri} answers HTTP {e.code} ({e.reason}). Fix the "
+                f"server, or unset MLFLOW_TRACKING_URI / tracking.uri to track locally in "
+                f"./mlruns.") from None
         return  # it answered, even if not with 200
     except (urllib.error.URLError, OSError) as e:
         raise ConnectionError(
@@ -69,13 +80,24 @@ def setup(uri: str | None = None, experiment: str = "layerwise") -> str:
     """Point MLflow at the store, create the experiment if needed; return its id."""
     uri = resolve_uri(uri)
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
-    return exp.experiment_id
+    store.check_local_store(uri)
+    db = store.sqlite_path(uri)
+    # two runs starting in one folder: one creates the tables and the experiment, the other waits
+    lock = file_lock(db.parent / ".mlflow.db.lock") if db else contextlib.nullcontext()
+    with lock:
+        if db:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        try:
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                return mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
+            return exp.experiment_id
+        except Exception as e:
+            failure = store.store_failure(uri, e)
+            if failure is None:
+                raise
+            raise failure from None
 
 
 def open_store(uri: str | None, *, root: str | Path = DEFAULT_ROOT,
@@ -86,7 +108,11 @@ def open_store(uri: str | None, *, root: str | Path = DEFAULT_ROOT,
     server that does not answer is replaced by the local store, with a warning; under DDP, the
     processes of rank > 0 write to a throwaway store of their own (only rank 0 tracks).
     """
+    store.check_uri(resolve_uri(uri, root), store.uri_origin(uri))
     uri = resolve_uri(uri, root)
+    if uri.startswith(("http://", "https://")):  # bound each later request too
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     try:
         check_reachable(uri)
     except ConnectionError as e:
@@ -112,7 +138,7 @@ def git_commit() -> str:
 def environment_tags() -> dict[str, str]:
     """Package versions and the git commit, recorded on every parent run."""
     tags = {"python": sys.version.split()[0], "platform": platform.platform(),
-            "git_commit": git_commit()}
+            "git_commit": git_commit(), OWNER_TAG: owner()}
     for pkg in ("layerwise", "torch", "lightning", "scikit-learn", "mlflow", "numpy"):
         try:
             tags[f"version.{pkg}"] = version(pkg)
@@ -124,12 +150,13 @@ def environment_tags() -> dict[str, str]:
 @contextlib.contextmanager
 def start_run(name: str, *, experiment_id: str, nested: bool = False,
               tags: dict[str, str] | None = None) -> Iterator["mlflow.ActiveRun"]:
-    """An MLflow run that ends FAILED on an exception and KILLED on Ctrl-C, never left RUNNING."""
+    """An MLflow run that ends FAILED on an exception and KILLED on Ctrl-C or SIGTERM, never
+    left RUNNING."""
 
     run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=nested, tags=tags)
     try:
         yield run
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         mlflow.end_run(status="KILLED")
         raise
     except BaseException:
@@ -139,12 +166,44 @@ def start_run(name: str, *, experiment_id: str, nested: bool = False,
         mlflow.end_run(status="FINISHED")
 
 
+#: the process that owns a parent run, ``host:pid``: a run left RUNNING is stale only when that
+#: process is gone
+OWNER_TAG = "layerwise.owner"
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(tag: str | None) -> bool:
+    """Whether the process named by an owner tag may still be running. A run without the tag
+    (older versions) counts as dead; one owned on another host as alive, since its process
+    cannot be checked from here."""
+    if not tag or ":" not in tag:
+        return False
+    host, _, pid = tag.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user has that pid
+    return True
+
+
 def mark_stale_runs(experiment_id: str, digest: str) -> list[str]:
-    """Mark runs of the same config left RUNNING by a killed process (and their nested runs)
-    as KILLED; return their ids. A process killed with SIGKILL cannot end its own runs."""
+    """Mark runs of the same config left RUNNING by a process that is gone (and their nested
+    runs) as KILLED; return their ids. A process killed with SIGKILL cannot end its own runs;
+    a run whose owner still runs (another run of the same config, started at the same time in
+    the same folder) is left alone."""
     client = MlflowClient()
     stale = [r.info.run_id for r in client.search_runs(
-        [experiment_id], f"tags.`layerwise.digest` = '{digest}' and attributes.status = 'RUNNING'")]
+        [experiment_id], f"tags.`layerwise.digest` = '{digest}' and attributes.status = 'RUNNING'")
+        if not owner_alive(r.data.tags.get(OWNER_TAG))]
     frontier = list(stale)
     while frontier:  # nested runs, level by level (tag filters take no IN lists)
         parent = frontier.pop()

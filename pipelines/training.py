@@ -8,22 +8,28 @@ is fitted by ``fit_layer``, tracked or not.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from pipelines import progress
 from pipelines.data.datamodule import ArrayDataModule
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning's start-up chatter (GPU/TPU availability, tips) for CLI runs."""
+    """Silence Lightning's start-up chatter (GPU/TPU availability, tips) and MLflow's INFO lines
+    (creating the store's tables) for CLI runs: nothing a user can act on."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning"):
+                 "pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning",
+                 "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # its warnings name its internals
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -43,7 +49,7 @@ def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(
     return L.Trainer(
         max_epochs=max_epochs,
         logger=logger,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, EpochProgress()],
         default_root_dir=str(root_dir) if root_dir else None,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
@@ -53,6 +59,18 @@ def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(
         log_every_n_steps=1,  # layers log per epoch; this only silences the interval warning
         **flags,
     )
+
+
+class EpochProgress(L.Callback):
+    """Report each finished epoch, with the numbers the module shows in a progress bar (its
+    ``progress_terms``), to the open stage of ``pipelines.progress``."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        shown = {k: float(v) for k, v in trainer.progress_bar_metrics.items()
+                 if k != "v_num" and getattr(v, "numel", lambda: 1)() == 1}
+        progress.epoch(trainer.current_epoch + 1, trainer.max_epochs, **shown)
 
 
 def fit_layer(layer: L.LightningModule, X, X_val=None, *, epochs: int, batch_size: int, seed: int,
@@ -76,9 +94,11 @@ def fit_layer(layer: L.LightningModule, X, X_val=None, *, epochs: int, batch_siz
     trainer = make_trainer(trainer_cfg, max_epochs=epochs, logger=logger, callbacks=callbacks,
                            checkpointing=ckpt_dir is not None,
                            root_dir=Path(ckpt_dir).parent if ckpt_dir is not None else None, **overrides)
+    resume = last_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    if resume is not None:
+        check_checkpoint(resume)
     try:
-        trainer.fit(layer, datamodule=dm,
-                    ckpt_path=last_checkpoint(ckpt_dir) if ckpt_dir is not None else None)
+        trainer.fit(layer, datamodule=dm, ckpt_path=resume)
     except ValueError as e:  # inputs outside the range of the layer's loss, and the like
         if where is None:
             raise
@@ -97,10 +117,55 @@ def compute_device(trainer_cfg=None) -> torch.device:
     return torch.device("cpu")
 
 
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse, with the fix, a Lightning checkpoint that cannot be read back (truncated or
+    edited by hand), before ``fit`` fails on it with a traceback."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} cannot be read as a Lightning checkpoint ({type(e).__name__}: "
+                         f"{first}); delete it to train that layer from its first epoch") from None
+
+
 def last_checkpoint(dirpath: str | os.PathLike) -> str | None:
     """The ``last.ckpt`` that ``ModelCheckpoint(save_last=True)`` leaves, if any."""
     p = Path(dirpath) / "last.ckpt"
     return str(p) if p.exists() else None
+
+
+class ChanceGuard(L.Callback):
+    """Stop a classifier whose training diverged without a non-finite loss (a learning rate so
+    high that the weights blow up but stay finite): its validation error has stayed at chance
+    (no better than guessing the commonest class, within 3 standard errors) and its validation
+    cross-entropy above twice a uniform guess's (log K) for ``min_epochs`` epochs. A model that
+    learns slowly stays near log K and is left alone. Raises ``FloatingPointError``, as the
+    non-finite guard of ``pretrain.module`` does."""
+
+    def __init__(self, y_valid, n_classes: int, min_epochs: int = 5):
+        counts = np.bincount(np.asarray(y_valid, dtype=np.int64), minlength=n_classes)
+        n = max(int(counts.sum()), 1)
+        self.chance = 1.0 - counts.max() / n
+        self.band = 3 * math.sqrt(self.chance * (1 - self.chance) / n)
+        self.uniform_ce = math.log(max(n_classes, 2))
+        self.min_epochs = min_epochs
+        self.errors: list[float] = []
+        self.ces: list[float] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        m = trainer.callback_metrics
+        if trainer.sanity_checking or "val/error" not in m or "val/ce" not in m:
+            return
+        self.errors.append(float(m["val/error"]))
+        self.ces.append(float(m["val/ce"]))
+        if (len(self.errors) >= self.min_epochs and min(self.errors) >= self.chance - self.band
+                and min(self.ces) > 2 * self.uniform_ce):
+            raise FloatingPointError(
+                f"training diverged: over {len(self.errors)} epochs the validation error stayed at "
+                f"chance ({min(self.errors):.1%} at best; guessing the commonest class gives "
+                f"{self.chance:.1%}) and the validation cross-entropy at {min(self.ces):.3g} or more "
+                f"(a uniform guess gives {self.uniform_ce:.2f}). Likely cause: a learning rate too "
+                f"high; lower it")
 
 
 class KeepBest(L.Callback):

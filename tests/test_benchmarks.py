@@ -92,7 +92,9 @@ def test_results_folder_named_by_profile_sizes_not_seed_count():
     ("variations", "quick", "0f050096a944"), ("knowledge-free", "tiny", "4318b4efd1a5"),
     ("knowledge-free", "quick", "31c8050278e6"), ("deep-autoencoder", "tiny", "4ade6d0fc9d0"),
     ("deep-autoencoder", "quick", "616e3d63f474"), ("speed", "tiny", "26e41f35af23"),
-    ("speed", "quick", "a3a4ea39fd23")])
+    ("speed", "quick", "a3a4ea39fd23"),
+    # added with the suite (issue 18); the suites above kept their names when it came
+    ("semi-supervised-modern", "tiny", "9caac59d4cc0"), ("semi-supervised-modern", "quick", "7b7cebf632b2")])
 def test_results_folders_keep_their_names(suite, profile, digest):
     """The digests that name existing results folders, so that a finished run is found again."""
     assert settings_digest(bs.SUITES[suite].settings(PROFILES[profile])) == digest
@@ -140,6 +142,24 @@ def test_markdown_csv_and_pivot():
     assert piv[0] == "| labels | mtc | knn |"
     assert piv[2] == "| 100 | 13.00 ± 1.00 (12.03) | 14.00 ± 1.00 (-) |"
     assert piv[3] == "| 600 | 5.50 (5.13) | 6.50 (-) |"
+
+
+def test_modern_suite_shares_the_semi_supervised_draws_and_cites_its_papers():
+    """The Ladder/VAT columns run on the semi-supervised suite's cells (same ids, so the same
+    label draws and validation sets), beside the published 1.06 and 1.36 with 100 labels."""
+    modern, semi = bs.SUITES["semi-supervised-modern"], bs.SUITES["semi-supervised"]
+    full = PROFILES["full"]
+    tasks = {c.id: c.task for c in semi.cells(full)}
+    cells = modern.cells(full)
+    assert {c.keys["method"] for c in cells} >= {"ladder", "ladder_pretrained", "vat", "vat_pretrained"}
+    for c in cells:
+        if c.keys["method"] in ("nn", "cae", "mtc_all"):
+            assert tasks[c.id] == c.task  # the same cell as the semi-supervised suite's
+    key = lambda m, L=100: {"validation": "paper", "labels": L, "method": m}
+    assert modern.paper(key("ladder")) == modern.paper(key("ladder_pretrained")) == 1.06
+    assert modern.paper(key("vat")) == modern.paper(key("vat_pretrained")) == 1.36
+    assert modern.paper(key("vat", 600)) is None and modern.paper(key("mtc_all")) == 12.03
+    assert papers.MODERN_SEMI_STD["Ladder"][100] == 0.37
 
 
 def test_paper_figures_where_published():
@@ -267,7 +287,7 @@ def test_suite_tiny_end_to_end(suite, tmp_path, monkeypatch):
     assert res.csv.splitlines()[0].startswith(",".join(keys))
     values = [r["value"] for r in res.results]
     assert all(math.isfinite(v) for v in values)
-    if suite in ("semi-supervised", "variations", "knowledge-free"):
+    if suite in ("semi-supervised", "semi-supervised-modern", "variations", "knowledge-free"):
         assert "| paper |" in res.markdown and any(s.paper is not None for s in res.summaries)
         assert all(0 <= v <= 100 for v in values)
         for s in res.summaries:  # the SVM is far better than chance on every set

@@ -49,5 +49,5 @@ def test_ddp_two_processes_match_single_process_and_log_one_run(tmp_path):
         runs = mlflow.search_runs(experiment_names=["layerwise"])
     finally:
         mlflow.set_tracking_uri(None)
-    assert (runs["tags.mlflow.runName"] == "quickstart").sum() == 1  # one run, not one per rank
+    assert (runs["tags.layerwise.config"] == "quickstart").sum() == 1  # one run, not one per rank
     assert set(runs.status) == {"FINISHED"}

@@ -60,7 +60,7 @@ def test_sigkill_mid_layer_then_resume_equals_uninterrupted(tmp_path):
     try:
         runs = mlflow.search_runs(experiment_names=["layerwise"])
         names = runs["tags.mlflow.runName"]
-        parents = runs[names == "quickstart"]
+        parents = runs[runs["tags.layerwise.config"] == "quickstart"]
         assert sorted(parents.status) == ["FINISHED", "KILLED"]
         assert "RUNNING" not in set(runs.status)
         layer1 = runs[names.str.startswith("layer 1")]

@@ -35,10 +35,13 @@ def test_the_wheel_ships_every_package_and_config(tmp_path):
     names = set(zipfile.ZipFile(_wheel(tmp_path)).namelist())
     expected = {str(p.relative_to(ROOT)) for name in PACKAGES for p in (ROOT / name).rglob("*.py")
                 if "__pycache__" not in p.parts}
-    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "pipelines" / "configs").glob("*.yaml")}
+    # the shipped configs and, under configs/spaces/, the shipped search spaces
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "pipelines" / "configs").rglob("*.yaml")}
     assert expected - names == set()
     assert {n for n in names if n.endswith(".py")} - expected == set()  # nothing stale either
     assert "pipelines/configs/quickstart.yaml" in names
+    assert {"pipelines/configs/spaces/mtc.yaml", "pipelines/configs/spaces/sda.yaml",
+            "pipelines/configs/spaces/dbn.yaml"} <= names
 
 
 @pytest.mark.slow

@@ -28,7 +28,9 @@ def test_parent_run_with_nested_stage_runs(first_run):
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment])
     names = dict(zip(runs.run_id, runs["tags.mlflow.runName"]))
     parent_of = dict(zip(runs.run_id, runs["tags.mlflow.parentRunId"]))
-    assert names[result.run_id] == "quickstart"
+    # named for what it ran; the config's name is a tag
+    assert names[result.run_id] == "digits L100 s0 mlp"
+    assert runs.set_index("run_id").loc[result.run_id, "tags.layerwise.config"] == "quickstart"
     stages = {names[r] for r, p in parent_of.items() if p == result.run_id}
     assert stages == {"pretrain", "finetune", "baselines"}
     pretrain_id = next(r for r, p in parent_of.items() if p == result.run_id and names[r] == "pretrain")
@@ -74,18 +76,36 @@ def test_changing_layer_2_reuses_layer_1(first_run):
     assert res.layers_loaded == [True, False]
 
 
-def test_logged_model_loads_and_predicts_as_in_memory(first_run):
-    _, _, result = first_run
+def test_logged_model_loads_as_the_classifier_and_reproduces_the_test_error(first_run):
+    """``mlflow.pytorch.load_model`` gives a module (``eval()`` works) whose output is the class
+    probabilities; its labels on the test set give the logged test error; the pyfunc agrees;
+    the model is named for its method, has a signature and an input example, is registered."""
+    from pipelines.data.datasets import load_dataset
+    from pipelines.data.splits import make_split
+
+    cfg, _, result = first_run
     client = mlflow.MlflowClient()
     child = mlflow.search_runs(experiment_ids=[client.get_run(result.run_id).info.experiment_id],
                                filter_string="tags.mlflow.runName = 'finetune mlp'").iloc[0]
-    model = mlflow.pytorch.load_model(f"runs:/{child.run_id}/model")
-    x = torch.rand(6, 64)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{child.run_id}/model")
-    out = pyfunc.predict(x.numpy())
+    model = mlflow.pytorch.load_model(f"runs:/{child.run_id}/mlp").eval()
+    split = make_split(load_dataset("digits"), labels=100, seed=0)
+    x = torch.as_tensor(split.X_test)
     with torch.no_grad():
-        torch.testing.assert_close(torch.as_tensor(np.asarray(out)), model(x), rtol=1e-5, atol=1e-6)
-    assert out.shape == (6, 10)
+        proba = model(x)
+    torch.testing.assert_close(proba.sum(1), torch.ones(len(x)))
+    error = 100 * float((model.predict(x).numpy() != split.y_test).mean())
+    assert error == pytest.approx(child["metrics.test/error"], abs=1e-9)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{child.run_id}/mlp")
+    torch.testing.assert_close(torch.as_tensor(np.asarray(pyfunc.predict(split.X_test[:6]))),
+                               proba[:6], rtol=1e-5, atol=1e-6)
+    info = mlflow.models.get_model_info(f"runs:/{child.run_id}/mlp")
+    assert info.name == "mlp" and info.signature is not None and info.saved_input_example_info
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 64]
+    best = client.get_model_version_by_alias("digits-L100", "best")
+    assert best.tags["method"] == "mlp" and best.tags["run_id"] == child.run_id
+    # validation and test errors in one unit (percent)
+    val = [m.value for m in client.get_metric_history(child.run_id, "val/error")]
+    assert min(val) == pytest.approx(child["metrics.best/val_error"], abs=1e-4) and max(val) > 1
 
 
 def test_bad_layer_value_names_the_layer(tmp_path):

@@ -96,9 +96,9 @@ def load_run(run_id: str, *, uri: str | None = None, root: str | Path | None = N
     cfg = config_from_dict(yaml.safe_load(text), source=f"run {run_id}")
     root = cache_root(uri) if root is None else Path(root)
     ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path, seed=cfg.seed,
-                      download=False)
+                      download=False, image_shape=cfg.data.image_shape)
     split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed, n_valid=cfg.data.n_valid,
-                       valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test)
+                       valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test, pool=cfg.data.pool)
     layers = build_layers(cfg, ds.n_features)
     logged = _logged_digests(client, run)
     for k, layer in enumerate(layers):

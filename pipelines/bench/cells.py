@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from pipelines import progress
+
 from pipelines.files import atomic_write_text
 from pipelines.reporting.tables import fmt
 
@@ -93,6 +95,8 @@ def run_cells(cells: list[Cell], store: CellStore, compute: Callable[[Cell], dic
     if len(set(ids)) != len(ids):
         raise ValueError(f"cell ids must be unique, got duplicates {sorted({i for i in ids if ids.count(i) > 1})}")
     results = []
+    todo = [c for c in cells if selected(c) and not store.path(c.id).is_file()]
+    suite = progress.Stage(f"{len(todo)} cells to compute", total=len(todo), unit="cell")
     for i, cell in enumerate(cells, 1):
         done = store.load(cell.id)
         if done is not None:
@@ -102,7 +106,12 @@ def run_cells(cells: list[Cell], store: CellStore, compute: Callable[[Cell], dic
         if not selected(cell):
             continue
         t0 = time.perf_counter()
-        out = compute(cell)
+        # the live line: cell i of N, its layers' epochs, and the suite's time left from the
+        # mean time of the cells computed so far
+        with progress.stage(f"cell {i} of {len(cells)} ({cell.id})", line=False) as shown:
+            shown.note = suite.eta_note()
+            out = compute(cell)
+        suite.done += 1
         result = {"seconds": time.perf_counter() - t0, **out, "id": cell.id, "keys": cell.keys,
                   "seed": cell.seed, "task": cell.task}
         if not isinstance(result.get("value"), (int, float)):

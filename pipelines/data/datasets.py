@@ -10,13 +10,21 @@ Names:
 - the Larochelle et al. (2007) variations (``pipelines.data.variations.VARIATIONS``), generated
   from MNIST by seed and cached.
 - ``npz``: a user's ``.npz`` file (``path=``) with arrays ``X`` and ``y``, optionally
-  ``X_test``/``y_test`` and ``X_valid``/``y_valid``; see :func:`load_npz`.
+  ``X_test``/``y_test``, ``X_valid``/``y_valid`` and ``image_shape``; see :func:`load_npz`.
+
+Image shape: the dataset's own (MNIST and its variations 28x28, digits 8x8, an ``.npz`` of 3-D
+``X`` or with ``image_shape``), else the one given (``image_shape=``, ``data.image_shape``),
+else 28x28 for rows of 784 values (MNIST's format); other data has none and gets no image
+figures.
 
 Every ``X`` is float32 in [0, 1], one row per example; labels are int64 in 0..n_classes-1.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +40,8 @@ DIGITS_VALID = 297
 MNIST_VALID = 10000
 #: fraction held out as test (and then as validation) from an .npz without those arrays
 NPZ_HOLDOUT = 0.2
+#: rows of this many values are taken for 28x28 images when no shape is known or given
+FLAT_IMAGES = {784: (28, 28)}
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,7 @@ class Dataset:
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
                  path: str | os.PathLike | None = None, seed: int = 0,
-                 download: bool = False) -> Dataset:
+                 download: bool = False, image_shape: tuple[int, int] | None = None) -> Dataset:
     """Load a dataset by name.
 
     Parameters
@@ -95,7 +105,23 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     path : the ``.npz`` file, for ``name="npz"``.
     seed : seed of the generated variation sets (other datasets do not depend on it).
     download : fetch missing MNIST files from the usual mirrors.
+    image_shape : (rows, cols) of one image, for data that does not carry its own (see the
+        module docstring); rows * cols must be the number of features.
     """
+    ds = _load(name, data_dir=data_dir, path=path, seed=seed, download=download)
+    if image_shape is not None:
+        rows_cols = tuple(int(v) for v in image_shape)
+        if len(rows_cols) != 2 or min(rows_cols) < 1 or rows_cols[0] * rows_cols[1] != ds.n_features:
+            raise ValueError(f"data.image_shape={list(image_shape)} does not fit {ds.name}'s "
+                             f"{ds.n_features} features: give [rows, cols] with rows * cols = "
+                             f"{ds.n_features}, or leave it unset")
+        return dataclasses.replace(ds, image_shape=rows_cols)
+    if ds.image_shape is None and ds.n_features in FLAT_IMAGES:
+        return dataclasses.replace(ds, image_shape=FLAT_IMAGES[ds.n_features])
+    return ds
+
+
+def _load(name: str, *, data_dir, path, seed: int, download: bool) -> Dataset:
     if name == "digits":
         return _digits()
     if name == "mnist":
@@ -195,8 +221,10 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     labels 0..K-1 (every class present in ``y``). Optional: ``X_test``/``y_test`` (otherwise
     the last ``NPZ_HOLDOUT`` of the rows, after a fixed shuffle, is the test set) and
     ``X_valid``/``y_valid`` (appended after ``X`` as the validation part; otherwise the last
-    ``NPZ_HOLDOUT`` of the shuffled training rows). The shuffle uses a fixed seed (0), so the
-    split is the same for every run, and a file sorted by class still gives mixed parts.
+    ``NPZ_HOLDOUT`` of the shuffled training rows), and ``image_shape`` = ``(rows, cols)``
+    when the rows of a 2-D ``X`` are images (a 3-D ``X`` gives its own; rows of 784 values are
+    28x28 without it). The shuffle uses a fixed seed (0), so the split is the same for every
+    run, and a file sorted by class still gives mixed parts.
 
     Raises
     ------
@@ -208,9 +236,9 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: cannot be read as an .npz archive ({err}); save it with "
-                         f"np.savez(path, X=X, y=y)") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: cannot be read as an .npz archive ({err}); it may be truncated: "
+                         f"save it again with np.savez(path, X=X, y=y)") from None
     for key in ("X", "y"):
         if key not in arrays:
             raise ValueError(f"{path}: no array named {key!r} (found {sorted(arrays)}); save it with "
@@ -253,4 +281,11 @@ def load_npz(path: str | os.PathLike) -> Dataset:
         raise ValueError(f"{path}: the validation part ({n_valid} rows) leaves no training rows")
     if shape_t != shape:
         shape = None
+    if "image_shape" in arrays:
+        given = np.asarray(arrays["image_shape"]).reshape(-1)
+        if (len(given) != 2 or not np.issubdtype(given.dtype, np.integer) or given.min() < 1
+                or int(given[0]) * int(given[1]) != X.shape[1]):
+            raise ValueError(f"{path}: image_shape {given.tolist()} must be two positive integers "
+                             f"(rows, cols) with rows * cols = {X.shape[1]}, the features of X")
+        shape = (int(given[0]), int(given[1]))
     return Dataset("npz", X, y, X_test, y_test, n_valid, shape, n_classes, source=str(path.resolve()))

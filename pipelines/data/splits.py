@@ -6,7 +6,8 @@ of Rifai et al. 2011):
 
 - ``X_valid`` = the last ``n_valid`` rows of ``X`` (optionally a class-balanced subset of
   ``valid_labels`` of them: a validation set no larger than the labeled set);
-- ``X_pool`` = the other rows, all of them, for unsupervised pretraining;
+- ``X_pool`` = the other rows, for unsupervised pretraining: all of them, or the first
+  ``pool`` (``data.pool``: a smaller unlabeled set, e.g. for a quick run on a large file);
 - ``X_lab`` = ``labels / n_classes`` rows of each class drawn from the pool by ``seed``;
 - ``X_test`` = the test set (optionally a seeded class-stratified subsample of ``n_test``).
 
@@ -77,7 +78,8 @@ def _stratified(y: np.ndarray, n: int, n_classes: int, rng: np.random.Generator)
 
 
 def make_split(ds: Dataset, *, labels: int | None, seed: int, n_valid: int | None = None,
-               valid_labels: int | None = None, n_test: int | None = None) -> Split:
+               valid_labels: int | None = None, n_test: int | None = None,
+               pool: int | None = None) -> Split:
     """Split a dataset for semi-supervised learning.
 
     Parameters
@@ -89,6 +91,8 @@ def make_split(ds: Dataset, *, labels: int | None, seed: int, n_valid: int | Non
     n_valid : validation rows; ``ds.n_valid`` when None.
     valid_labels : keep only a class-balanced subset of this many validation rows.
     n_test : keep a seeded class-stratified subsample of this many test rows.
+    pool : keep only the first this many rows of the unlabeled pool (the labeled subset is
+        drawn from them); None keeps all ``len(ds.X) - n_valid``.
 
     Raises
     ------
@@ -107,8 +111,13 @@ def make_split(ds: Dataset, *, labels: int | None, seed: int, n_valid: int | Non
                          f"got {n_valid!r}; leave rows for the pool")
     n_valid = int(n_valid)
     n_pool = n - n_valid
+    if pool is not None:
+        if int(pool) != pool or not 0 < pool <= n_pool:
+            raise ValueError(f"data.pool must be an integer in [1, {n_pool}] for {ds.name} ({n} training "
+                             f"rows, {n_valid} of them validation), got {pool!r}; ask at most {n_pool}")
+        n_pool = int(pool)
     X_pool, y_pool = ds.X[:n_pool], ds.y[:n_pool]
-    X_valid, y_valid = ds.X[n_pool:], ds.y[n_pool:]
+    X_valid, y_valid = ds.X[n - n_valid:], ds.y[n - n_valid:]
 
     if labels is None:
         lab = np.arange(n_pool)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def _load(path: Path) -> dict[str, np.ndarray] | None:
             if int(z["recipe_version"]) != RECIPE_VERSION:
                 return None
             out = {k: z[k] for k in z.files if k != "recipe_version"}
-    except (OSError, ValueError, KeyError, EOFError, zlib.error):
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
         return None
     out["X"] = out["X"].astype(np.float32) / np.float32(255)
     out["X_test"] = out["X_test"].astype(np.float32) / np.float32(255)

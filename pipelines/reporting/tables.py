@@ -20,7 +20,7 @@ class Row:
 
     method: str
     inputs: str
-    test: float
+    test: float | None  # None: not evaluated (a hyperparameter search trial)
     valid: float | None = None
     metric: str = "test error (%)"
     params: dict = field(default_factory=dict)
@@ -61,7 +61,7 @@ def to_markdown(rows: list[Row], title: str | None = None) -> str:
 
 def verdict(rows: list[Row]) -> str:
     """One line that says which method won and where the MTC stands against SVM and k-NN."""
-    errs = [r for r in rows if r.metric == "test error (%)"]
+    errs = [r for r in rows if r.metric == "test error (%)" and r.test is not None]
     if not errs:
         return ""
     win = min(errs, key=lambda r: r.test)

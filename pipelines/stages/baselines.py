@@ -12,13 +12,14 @@ from pipelines.stages.finetuning import fit_classifier
 
 
 def run_baselines(cfg, stack, split, *, uri: str, experiment_id: str,
-                  methods: list[str] | None = None) -> list[Row]:
-    """Rows of each baseline in ``methods`` (default: ``cfg.baselines.methods``)."""
-    inputs = {"pixels": (split.X_lab, split.X_valid, split.X_test)}
+                  methods: list[str] | None = None, evaluate_test: bool = True) -> list[Row]:
+    """Rows of each baseline in ``methods`` (default: ``cfg.baselines.methods``);
+    ``evaluate_test=False``: the test set is not read and the rows' ``test`` is None."""
+    inputs = {"pixels": (split.X_lab, split.X_valid, split.X_test if evaluate_test else None)}
     if "codes" in cfg.baselines.inputs:
-        def codes(X: np.ndarray) -> np.ndarray:
-            return stack.transform(torch.as_tensor(X, dtype=torch.float32)).numpy()
-        inputs["codes"] = (codes(split.X_lab), codes(split.X_valid), codes(split.X_test))
+        def codes(X: np.ndarray | None) -> np.ndarray | None:
+            return None if X is None else stack.transform(torch.as_tensor(X, dtype=torch.float32)).numpy()
+        inputs["codes"] = (codes(split.X_lab), codes(split.X_valid), codes(inputs["pixels"][2]))
     if "pixels" not in cfg.baselines.inputs:
         inputs.pop("pixels")
 
@@ -29,14 +30,16 @@ def run_baselines(cfg, stack, split, *, uri: str, experiment_id: str,
                 if where != "pixels":
                     continue  # the MLP without pretraining is defined on the raw inputs
                 row = fit_classifier(cfg, split, stack=None, method="mlp_no_pretraining",
-                                     uri=uri, experiment_id=experiment_id)
+                                     uri=uri, experiment_id=experiment_id, evaluate_test=evaluate_test)
                 rows.append(row)
                 continue
             kwargs = {"n_components": cfg.baselines.pca_components} if method == "pca_svm" else {}
             res = run_baseline(method, X_lab, split.y_lab, X_valid, split.y_valid, X_test,
                                split.y_test, random_state=cfg.seed, **kwargs)
-            rows.append(Row(method=method, inputs=where, test=100 * res.test_error,
+            test = None if res.test_error is None else 100 * res.test_error
+            rows.append(Row(method=method, inputs=where, test=test,
                             valid=100 * res.valid_error, params=res.params, seconds=res.seconds))
-            mlflow.log_metric(f"test_error/{method}/{where}", 100 * res.test_error)
+            if test is not None:
+                mlflow.log_metric(f"test_error/{method}/{where}", test)
             mlflow.log_metric(f"valid_error/{method}/{where}", 100 * res.valid_error)
     return rows

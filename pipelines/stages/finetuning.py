@@ -1,7 +1,8 @@
 """The fine-tuning stage: unroll the stack, fine-tune the MLP and the MTC, the deep autoencoder.
 
 Each method is a nested MLflow run with its learning curves (``MLFlowLogger``), its confusion
-matrix, and the fine-tuned model (``mlflow.pytorch.log_model``). Networks are selected by early
+matrix, and the fine-tuned model (``pipelines.models.log_model``: it loads with
+``mlflow.pytorch.load_model`` as a module returning probabilities). Networks are selected by early
 stopping on the validation error: the weights of the best validation epoch are kept
 (``KeepBest``) and the test set is evaluated once, with them.
 
@@ -11,61 +12,58 @@ Methods (``finetune.methods``):
 - ``mtc``: the same with the tangent penalty of the manifold tangent classifier on the labeled
   examples, along the ``n_tangents`` leading right singular vectors of the stack's Jacobian.
 - ``mtc_all``: the tangent penalty also on the unlabeled pool (it needs no labels).
+- ``vat``: virtual adversarial training (``finetune.vat``) on the labeled set and the pool.
+- ``ladder``: the Ladder network (``finetune.ladder``), its encoder's first layers the stack's
+  (batch norm matched to the stack's codes on the pool), denoising costs on the labeled set and
+  the pool.
 - ``deep_autoencoder``: the stack unrolled into encoder + mirrored decoders, fine-tuned on
   reconstruction; reported as test squared error per image beside PCA with as many components.
 """
 from __future__ import annotations
 
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import MLFlowLogger
 from sklearn.decomposition import PCA
 
-import finetune
-import pretrain
 from finetune.classifier import Classifier
 from finetune.deep_autoencoder import DeepAutoencoder
+from finetune.ladder import Ladder
 from finetune.mtc import MTC
+from finetune.served import ProbabilityClassifier, Reconstructor
 from finetune.unroll import UnrolledEncoder, unroll_autoencoder
+from finetune.vat import VAT
 from pretrain.stack import Stack
 
 from pipelines import tracking
 from pipelines.data.datamodule import ArrayDataModule
+from pipelines.models import log_model, register
 from pipelines.reporting import figures
 from pipelines.reporting.tables import Row
 from pipelines.stages.pretraining import build_layers
 from pipelines.stages.tangent_cache import cached_tangents
-from pipelines.training import KeepBest, compute_device, make_trainer
+from pipelines.training import ChanceGuard, KeepBest, compute_device, make_trainer
 
 #: rows per validation batch when fine-tuning a classifier: no gradients, so only the per-step
 #: overhead depends on it (with the labeled batch of 50, validating 10000 rows took 200 steps,
 #: 80% of an epoch's time on CPU)
 VAL_BATCH = 1000
+#: pool rows whose pre-activation statistics start a pretrained Ladder (``LadderMLP.match_mlp``)
+LADDER_MATCH_ROWS = 10000
 
 
-def _pip_requirements() -> list[str]:
-    return [f"torch=={version('torch').split('+')[0]}", f"lightning=={version('lightning')}",
-            f"numpy=={version('numpy')}"]
+class PercentLogger(MLFlowLogger):
+    """Lightning's MLflow logger with every ``*/error`` in percent, the unit of ``test/error``
+    and of the results tables (the modules compute it as a fraction, Eq. 4 of
+    ``finetune.classifier``; early stopping and ``KeepBest`` compare either the same way)."""
 
-
-def _code_paths() -> list[str]:
-    return [str(Path(pretrain.__file__).parent), str(Path(finetune.__file__).parent)]
-
-
-def log_model(model: torch.nn.Module, X_example: np.ndarray, name: str = "model") -> str:
-    """Log ``model`` with an input example of 5 rows (a batch-1 example would lock the exported
-    signature to batch size 1) and explicit requirements; the layerwise sources travel along."""
-
-    model = model.cpu().eval()
-    info = mlflow.pytorch.log_model(model, name=name, input_example=X_example[:5].astype(np.float32),
-                                    pip_requirements=_pip_requirements(), code_paths=_code_paths())
-    return info.model_uri
+    def log_metrics(self, metrics, step=None):
+        metrics = {k: 100 * float(v) if k.endswith("/error") else v for k, v in metrics.items()}
+        super().log_metrics(metrics, step)
 
 
 def _as_tensor(a) -> torch.Tensor:
@@ -80,11 +78,22 @@ def predict(module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
 
 
 def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: str,
-                   cache_dir: Path | None = None, image_shape=None) -> Row:
-    """Fine-tune one classifier (``mlp``, ``mtc``, ``mtc_all`` or ``mlp_no_pretraining``)."""
+                   cache_dir: Path | None = None, image_shape=None,
+                   register_as: str | None = None, evaluate_test: bool = True,
+                   callbacks=()) -> Row:
+    """Fine-tune one classifier (``mlp``, ``mtc``, ``mtc_all``, ``vat``, ``ladder``, or one of
+    ``mlp``, ``vat``, ``ladder`` with ``_no_pretraining``: then ``stack`` is None).
+
+    ``evaluate_test=False`` (a hyperparameter search's trial): no test row is read, no model
+    logged; the row's ``test`` is None. ``callbacks``: extra Lightning callbacks of its Trainer.
+
+    Its model is logged as MLflow model ``method`` (``pipelines.models``); with
+    ``register_as``, also registered as a version of that registered model (``@best`` when its
+    validation error is the lowest so far).
+    """
 
     ft = cfg.finetune
-    n_classes = int(max(split.y_lab.max(), split.y_valid.max(), split.y_test.max())) + 1
+    n_classes = split.n_classes
     if stack is None:  # the same shape without pretraining: Glorot-initialised, seeded
         encoder = UnrolledEncoder(Stack(build_layers(cfg, split.X_lab.shape[1])))
         encoder.reset_parameters(torch.Generator().manual_seed(cfg.seed))
@@ -110,31 +119,46 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             U_pool, _ = cached_tangents(stack, _as_tensor(split.X_pool), ft.n_tangents,
                                         cache_dir=cache_dir / "tangents", device=device, **accuracy)
             unlabeled = (_as_tensor(split.X_pool), U_pool)
+    elif method.startswith("vat"):
+        module = VAT(encoder, n_classes, alpha=ft.vat_alpha, epsilon=ft.vat_epsilon, xi=ft.vat_xi,
+                     n_power=ft.vat_power_iterations, entropy=ft.vat_entropy, **common)
+        unlabeled = (_as_tensor(split.X_pool),)
+    elif method.startswith("ladder"):
+        module = Ladder(encoder, n_classes, noise=ft.ladder_noise, denoise=ft.ladder_denoise, lr=ft.lr,
+                        optimizer=ft.optimizer, weight_decay=ft.weight_decay, seed=cfg.seed)
+        unlabeled = (_as_tensor(split.X_pool),)
+        if stack is not None:  # start from the stack's function, not its layers on rescaled inputs
+            module.net.match_mlp(unlabeled[0][:LADDER_MATCH_ROWS])
     else:
         module = Classifier(encoder, n_classes, **common)
 
     with tracking.start_run(f"finetune {method}", experiment_id=experiment_id, nested=True) as run:
         mlflow.log_params({"method": method, "n_labels": len(split.y_lab),
                            "n_valid": len(split.y_valid)})
-        logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
-                              experiment_name=cfg.tracking.experiment)
+        logger = PercentLogger(tracking_uri=uri, run_id=run.info.run_id,
+                               experiment_name=cfg.tracking.experiment)
         dm = ArrayDataModule(split.X_lab, split.y_lab, split.X_valid, split.y_valid,
                              batch_size=min(ft.batch_size, len(split.y_lab)), seed=cfg.seed,
                              train_extra=train_extra, unlabeled=unlabeled,
                              unlabeled_batch_size=ft.unlabeled_batch, val_batch_size=VAL_BATCH)
         keep = KeepBest("val/error", "val/ce")
         stop = EarlyStopping(monitor="val/error", patience=ft.patience, mode="min")
+        guard = ChanceGuard(split.y_valid, n_classes)
         trainer = make_trainer(cfg.trainer, max_epochs=ft.epochs, logger=logger,
-                               callbacks=[keep, stop])
-        trainer.fit(module, datamodule=dm)
+                               callbacks=[keep, stop, guard, *callbacks])
+        try:
+            trainer.fit(module, datamodule=dm)
+        except FloatingPointError as e:  # diverged: name the method and the key to change
+            raise FloatingPointError(f"finetune {method} (finetune.lr={ft.lr}): {e}") from None
         keep.restore(module)
-        y_pred = predict(module, split.X_test)
-        test_error = 100 * float(np.mean(y_pred != split.y_test))
-        valid_error = 100 * keep.best_score[0]
-        mlflow.log_metrics({"test/error": test_error, "best/val_error": valid_error,
-                            "best/epoch": keep.best_epoch})
-        tracking.log_figure(figures.confusion_figure(split.y_test, y_pred, n_classes),
-                            "figures/confusion.png")
+        valid_error, test_error = 100 * keep.best_score[0], None
+        mlflow.log_metrics({"best/val_error": valid_error, "best/epoch": keep.best_epoch})
+        if evaluate_test:
+            y_pred = predict(module, split.X_test)
+            test_error = 100 * float(np.mean(y_pred != split.y_test))
+            mlflow.log_metric("test/error", test_error)
+            tracking.log_figure(figures.confusion_figure(split.y_test, y_pred, n_classes),
+                                "figures/confusion.png")
         tracking.log_figure(figures.curves_figure(tracking.metric_history(run.info.run_id), method),
                             "figures/learning_curves.png")
         if method.startswith("mtc") and image_shape is not None:
@@ -142,12 +166,22 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             tracking.log_figure(figures.tangents_figure(split.X_lab[:n_show],
                                                         U_lab[:n_show, :min(8, ft.n_tangents)].numpy(),
                                                         image_shape), "figures/tangents.png")
-        log_model(module, split.X_test)
-    name = "mlp, no pretraining" if method == "mlp_no_pretraining" else method
-    inputs = "pixels" if method == "mlp_no_pretraining" else "stack"
+        model_uri = (log_model(ProbabilityClassifier(module.net), split.X_pool, name=method)
+                     if evaluate_test else None)
+        if register_as is not None and model_uri is not None:
+            register(model_uri, register_as, val_error=valid_error,
+                     tags={"method": method, "run_id": run.info.run_id,
+                           "test_error": f"{test_error:.6g}", "seed": str(cfg.seed)})
+    fresh = method.endswith("_no_pretraining")
+    name = method.replace("_no_pretraining", ", no pretraining")
+    inputs = "pixels" if fresh else "stack"
     params = {"epoch": keep.best_epoch}
     if method.startswith("mtc"):
         params.update(beta=ft.beta, k=ft.n_tangents)
+    elif method.startswith("vat"):
+        params.update(alpha=ft.vat_alpha, epsilon=ft.vat_epsilon)
+    elif method.startswith("ladder"):
+        params.update(noise=ft.ladder_noise)
     return Row(method=name, inputs=inputs, test=test_error, valid=valid_error, params=params)
 
 
@@ -173,12 +207,20 @@ def fit_autoencoder_module(cfg, split, stack, *, uri: str, run_id: str,
     return module.eval(), keep.best_epoch
 
 
-def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> list[Row]:
-    """Fine-tune the unrolled deep autoencoder; PCA with as many components beside it."""
+def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str,
+                         evaluate_test: bool = True) -> list[Row]:
+    """Fine-tune the unrolled deep autoencoder; PCA with as many components beside it.
+    ``evaluate_test=False``: one row, its validation squared error, ``test`` None."""
 
     with tracking.start_run("finetune deep_autoencoder", experiment_id=experiment_id,
                             nested=True) as run:
         module, best_epoch = fit_autoencoder_module(cfg, split, stack, uri=uri, run_id=run.info.run_id)
+        if not evaluate_test:
+            X_valid = _as_tensor(split.X_valid)
+            with torch.no_grad():
+                valid = float(((module.reconstruct(X_valid) - X_valid) ** 2).sum(1).mean())
+            return [Row("deep_autoencoder", "stack", None, valid=valid,
+                        metric="squared error per image", params={"epoch": best_epoch})]
         X_test = _as_tensor(split.X_test)
         with torch.no_grad():
             err = float(((module.reconstruct(X_test) - X_test) ** 2).sum(1).mean())
@@ -187,7 +229,7 @@ def fit_deep_autoencoder(cfg, split, *, stack, uri: str, experiment_id: str) -> 
         rec = pca.inverse_transform(pca.transform(split.X_test))
         pca_err = float(((rec - split.X_test) ** 2).sum(1).mean())
         mlflow.log_metrics({"test/squared_error": err, "test/pca_squared_error": pca_err})
-        log_model(module, split.X_test)
+        log_model(Reconstructor(module.encoder, module.decoder), split.X_pool, name="deep_autoencoder")
     metric = "squared error per image"
     return [Row("deep_autoencoder", "stack", err, metric=metric,
                 params={"epoch": best_epoch}),

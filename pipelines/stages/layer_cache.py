@@ -60,4 +60,10 @@ def load_layer(layer: Layer, path: Path, digest: str) -> None:
         raise CheckpointMismatch(f"{path} was saved by another config (digest "
                                  f"{blob.get('digest') if isinstance(blob, dict) else '?'} != {digest}); "
                                  f"delete it or run with the config that made it")
-    layer.load_state_dict(blob["state_dict"])
+    try:
+        layer.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:  # the right digest, other tensors
+        first = str(e).strip().splitlines()
+        raise CheckpointMismatch(f"{path} holds tensors that do not fit layer {type(layer).__name__} "
+                                 f"{layer.n_visible}-{layer.n_hidden} ({first[-1].strip() if first else e}); "
+                                 f"delete it to retrain that layer") from None

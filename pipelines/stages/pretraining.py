@@ -7,6 +7,8 @@ of training them again, and an interrupted layer resumes from its last Lightning
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import mlflow
@@ -18,8 +20,9 @@ from pretrain.layer import Layer
 from pretrain.presets import make_layer
 from pretrain.stack import GreedyStack, Stack
 
-from pipelines import tracking, training
+from pipelines import progress, tracking, training
 from pipelines.config import PipelineConfig
+from pipelines.files import file_lock
 from pipelines.reporting import figures
 from pipelines.stages.layer_cache import layer_digest, layer_path, load_layer, save_layer
 
@@ -76,11 +79,15 @@ def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, c
         name = f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})"
         if log is not None:
             log(f"pretraining {cfg.data.name} {name}")
-        with tracking.start_run(name, experiment_id=experiment_id, nested=True) as run:
+        epochs = spec.epochs or cfg.pretrain.epochs
+        title = (f"pretraining layer {k + 1} of {len(cfg.pretrain.layers)} "
+                 f"({spec.kind} {layer.n_visible}-{layer.n_hidden})")
+        with progress.stage(title, total=epochs), \
+                tracking.start_run(name, experiment_id=experiment_id, nested=True) as run:
             mlflow.log_params({"kind": spec.kind, "index": k + 1, "digest": digest})
             logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
                                   experiment_name=cfg.tracking.experiment)
-            training.fit_layer(layer, codes, val_codes, epochs=spec.epochs or cfg.pretrain.epochs,
+            training.fit_layer(layer, codes, val_codes, epochs=epochs,
                                batch_size=spec.batch_size or cfg.pretrain.batch_size,
                                seed=cfg.seed * 100 + k, trainer_cfg=cfg.trainer, logger=logger,
                                ckpt_dir=cache_dir / f"layer{k + 1}-{digest}-ckpt",
@@ -88,6 +95,15 @@ def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, c
             log_layer_figures(layer, codes, k=k, run_id=run.info.run_id, image_shape=image_shape)
 
     return fit_layer
+
+
+def _layer_lock(cfg: PipelineConfig, path: Path):
+    """A lock beside a cached layer, so that two runs of one config in one folder train it once
+    and never share its Lightning checkpoint. Not under DDP, where every rank must enter ``fit``
+    together (a rank waiting on the lock would stall the others)."""
+    single = (str(cfg.trainer.devices) == "1" and cfg.trainer.num_nodes == 1
+              and int(os.environ.get("WORLD_SIZE", "1")) <= 1)
+    return file_lock(path.with_name(f".{path.stem}.lock")) if single else contextlib.nullcontext()
 
 
 def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | None, *,
@@ -103,12 +119,14 @@ def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | N
 
     def fit_or_load(k: int, layer: Layer, codes, val_codes) -> None:
         digest, path = layer_digest(cfg, k), layer_path(cache_dir, cfg, k)
-        if path.exists():
-            load_layer(layer, path, digest)
-            loaded[k] = True
-            return
-        fit_layer(k, layer, codes, val_codes)
-        save_layer(layer, path, digest)
+        with _layer_lock(cfg, path):  # another run training this layer: wait, then load it
+            if path.exists():
+                load_layer(layer, path, digest)
+                loaded[k] = True
+                progress.note(f"layer {k + 1} of {len(layers)} loaded from the cache ({path.name})")
+                return
+            fit_layer(k, layer, codes, val_codes)
+            save_layer(layer, path, digest)
 
     stack = greedy.fit(X, fit_or_load, X_val)
     return stack, loaded

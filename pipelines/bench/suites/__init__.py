@@ -2,7 +2,8 @@
 
 Each suite is one module of this package, holding its cells, the paper's figure for a group of
 cells, its Markdown table, its figure and its title; the modules are named for the suites
-(``semi_supervised``, ``variations``, ``knowledge_free``, ``deep_autoencoder``, ``speed``).
+(``semi_supervised``, ``semi_supervised_modern``, ``variations``, ``knowledge_free``,
+``deep_autoencoder``, ``speed``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Callable
 from pipelines.bench.cells import Cell
 from pipelines.bench.context import Context, bench_config
 from pipelines.bench.profiles import Profile
-from pipelines.bench.suites import deep_autoencoder, knowledge_free, semi_supervised, speed, variations
+from pipelines.bench.suites import (deep_autoencoder, knowledge_free, semi_supervised,
+                                    semi_supervised_modern, speed, variations)
 from pipelines.bench.suites.classify import prepare
 from pipelines.bench.summary import Summary
 
@@ -45,4 +47,5 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     m.NAME: Suite(m.NAME, m.KEY_NAMES, m.cells, m.run_cell, m.paper, m.markdown, m.figure, m.title)
-    for m in (semi_supervised, variations, knowledge_free, deep_autoencoder, speed)}
+    for m in (semi_supervised, semi_supervised_modern, variations, knowledge_free, deep_autoencoder,
+              speed)}

@@ -14,7 +14,8 @@ from pipelines.stages.finetuning import fit_classifier
 
 def prepare(ctx: Context, cell: Cell) -> None:
     """Pretrain the cell's stack (if any), so that its runs nest under the suite's run."""
-    if cell.task.get("stack") and cell.task.get("method") not in ("mlp_no_pretraining", "pca"):
+    method = cell.task.get("method") or ""
+    if cell.task.get("stack") and not method.endswith("_no_pretraining") and method != "pca":
         ctx.stack(cell.task["data"], cell.task["stack"])
 
 
@@ -39,7 +40,7 @@ def classify(ctx: Context, cell: Cell) -> dict:
         res = run_baseline(method, split.X_lab, split.y_lab, split.X_valid, split.y_valid, split.X_test,
                            split.y_test, random_state=cell.seed, **grid)
         return {"value": 100 * res.test_error, "valid": 100 * res.valid_error, "params": res.params}
-    stack = None if method == "mlp_no_pretraining" else ctx.stack(data, t["stack"])
+    stack = None if method.endswith("_no_pretraining") else ctx.stack(data, t["stack"])
     row = fit_classifier(ctx.config(data, t["stack"], cell.seed), split, stack=stack, method=method,
                          uri=ctx.uri, experiment_id=ctx.experiment_id, cache_dir=ctx.cache_dir(data),
                          image_shape=ctx.dataset(data).image_shape)

@@ -26,11 +26,13 @@ COLUMN = {"svm": "SVM", "nn": "NN", "cae": "CAE", "mtc": "MTC", "mtc_all": "MTC"
 run_cell = classify
 
 
-def cells(p: Profile) -> list[Cell]:
+def cells(p: Profile, methods: dict | None = None) -> list[Cell]:
+    """One cell per validation setting, label count, method of ``methods`` (default: ``METHODS``)
+    and seed; the cell ids name all four (``paper-L100-mtc-s0``)."""
     out = []
     for valid in ("paper", "realistic"):
         for L in p.labels:
-            for name, (stack, method) in METHODS.items():
+            for name, (stack, method) in (METHODS if methods is None else methods).items():
                 for s in range(p.seeds):
                     out.append(Cell(f"{valid}-L{L}-{name}-s{s}", {"validation": valid, "labels": L, "method": name},
                                     s, {"data": "mnist", "stack": stack, "method": method, "labels": L,

@@ -1,45 +1,12 @@
-"""scikit-learn estimators over the layer-wise pipeline: a pretrainer and two classifiers.
-
-``StackedPretrainer`` is a transformer: ``fit`` pretrains a stack greedily (``pretrain.stack``
-Eq. 3, one Lightning Trainer per layer) and ``transform`` returns the top code
-
-    (1) h_L(x) = f_L(... f_1(x))                                  (N, d) -> (N, n_hidden_L)
-
-so that it goes into ``make_pipeline(StackedPretrainer(...), SVC())`` and ``GridSearchCV``.
-
-``StackedMLPClassifier`` and ``MTCClassifier`` pretrain a stack on the inputs given to ``fit``
-(no labels used), unroll it into an MLP (``finetune.unroll`` Eq. 3) and fine-tune it on
-
-    (2) CE(x, y)                                                  ``finetune.classifier``
-    (3) CE(x, y) + beta * ||(do/dx) U(x)||^2                      ``finetune.mtc``, U(x) the
-                                                                  ``n_tangents`` tangents of x
-
-with early stopping on a stratified ``validation_fraction`` of ``(X, y)``: the weights of the
-epoch with the lowest validation error are kept (``pipelines.training.KeepBest``). Labels may
-be any sortable values; they are mapped to ``0..K-1`` through ``classes_ = np.unique(y)``.
-
-Conventions of scikit-learn: ``__init__`` stores its arguments untouched, ``fit`` validates
-them (a ValueError naming the parameter and its value), learned state ends in ``_``, and all
-randomness comes from ``random_state``: layer ``k`` is seeded ``seed * 100 + k`` and its batches
-by the same number (as in the pipeline's pretraining stage), the head and the tangents by
-``seed``, and Lightning's global seed by ``seed``.
-
-References
-----------
-Bengio, Lamblin, Popovici & Larochelle, Greedy layer-wise training of deep networks, NIPS 2007.
-Rifai, Dauphin, Vincent, Bengio & Muller, The manifold tangent classifier, NIPS 2011.
-"""
+"""``StackedMLPClassifier`` and ``MTCClassifier``: pretrain, unroll, fine-tune with early
+stopping (Eqs. 2-3 of ``pipelines.estimators``)."""
 from __future__ import annotations
 
-import numbers
-
-import lightning.pytorch as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -49,157 +16,10 @@ from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
 from finetune.tangents import tangents
 from finetune.unroll import UnrolledEncoder
 from pretrain.checks import check_float, check_int
-from pretrain.names import KINDS, OPTIMIZERS
-from pretrain.presets import accepted_keys, make_layer
-from pretrain.stack import GreedyStack
 
 from pipelines.data.datamodule import ArrayDataModule
-from pipelines.training import KeepBest, fit_layer, make_trainer, quiet_lightning
-
-__all__ = ["StackedPretrainer", "StackedMLPClassifier", "MTCClassifier"]
-
-
-# -- validation of hyperparameters (in fit, never in __init__) ----------------------------------
-def _seed(random_state) -> int:
-    """An integer seed: ``random_state`` itself when it is a non-negative int, else one drawn
-    from it (``None`` or a ``RandomState``), as scikit-learn's ``check_random_state`` reads it."""
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state must be a non-negative integer, None or a "
-                             f"numpy RandomState, got {random_state!r}")
-        return int(random_state)
-    try:
-        rng = check_random_state(random_state)
-    except ValueError:
-        raise ValueError(f"random_state must be a non-negative integer, None or a numpy "
-                         f"RandomState, got {random_state!r}") from None
-    return int(rng.randint(0, 2**31 - 1))
-
-
-def _check_layers(layers) -> list[tuple[str, int]]:
-    """``layers`` as a list of ``(kind, n_hidden)``; a ValueError naming ``layers`` otherwise."""
-    try:
-        specs = [tuple(spec) for spec in layers]
-    except TypeError:
-        specs = None
-    if not specs:
-        raise ValueError(f"layers must be a non-empty sequence of (kind, n_hidden) pairs, e.g. "
-                         f"[('cae', 100)], got {layers!r}")
-    out = []
-    for k, spec in enumerate(specs):
-        if len(spec) != 2:
-            raise ValueError(f"layers[{k}] must be a (kind, n_hidden) pair, got {spec!r}")
-        kind, n_hidden = spec
-        if kind not in KINDS:
-            raise ValueError(f"layers[{k}] has unknown kind {kind!r}: choose one of "
-                             f"{', '.join(KINDS)}")
-        out.append((kind, check_int(f"layers[{k}] n_hidden", n_hidden, 1)))
-    return out
-
-
-def _quiet_seed(seed: int) -> None:
-    """Lightning's global seed, for any code below that draws from torch's or numpy's global
-    RNG (the layers, the head and the tangents take their own seeded generators)."""
-    quiet_lightning()
-    L.seed_everything(seed, workers=False, verbose=False)
-
-
-def _tensor(X: np.ndarray) -> torch.Tensor:
-    """A float32 tensor that owns its memory: training never writes into the caller's array."""
-    return torch.tensor(X, dtype=torch.float32)
-
-
-# -- the transformer ----------------------------------------------------------------------------
-class StackedPretrainer(TransformerMixin, BaseEstimator):
-    """Greedy layer-wise pretraining as a scikit-learn transformer: Eq. (1).
-
-    Parameters
-    ----------
-    layers : sequence of ``(kind, n_hidden)`` pairs, bottom-up; kinds of ``pretrain.presets.KINDS``.
-    epochs : training epochs per layer (>= 0; 0 leaves each layer at its seeded initialisation).
-    batch_size : rows per batch.
-    lr : learning rate of every layer, or None for each kind's default.
-    optimizer : ``"sgd"`` or ``"adam"`` for the autoencoder kinds, or None for their default;
-        RBMs keep their contrastive-divergence SGD and do not take it.
-    random_state : int, None or ``numpy.random.RandomState``; see the module docstring.
-    layer_params : None, or one dict per layer of ``make_layer`` overrides (they win over
-        ``lr`` and ``optimizer``).
-
-    Attributes
-    ----------
-    stack_ : the trained ``pretrain.stack.Stack``.
-    n_features_in_ : number of input features d.
-
-    Inputs must lie in the range the bottom layer's loss expects: [0, 1] for the default
-    cross-entropy reconstruction (scale pixels by their maximum).
-    """
-
-    def __init__(self, layers=(("cae", 100),), *, epochs=10, batch_size=64, lr=None,
-                 optimizer=None, random_state=0, layer_params=None):
-        self.layers = layers
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.optimizer = optimizer
-        self.random_state = random_state
-        self.layer_params = layer_params
-
-    def _build_layers(self, n_visible: int, seed: int) -> list:
-        specs = _check_layers(self.layers)
-        if self.lr is not None:
-            check_float("lr", self.lr, low=0.0, low_open=True)
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be None or one of {', '.join(OPTIMIZERS)}, "
-                             f"got {self.optimizer!r}")
-        params = self.layer_params
-        if params is None:
-            params = [{}] * len(specs)
-        elif (not isinstance(params, (list, tuple)) or len(params) != len(specs)
-              or not all(isinstance(p, dict) for p in params)):
-            raise ValueError(f"layer_params must be None or a list of {len(specs)} dicts (one per "
-                             f"layer), got {params!r}")
-        built, n_in = [], n_visible
-        for k, ((kind, n_hidden), overrides) in enumerate(zip(specs, params)):
-            kwargs = {"seed": seed * 100 + k}
-            if self.lr is not None:
-                kwargs["lr"] = self.lr
-            if self.optimizer is not None and "optimizer" in accepted_keys(kind):
-                kwargs["optimizer"] = self.optimizer
-            kwargs.update(overrides)
-            try:
-                built.append(make_layer(kind, n_in, n_hidden, **kwargs))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"layers[{k}] ({kind}, layer_params[{k}]={overrides!r}): "
-                                 f"{e}") from None
-            n_in = n_hidden
-        return built
-
-    def fit(self, X, y=None):
-        """Pretrain the stack on ``X`` (N, d); ``y`` is ignored. Returns ``self``."""
-        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
-        epochs = check_int("epochs", self.epochs, 0)
-        batch_size = check_int("batch_size", self.batch_size, 1)
-        seed = _seed(self.random_state)
-        greedy = GreedyStack(self._build_layers(X.shape[1], seed))
-        _quiet_seed(seed)
-
-        def fit(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
-            fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
-                      where=f"layers[{k}]")
-
-        self.stack_ = greedy.fit(_tensor(X), fit).eval()
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """Eq. (1): the stack's top code of every row, (N, d) -> (N, n_hidden) float32."""
-        check_is_fitted(self, "stack_")
-        X = validate_data(self, X, dtype=np.float32, reset=False)
-        return self.stack_.transform(_tensor(X)).numpy()  # Eq. (1)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]  # codes are float32 for any input
-        return tags
+from pipelines.estimators.pretrainer import StackedPretrainer, _check_layers, _quiet_seed, _seed, _tensor
+from pipelines.training import KeepBest, make_trainer
 
 
 # -- the classifiers ----------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""``layerwise bench semi-supervised-modern``: the Ladder network and virtual adversarial training
+on the semi-supervised suite's splits, beside their papers (``pipelines.bench.papers``) and our MTC.
+
+The cells are those of ``semi_supervised`` (the same L, label draws, validation settings,
+stack and pool), with the columns: ``nn`` (an MLP without pretraining), ``cae`` (the MLP on
+the CAE+H stack), ``mtc_all`` (the MTC, penalty on labeled + unlabeled), ``ladder`` and
+``vat`` from fresh weights of the same shape, ``ladder_pretrained`` and ``vat_pretrained``
+from the stack's weights. VAT and the Ladder use the whole pool as unlabeled data. A suite of
+its own, so that the semi-supervised suite's results folders keep their names.
+"""
+from __future__ import annotations
+
+from pipelines.bench.cells import Cell
+from pipelines.bench.papers import LABELS, MNIST_VALID, MODERN_SEMI_PAPER, MODERN_SEMI_STD, SEMI_PAPER
+from pipelines.bench.profiles import Profile, describe
+from pipelines.bench.suites import semi_supervised
+from pipelines.bench.suites.classify import classify
+from pipelines.reporting.figures import lines_figure
+from pipelines.reporting.tables import pivot_markdown, summary_markdown
+
+NAME = "semi-supervised-modern"
+KEY_NAMES = semi_supervised.KEY_NAMES
+FIELDS = semi_supervised.FIELDS
+METHODS = {"nn": ("cae_h-2", "mlp_no_pretraining"), "cae": ("cae_h-2", "mlp"),
+           "mtc_all": ("cae_h-2", "mtc_all"),
+           "ladder": ("cae_h-2", "ladder_no_pretraining"), "ladder_pretrained": ("cae_h-2", "ladder"),
+           "vat": ("cae_h-2", "vat_no_pretraining"), "vat_pretrained": ("cae_h-2", "vat")}
+#: ours -> the paper whose figure stands beside it
+COLUMN = {"nn": "NN", "cae": "CAE", "mtc_all": "MTC", "ladder": "Ladder", "ladder_pretrained": "Ladder",
+          "vat": "VAT", "vat_pretrained": "VAT"}
+
+run_cell = classify
+
+
+def cells(p: Profile) -> list[Cell]:
+    return semi_supervised.cells(p, METHODS)
+
+
+def paper(keys: dict) -> float | None:
+    col, L = COLUMN.get(keys["method"]), keys["labels"]
+    if col in MODERN_SEMI_PAPER:
+        return MODERN_SEMI_PAPER[col].get(L)
+    return SEMI_PAPER[col][LABELS.index(L)] if col and L in LABELS else None
+
+
+def markdown(summaries, results, p: Profile) -> str:
+    title = f"Semi-supervised MNIST, Ladder and VAT, test error (%), ours (paper) ({describe(p, *FIELDS)})"
+    parts = [f"### {title}", ""]
+    for valid, what in (("paper", f"a large validation set ({p.valid_cap or MNIST_VALID} images; "
+                                  f"the papers: {MNIST_VALID})"),
+                        ("realistic", "a validation set of L labeled images")):
+        sub = [s for s in summaries if s.keys["validation"] == valid]
+        parts.append(pivot_markdown(sub, "labels", "method", title=f"selection on {what}"))
+    def figure_text(name: str, L: int, v: float) -> str:
+        std = MODERN_SEMI_STD.get(name, {}).get(L)
+        return f"{v}" + ("" if std is None else f" ± {std}") + f" with {L} labels"
+
+    published = "; ".join(f"{name} " + ", ".join(figure_text(name, L, v) for L, v in figs.items())
+                          for name, figs in MODERN_SEMI_PAPER.items())
+    notes = ["Methods: nn = MLP without pretraining; cae = MLP on the CAE+H stack; mtc_all = MTC, tangent "
+             "penalty on labeled + unlabeled; ladder, vat = Ladder network, VAT from fresh weights of the "
+             "stack's shape; *_pretrained = the same from the stack's weights. The Ladder's and VAT's papers "
+             "stand beside both of their columns; whether pretraining helps is *_pretrained against the "
+             "column without.",
+             f"Published (permutation-invariant MNIST): {published}; their networks are larger "
+             "(Ladder: 784-1000-500-250-250-250-10) and trained longer than a profile's.",
+             "One stack (seed 0) is shared by every label count and seed; seeds draw the labels, the same "
+             "draws as the semi-supervised suite's."]
+    parts.append(summary_markdown(summaries, KEY_NAMES, title="All cells", notes=notes))
+    return "\n".join(parts)
+
+
+def figure(summaries, results, p: Profile):
+    ref = {m: dict(MODERN_SEMI_PAPER[c]) for m, c in (("ladder", "Ladder"), ("vat", "VAT"))}
+    ref.update({m: dict(zip(LABELS, SEMI_PAPER[c]))
+                for m, c in (("nn", "NN"), ("cae", "CAE"), ("mtc_all", "MTC"))})
+    return lines_figure(summaries, x_key="labels", line_key="method", panel_key="validation", paper=ref,
+                        ylabel="test error (%)",
+                        title=f"Semi-supervised MNIST, Ladder and VAT ({p.name} profile)")
+
+
+def title(p: Profile) -> str:
+    return f"Semi-supervised MNIST, Ladder and VAT ({describe(p, *FIELDS)})"

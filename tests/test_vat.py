@@ -1,0 +1,169 @@
+"""Virtual adversarial training: the power iteration against the closed-form Fisher matrix of a
+linear softmax model, the penalty's zero and its weight gradient, and the module's terms."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.classifier import Classifier
+from finetune.unroll import UnrolledEncoder
+from finetune.vat import (VAT, adversarial_direction, entropy_from_logits, kl_from_logits,
+                          virtual_adversarial_loss)
+from pretrain.autoencoder import AutoEncoder
+from pretrain.stack import Stack
+
+D, C = 6, 4
+
+
+def linear(W, b):
+    return lambda x: x @ W.T + b
+
+
+def fisher(W, b, x):
+    """H(x) = W^T (diag p - p p^T) W of a linear softmax model at one input x (d,): (d, d)."""
+    p = torch.softmax(W @ x + b, dim=0)
+    return W.T @ (torch.diag(p) - torch.outer(p, p)) @ W
+
+
+@pytest.fixture
+def model():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(C, D, generator=g, dtype=torch.float64)
+    b = torch.randn(C, generator=g, dtype=torch.float64)
+    x = torch.randn(3, D, generator=g, dtype=torch.float64)
+    d0 = torch.randn(3, D, generator=g, dtype=torch.float64)
+    return W, b, x, d0
+
+
+def cos(u, v):
+    return float((u @ v).abs() / (u.norm() * v.norm()))
+
+
+def test_two_classes_one_iteration_gives_the_fisher_eigenvector(model):
+    """With 2 classes H = p_1 p_2 (w_1 - w_2)(w_1 - w_2)^T has rank 1: one iteration from any
+    start lands on its only eigenvector."""
+    W, b, x, d0 = model
+    W2, b2 = W[:2], b[:2]
+    d = adversarial_direction(linear(W2, b2), x, xi=1e-6, n_power=1, d=d0)
+    for n in range(len(x)):
+        eigval, eigvec = torch.linalg.eigh(fisher(W2, b2, x[n]))
+        assert eigval[-2].abs() < 1e-12 * eigval[-1]  # rank 1
+        assert cos(d[n], eigvec[:, -1]) > 1 - 1e-8
+        assert cos(d[n], W2[0] - W2[1]) > 1 - 1e-8
+    assert torch.allclose(d.norm(dim=1), torch.ones(len(x), dtype=torch.float64))
+
+
+def test_one_iteration_is_one_fisher_product_and_many_find_the_leading_eigenvector(model):
+    W, b, x, d0 = model
+    one = adversarial_direction(linear(W, b), x, xi=1e-6, n_power=1, d=d0)
+    many = adversarial_direction(linear(W, b), x, xi=1e-6, n_power=200, d=d0)
+    for n in range(len(x)):
+        H = fisher(W, b, x[n])
+        assert cos(one[n], H @ d0[n]) > 1 - 1e-8  # Eq. (3): d <- H d / ||H d||
+        eigval, eigvec = torch.linalg.eigh(H)
+        assert eigval[-1] > 1.2 * eigval[-2]  # a gap, so the iteration converges
+        assert cos(many[n], eigvec[:, -1]) > 1 - 1e-6
+        assert cos(one[n], eigvec[:, -1]) < 1 - 1e-3  # one step from a random start is not there yet
+
+
+def test_penalty_is_half_the_leading_eigenvalue_times_epsilon_squared(model):
+    """Eq. (2) at r_adv = epsilon v_1: LDS ~= epsilon^2 lambda_1 / 2 for a small epsilon."""
+    W, b, x, d0 = model
+    eps = 1e-3
+    lds = virtual_adversarial_loss(linear(W, b), x, epsilon=eps, xi=1e-6, n_power=200, d=d0)
+    for n in range(len(x)):
+        lam = torch.linalg.eigvalsh(fisher(W, b, x[n]))[-1]
+        assert float(lds[n]) == pytest.approx(0.5 * eps ** 2 * float(lam), rel=1e-2)
+
+
+def test_penalty_and_direction_vanish_for_a_constant_classifier(model):
+    _, b, x, d0 = model
+    W = torch.zeros(C, D, dtype=torch.float64)  # logits = b whatever x: a constant classifier
+    d = adversarial_direction(linear(W, b), x, xi=1e-6, n_power=3, d=d0)
+    assert torch.equal(d, torch.zeros_like(d))
+    lds = virtual_adversarial_loss(linear(W, b), x, epsilon=2.0, xi=1e-6, n_power=1, d=d0)
+    assert torch.equal(lds, torch.zeros(len(x), dtype=torch.float64))
+    # and a non-constant one is penalised
+    assert float(virtual_adversarial_loss(linear(model[0], b), x, epsilon=2.0, xi=1e-6,
+                                          n_power=1, d=d0).min()) > 1e-3
+
+
+def test_weight_gradient_of_the_penalty_in_closed_form(model):
+    """With r_adv and p(. | x) held constant (Eqs. 1, 5), d LDS / d logits' = q - p at
+    logits' = W (x + r_adv) + b: grad_W = sum_n (q_n - p_n)(x_n + r_n)^T, grad_b = sum_n (q_n - p_n)."""
+    W, b, x, d0 = model
+    W, b = W.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    eps = 0.5
+    lds = virtual_adversarial_loss(linear(W, b), x, epsilon=eps, xi=1e-6, n_power=1, d=d0)
+    gW, gb = torch.autograd.grad(lds.sum(), (W, b))
+    r = eps * adversarial_direction(linear(W, b), x, xi=1e-6, n_power=1, d=d0)  # the same r_adv
+    with torch.no_grad():
+        p = torch.softmax(x @ W.T + b, dim=1)
+        q = torch.softmax((x + r) @ W.T + b, dim=1)
+    assert torch.allclose(gW, (q - p).T @ (x + r), atol=1e-12)
+    assert torch.allclose(gb, (q - p).sum(0), atol=1e-12)
+    # the same by central finite differences of Eq. (5) at the fixed r_adv and target p
+    h, k = 1e-6, (1, 2)
+    lds_at = lambda Wk: kl_from_logits(x @ W.detach().T + b.detach(), (x + r) @ Wk.T + b.detach()).sum()
+    E = torch.zeros_like(W)
+    E[k] = h
+    fd = (lds_at(W.detach() + E) - lds_at(W.detach() - E)) / (2 * h)
+    assert float(fd) == pytest.approx(float(gW[k]), rel=1e-6)
+
+
+def test_kl_and_entropy_from_logits_in_closed_form():
+    lp, lq = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    p, q = torch.softmax(lp, 1)[0], torch.softmax(lq, 1)[0]
+    assert float(kl_from_logits(lp, lq)) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
+    assert float(kl_from_logits(lp, lp)) == 0.0
+    assert float(entropy_from_logits(torch.zeros(1, 4))) == pytest.approx(float(torch.log(torch.tensor(4.0))))
+
+
+# -- the module ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def encoder():
+    torch.manual_seed(0)
+    return UnrolledEncoder(Stack([AutoEncoder(8, 5, seed=1)]))
+
+
+def test_without_penalty_vat_is_the_classifier_term_for_term(encoder):
+    torch.manual_seed(1)
+    x, y = torch.rand(10, 8), torch.randint(0, 3, (10,))
+    base = Classifier(encoder, 3, seed=2)
+    vat = VAT(UnrolledEncoder(Stack([AutoEncoder(8, 5, seed=1)])), 3, alpha=0.0, entropy=0.0, seed=2)
+    vat.load_state_dict(base.state_dict())
+    t_base = base.loss_terms((x, y), stage="train")
+    t_vat = vat.loss_terms({"labeled": (x, y), "unlabeled": (torch.rand(7, 8),)}, stage="train")
+    assert t_vat.keys() == t_base.keys()
+    for k in t_base:
+        assert torch.equal(t_vat[k], t_base[k]), k
+    g_base = torch.autograd.grad(t_base["loss"], list(base.parameters()))
+    g_vat = torch.autograd.grad(t_vat["loss"], list(vat.parameters()))
+    for a, b in zip(g_base, g_vat):
+        assert torch.equal(a, b)
+
+
+def test_terms_on_labeled_and_unlabeled_rows(encoder):
+    torch.manual_seed(1)
+    x, y, x_u = torch.rand(10, 8), torch.randint(0, 3, (10,)), torch.rand(6, 8)
+    vat = VAT(encoder, 3, alpha=2.0, entropy=0.5, epsilon=0.3, seed=2)
+    torch.manual_seed(5)
+    terms = vat.loss_terms({"labeled": (x, y), "unlabeled": (x_u,)}, stage="train")
+    x_all = torch.cat([x, x_u])
+    torch.manual_seed(5)  # the same random start d
+    lds = virtual_adversarial_loss(vat, x_all, epsilon=0.3, xi=1e-6, n_power=1)
+    assert torch.allclose(terms["vat"], 2.0 * lds.mean())  # Eq. (6), over all 16 rows
+    assert torch.allclose(terms["entropy"], 0.5 * entropy_from_logits(vat(x_all)).mean())  # Eq. (7)
+    assert torch.allclose(terms["ce"], F.cross_entropy(vat(x), y))
+    assert torch.allclose(terms["loss"], terms["ce"] + terms["vat"] + terms["entropy"])  # Eq. (8)
+    assert float(terms["vat"].detach()) > 0
+    val = vat.loss_terms((x, y), stage="val")
+    assert set(val) == {"ce", "error", "loss"}  # no penalty when evaluating
+
+
+@pytest.mark.parametrize("kw, name", [({"alpha": -1.0}, "alpha"), ({"epsilon": 0.0}, "epsilon"),
+                                      ({"xi": -1e-6}, "xi"), ({"n_power": 0}, "n_power"),
+                                      ({"entropy": -0.1}, "entropy")])
+def test_bad_settings_name_themselves(encoder, kw, name):
+    with pytest.raises(ValueError, match=name):
+        VAT(encoder, 3, **kw)
