@@ -30,6 +30,19 @@ from pretrain.module import Module, batch_input
 from .unroll import MLP, UnrolledDecoder, UnrolledEncoder
 
 
+def split_batch(batch) -> tuple:
+    """The labeled part of a batch and its unlabeled part (None without one): a semi-supervised
+    batch is ``{"labeled": ..., "unlabeled": ...}`` (``PairedLoader``), a supervised one the
+    labeled tuple alone."""
+    if not isinstance(batch, dict):
+        return batch, None
+    unknown = set(batch) - {"labeled", "unlabeled"}
+    if unknown or "labeled" not in batch:
+        raise ValueError(f"a dict batch needs the keys 'labeled' and optionally 'unlabeled', "
+                         f"got {sorted(batch)}")
+    return batch["labeled"], batch.get("unlabeled")
+
+
 class Classifier(Module):
     """An MLP (encoder + softmax head) trained on Eq. (3).
 

@@ -58,7 +58,7 @@ from torch import nn
 from pretrain.checks import check_bool, check_positive
 from pretrain.units import activation
 
-from .classifier import Classifier
+from .classifier import Classifier, split_batch
 from .unroll import MLP, UnrolledEncoder
 
 #: eps of Eq. (3), and the momentum of the running averages used by the clean encoder in eval
@@ -245,14 +245,7 @@ class Ladder(Classifier):
     # -- the objective ----------------------------------------------------------------------
     def loss_terms(self, batch, *, stage: str) -> dict[str, torch.Tensor]:
         """Named terms of a Ladder batch (see the module docstring); ``loss`` is Eq. (10)."""
-        if isinstance(batch, dict):
-            unknown = set(batch) - {"labeled", "unlabeled"}
-            if unknown or "labeled" not in batch:
-                raise ValueError(f"a dict batch needs the keys 'labeled' and optionally 'unlabeled', "
-                                 f"got {sorted(batch)}")
-            labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        else:
-            labeled, unlabeled = batch, None
+        labeled, unlabeled = split_batch(batch)
         x, y = labeled[0], labeled[1]
         self._check_labeled(x, y)
         if stage != "train":

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from pretrain.checks import check_int, check_positive
 
-from .classifier import Classifier
+from .classifier import Classifier, split_batch
 from .tangent_prop import tangent_penalty
 from .unroll import UnrolledDecoder, UnrolledEncoder
 
@@ -85,14 +85,7 @@ class MTC(Classifier):
 
     def loss_terms(self, batch, *, stage: str) -> dict[str, torch.Tensor]:
         """Named terms of an MTC batch (see the module docstring); ``loss`` is Eq. (3)."""
-        if isinstance(batch, dict):
-            unknown = set(batch) - {"labeled", "unlabeled"}
-            if unknown or "labeled" not in batch:
-                raise ValueError(f"a dict batch needs the keys 'labeled' and optionally 'unlabeled', "
-                                 f"got {sorted(batch)}")
-            labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        else:
-            labeled, unlabeled = batch, None
+        labeled, unlabeled = split_batch(batch)
         if len(labeled) not in (2, 3):
             raise ValueError(f"a labeled batch is (x, y, U) or, for evaluation, (x, y); got "
                              f"{len(labeled)} items")

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from pretrain.checks import check_int, check_positive
 
-from .classifier import Classifier
+from .classifier import Classifier, split_batch
 from .unroll import UnrolledDecoder, UnrolledEncoder
 
 
@@ -136,14 +136,7 @@ class VAT(Classifier):
 
     def loss_terms(self, batch, *, stage: str) -> dict[str, torch.Tensor]:
         """Named terms of a VAT batch (see the module docstring); ``loss`` is Eq. (8)."""
-        if isinstance(batch, dict):
-            unknown = set(batch) - {"labeled", "unlabeled"}
-            if unknown or "labeled" not in batch:
-                raise ValueError(f"a dict batch needs the keys 'labeled' and optionally 'unlabeled', "
-                                 f"got {sorted(batch)}")
-            labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        else:
-            labeled, unlabeled = batch, None
+        labeled, unlabeled = split_batch(batch)
         x, y = labeled[0], labeled[1]
         terms = self.supervised_terms(x, y)
         hp = self.hparams
