@@ -9,6 +9,9 @@ command exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
 A signal that arrives while MLflow, SQLAlchemy or a checkpoint writer is on the stack is held
 back, and raised 50 ms later once none of them is: an exception in the middle of a store's
 transaction would leave its connection locked, and the runs could not be marked KILLED.
+Lightning's own SIGTERM handler runs first and may end ``fit`` within those 50 ms with its
+``SIGTERMException`` (a ``SystemExit`` with code 0): ``training.Trainer`` turns that into
+:func:`interrupted`, so the run ends KILLED with 143 whichever handler acts first.
 """
 from __future__ import annotations
 
@@ -48,6 +51,16 @@ def _raise(signum, frame) -> None:
         return
     _pending.clear()
     raise Interrupted(signum)
+
+
+def interrupted(signum: int) -> Interrupted:
+    """The exception for a signal that another handler acted on first; the signal is no longer
+    held back, so it is not raised a second time."""
+    if signum in _pending:
+        _pending.remove(signum)
+    if not _pending and hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return Interrupted(signum)
 
 
 def _retry(signum, frame) -> None:

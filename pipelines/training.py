@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pipelines import progress
+from pipelines import interrupts, progress
 from pipelines.data.datamodule import ArrayDataModule
 
 
@@ -39,14 +41,26 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*dataset source can be interpreted in multiple ways.*")
 
 
+class Trainer(L.Trainer):
+    """Lightning's Trainer, whose ``fit`` ends on SIGTERM with :class:`interrupts.Interrupted`
+    (exit code 143) rather than Lightning's ``SIGTERMException``, a ``SystemExit`` with code 0
+    that would end a killed run FINISHED-looking with status 0."""
+
+    def fit(self, *args, **kwargs) -> None:
+        try:
+            return super().fit(*args, **kwargs)
+        except SIGTERMException:
+            raise interrupts.interrupted(signal.SIGTERM) from None
+
+
 def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(),
                  root_dir: str | os.PathLike | None = None, progress_bar: bool = False,
-                 checkpointing: bool = False, **overrides) -> L.Trainer:
+                 checkpointing: bool = False, **overrides) -> Trainer:
     """A Trainer with the config's flags (accelerator, devices, strategy, precision, ...)."""
     flags = {} if trainer_cfg is None else trainer_cfg.model_dump()
     flags.update(overrides)
     deterministic = flags.pop("deterministic", True)
-    return L.Trainer(
+    return Trainer(
         max_epochs=max_epochs,
         logger=logger,
         callbacks=[*callbacks, EpochProgress()],
