@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator
 
 from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
-from pretrain.checks import check_choice
-from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, UNITS
+from pretrain.names import OPTIMIZERS
+
+from pipelines.layer_config import LayerConfig, Section
 
 FINETUNE_METHODS = ("mlp", "mtc", "mtc_all", "vat", "ladder", "deep_autoencoder")
 BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
@@ -29,11 +30,7 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the dotted key and the fix."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """Which dataset and how it is split."""
 
     name: str = "digits"
@@ -52,59 +49,7 @@ class DataConfig(_Section):
     NOT_DIGESTED: ClassVar[tuple[str, ...]] = ("image_shape",)
 
 
-class LayerConfig(_Section):
-    """One layer of the stack: a kind (a preset) plus the hyperparameters it overrides.
-
-    Fields left at None take the preset's value (``pretrain.presets``); the layer itself
-    validates the values and names the bad one.
-    """
-
-    kind: str
-    n_hidden: int = Field(ge=1)
-    epochs: int | None = Field(None, ge=1)       # None: pretrain.epochs
-    batch_size: int | None = Field(None, ge=1)   # None: pretrain.batch_size
-    # optimisation (every kind)
-    lr: float | None = Field(None, gt=0)
-    optimizer: Literal[OPTIMIZERS] | None = None
-    momentum: float | None = Field(None, ge=0, le=1)
-    weight_decay: float | None = Field(None, ge=0)
-    # autoencoders
-    hidden_unit: Literal[UNITS] | None = None
-    visible_unit: Literal[UNITS] | None = None
-    tied: bool | None = None
-    loss: Literal[LOSSES] | None = None
-    corruption: Literal[CORRUPTIONS] | None = None
-    corruption_level: float | None = Field(None, ge=0)
-    contraction: float | None = Field(None, ge=0)
-    higher_order: float | None = Field(None, ge=0)
-    higher_order_sigma: float | None = Field(None, ge=0)
-    higher_order_copies: int | None = Field(None, ge=1)
-    sparsity_l1: float | None = Field(None, ge=0)
-    sparsity_kl: float | None = Field(None, ge=0)
-    sparsity_target: float | None = Field(None, gt=0, lt=1)
-    # RBMs
-    k: int | None = Field(None, ge=1)
-    persistent: bool | None = None
-    sigma: float | None = Field(None, gt=0)
-    centred: bool | None = None                  # centred gradient (pretrain.rbm, Eqs. 14-16)
-    centring_rate: float | None = Field(None, gt=0, le=1)
-
-    #: fields added after layer caches existed: left out of the digest while unset, so that the
-    #: stacks cached before them are found again (a field set to any value is in the digest)
-    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("centred", "centring_rate")
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str) -> str:
-        return check_choice("layer kind", v, KINDS)
-
-    def layer_kwargs(self) -> dict[str, Any]:
-        """The overrides passed to ``pretrain.presets.make_layer`` (fields that were set)."""
-        skip = {"kind", "n_hidden", "epochs", "batch_size"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
-
-
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """The greedy stack: layers bottom-up, and defaults every layer may override."""
 
     layers: list[LayerConfig] = Field(default_factory=list)
@@ -112,7 +57,7 @@ class PretrainConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(Section):
     """Unrolling and supervised fine-tuning: the MLP, the MTC, VAT, the Ladder, the deep autoencoder."""
 
     labels: int | None = Field(50, ge=1)   # labeled examples L, class-balanced; None = all
@@ -164,7 +109,7 @@ class FinetuneConfig(_Section):
         return v
 
 
-class BaselinesConfig(_Section):
+class BaselinesConfig(Section):
     """scikit-learn baselines, on raw inputs and on the stack's codes."""
 
     methods: list[str] = Field(default_factory=lambda: ["svm", "knn"])
@@ -180,7 +125,7 @@ class BaselinesConfig(_Section):
         return v
 
 
-class TrainerConfig(_Section):
+class TrainerConfig(Section):
     """Lightning Trainer flags, passed through unchanged."""
 
     accelerator: str = "cpu"
@@ -191,14 +136,14 @@ class TrainerConfig(_Section):
     deterministic: bool | Literal["warn"] = True  # "warn": deterministic where CUDA has a kernel
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     """Where MLflow writes: None means $MLFLOW_TRACKING_URI, else ./mlruns."""
 
     uri: str | None = None
     experiment: str = "layerwise"
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     """A whole pipeline run: dataset, split, stack, fine-tuning, baselines, trainer, tracking."""
 
     name: str = "quickstart"
