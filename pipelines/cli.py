@@ -103,14 +103,20 @@ def tune(config: str, space: str, trials: int, study: str | None, storage: str |
          pruner: str, stage: str, overrides: tuple[str, ...], best_path: str | None) -> None:
     """Search hyperparameters on the validation set; test the best configuration once."""
     from pipelines.config import ConfigError
+    from pipelines.interrupts import Interrupted, signals_raise
     from pipelines.tune import tune as run_tune
 
     try:
-        res = run_tune(config, space, trials=trials, study=study, storage=storage,
-                       overrides=list(overrides), sampler=sampler, pruner=pruner, stage=stage,
-                       best_path=best_path, log=lambda line: click.echo(line, err=True))
+        with signals_raise():
+            res = run_tune(config, space, trials=trials, study=study, storage=storage,
+                           overrides=list(overrides), sampler=sampler, pruner=pruner, stage=stage,
+                           best_path=best_path, log=lambda line: click.echo(line, err=True))
     except (ConfigError, ValueError, FileNotFoundError, ConnectionError, RuntimeError) as e:
         _fail(str(e))
+    except Interrupted as e:
+        click.echo(f"error: {e}; the study's runs are marked KILLED and its running trial failed. "
+                   f"Run the same command again to go on with the study.", err=True)
+        sys.exit(e.exit_code)
     click.echo(res.trials_markdown)
     row = res.best_row
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(res.states.items()))

@@ -29,12 +29,13 @@ from pipelines.config import ConfigError, config_from_dict, load_config
 from pipelines.data.datasets import load_dataset
 from pipelines.data.splits import make_split
 from pipelines.files import atomic_write_text
+from pipelines.interrupts import Interrupted
 from pipelines.reporting.tables import Row
 from pipelines.run import RunResult, run_pipeline
 from pipelines.search import records
 from pipelines.search.space import Space, as_overrides, check_space, load_space
 from pipelines.search.study import (FINISHED, SAMPLERS, count, dead_trials, default_storage, fail_trial,
-                                    make_pruner, make_sampler, open_storage)
+                                    make_pruner, make_sampler, open_storage, own_running_trials)
 from pipelines.search.trial import make_objective, trial_config
 from pipelines.stages.checks import check_before_writing
 from pipelines.training import quiet_lightning
@@ -170,8 +171,13 @@ def tune(config: str | Path | None, space_path: str | Path, *, trials: int, stud
         failed_here = 0
         while count(opt, FINISHED) + count(opt, [optuna.trial.TrialState.RUNNING]) < trials:
             ran: list = []
-            opt.optimize(objective, n_trials=1, catch=(ValueError, FloatingPointError),
-                         callbacks=[lambda s, t: ran.append(t)])
+            try:
+                opt.optimize(objective, n_trials=1, catch=(ValueError, FloatingPointError),
+                             callbacks=[lambda s, t: ran.append(t)])
+            except Interrupted:  # Optuna leaves the trial RUNNING on a BaseException
+                for t in own_running_trials(opt):
+                    fail_trial(rdb, opt, t.number)
+                raise
             if ran and ran[0].state == optuna.trial.TrialState.FAIL:
                 failed_here += 1
                 log(f"trial {ran[0].number}: failed ({ran[0].user_attrs.get('error', 'see its MLflow run')})")

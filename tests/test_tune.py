@@ -342,3 +342,35 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
     killed = mlflow.get_run(trials[1].user_attrs["mlflow_run_id"])
     assert killed.info.status == "FAILED" and killed.data.tags["layerwise.state"] == "FAIL"
     mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143)])
+def test_a_signal_mid_trial_exits_with_its_code_and_closes_the_trial_and_the_runs(tmp_path, sig, code):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    (tmp_path / "mlruns").mkdir()
+    proc = _cli(tmp_path, 2)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # the first trial running, its MLflow run open
+        try:
+            trials = _trials(tmp_path)
+        except Exception:  # the study is not created yet
+            trials = []
+        if [t.state.name for t in trials] == ["RUNNING"] and "mlflow_run_id" in trials[0].user_attrs:
+            break
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    else:
+        pytest.fail("never saw a running trial")
+    time.sleep(1.0)  # into the trial's training
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, out[-3000:]
+    assert "runs are marked KILLED" in out
+    trials = _trials(tmp_path)
+    assert [t.state.name for t in trials] == ["FAIL"]  # not left RUNNING for the next process
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["layerwise"])
+    status = dict(zip(runs["tags.layerwise.role"].fillna("stage"), runs["status"]))
+    assert status["study"] == "KILLED" and status["trial"] == "KILLED", runs[["tags.mlflow.runName", "status"]]
+    assert "RUNNING" not in set(runs["status"])  # the stages below: finished, or KILLED
+    mlflow.set_tracking_uri(None)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.visualization import matplotlib as optuna_plots
 
 from pipelines import tracking
+from pipelines.interrupts import Interrupted
 from pipelines.reporting.tables import fmt
 
 STATE_TAG = "layerwise.state"
@@ -48,11 +49,11 @@ def study_run(experiment_id: str, study: str, *, storage: str, tags: dict[str, s
 @contextlib.contextmanager
 def resumed(run_id: str) -> Iterator["mlflow.ActiveRun"]:
     """The study's run made active again for this invocation; ended FINISHED, FAILED on an
-    error, KILLED on Ctrl-C (as ``tracking.start_run``)."""
+    error, KILLED on Ctrl-C or SIGTERM (as ``tracking.start_run``)."""
     run = mlflow.start_run(run_id=run_id)
     try:
         yield run
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         mlflow.end_run(status="KILLED")
         raise
     except BaseException:

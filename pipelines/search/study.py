@@ -149,6 +149,13 @@ def dead_trials(study: optuna.Study) -> list:
             and t.user_attrs["pid"] != os.getpid() and not _alive(t.user_attrs["pid"])]
 
 
+def own_running_trials(study: optuna.Study) -> list:
+    """Trials this process is running (an interrupted ``optimize`` leaves them RUNNING)."""
+    here = socket.gethostname()
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("host") == here and t.user_attrs.get("pid") == os.getpid()]
+
+
 def fail_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> None:
     """Mark trial ``number`` FAIL in the storage (public storage API)."""
     study_id = storage.get_study_id_from_name(study.study_name)
