@@ -18,12 +18,11 @@ import torch
 
 from pipelines import progress, tracking
 from pipelines.config import PipelineConfig
-from pipelines.data.datasets import load_dataset
-from pipelines.data.splits import make_split
 from pipelines.files import atomic_write_text
 from pipelines.models import registered_name
 from pipelines.reporting.tables import Row, to_csv, to_markdown
 from pipelines.stages.baselines import run_baselines
+from pipelines.stages.inputs import config_dataset, config_split
 from pipelines.stages.finetuning import fit_classifier, fit_deep_autoencoder
 from pipelines.stages.checks import check_before_writing
 from pipelines.stages.pretraining import pretrain_stack, tracked_layer_fitter
@@ -76,11 +75,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns", evaluate_t
     root = Path(root)
     # bad data, splits, layers and trainer flags fail here, before anything is written
     with progress.stage(f"checking the config and the data ({cfg.data.name})"):
-        ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path,
-                          seed=cfg.seed, download=cfg.data.download, image_shape=cfg.data.image_shape)
-        split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed, n_valid=cfg.data.n_valid,
-                           valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test,
-                           pool=cfg.data.pool)
+        ds = config_dataset(cfg)
+        split = config_split(ds, cfg)
         if not evaluate_test:  # no stage can read what is not there
             split = replace(split, X_test=split.X_test[:0], y_test=split.y_test[:0])
         check_before_writing(cfg, ds.X.shape[1])

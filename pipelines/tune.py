@@ -26,8 +26,6 @@ from mlflow.exceptions import MlflowException
 
 from pipelines import tracking
 from pipelines.config import ConfigError, config_from_dict, load_config
-from pipelines.data.datasets import load_dataset
-from pipelines.data.splits import make_split
 from pipelines.files import atomic_write_text
 from pipelines.interrupts import Interrupted
 from pipelines.reporting.tables import Row
@@ -38,6 +36,7 @@ from pipelines.search.study import (FINISHED, SAMPLERS, count, dead_trials, defa
                                     make_pruner, make_sampler, open_storage, own_running_trials)
 from pipelines.search.trial import make_objective, trial_config
 from pipelines.stages.checks import check_before_writing
+from pipelines.stages.inputs import config_dataset, config_split
 from pipelines.training import quiet_lightning
 
 STAGES = ("all", "finetune")
@@ -77,12 +76,10 @@ def _check_inputs(cfg, raw: dict, space: Space, stage: str, sampler: str, trials
         raise ConfigError(f"unknown sampler {sampler!r}: choose from {', '.join(SAMPLERS)}")
     if int(trials) != trials or trials < 1:
         raise ConfigError(f"--trials must be a positive integer, got {trials!r}")
-    ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path,
-                      seed=cfg.seed, download=cfg.data.download, image_shape=cfg.data.image_shape)
+    ds = config_dataset(cfg)
 
     def pipeline_checks(c) -> None:  # what run_pipeline checks before it writes
-        make_split(ds, labels=c.finetune.labels, seed=c.seed, n_valid=c.data.n_valid,
-                   valid_labels=c.data.valid_labels, n_test=c.data.n_test, pool=c.data.pool)
+        config_split(ds, c)
         check_before_writing(c, ds.X.shape[1])
 
     pipeline_checks(trial_config(raw, {}, space.objective))

@@ -21,8 +21,9 @@ from mlflow.exceptions import MlflowException
 
 from pipelines import tracking
 from pipelines.config import PipelineConfig, config_from_dict
-from pipelines.data.datasets import Dataset, load_dataset
-from pipelines.data.splits import Split, make_split
+from pipelines.data.datasets import Dataset
+from pipelines.data.splits import Split
+from pipelines.stages.inputs import config_dataset, config_split
 from pipelines.stages.layer_cache import layer_digest, load_layer
 from pipelines.stages.pretraining import build_layers
 from pretrain.stack import Stack
@@ -95,10 +96,8 @@ def load_run(run_id: str, *, uri: str | None = None, root: str | Path | None = N
                          f"--uri of its store") from None
     cfg = config_from_dict(yaml.safe_load(text), source=f"run {run_id}")
     root = cache_root(uri) if root is None else Path(root)
-    ds = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, path=cfg.data.path, seed=cfg.seed,
-                      download=False, image_shape=cfg.data.image_shape)
-    split = make_split(ds, labels=cfg.finetune.labels, seed=cfg.seed, n_valid=cfg.data.n_valid,
-                       valid_labels=cfg.data.valid_labels, n_test=cfg.data.n_test, pool=cfg.data.pool)
+    ds = config_dataset(cfg, download=False)
+    split = config_split(ds, cfg)
     layers = build_layers(cfg, ds.n_features)
     logged = _logged_digests(client, run)
     for k, layer in enumerate(layers):
