@@ -7,11 +7,16 @@ Eq. 3) and an optional decoder ``g`` unrolled from the same stack:
     (2) REC = 1/B sum_n L(x_n, g(f(x_n)))                        unroll Eq. (4) or (5)
     (3) loss = CE + alpha * REC                                  alpha = ``reconstruction``
     (4) error = 1/B sum_n 1[argmax logits_n != y_n]
+    (5) minimised over every W_k, b_k and the head V, a; with ``freeze_hidden`` over V, a only
 
 With alpha > 0 the encoder keeps being trained to reconstruct its inputs while it learns to
 classify ("fine-tuning with or without unsupervised updates"); alpha = 0 is plain supervised
 fine-tuning. Each term is logged already weighted (``stage/rec`` is alpha * REC), so
 ``stage/loss == stage/ce + stage/rec``; a term of weight 0 is neither computed nor logged.
+Frozen hidden layers (``freeze_hidden``, "the supervised phase without fine-tuning of hidden
+layers") make the unrolled encoder a fixed feature map under a softmax: their weights are
+excluded from autograd (``requires_grad`` off), so they stay bit-identical and no optimizer,
+weight decay or DDP reduction touches them.
 
 References
 ----------
@@ -24,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pretrain.checks import check_positive
+from pretrain.checks import check_bool, check_positive
 from pretrain.module import Module, batch_input
 
 from .unroll import MLP, UnrolledDecoder, UnrolledEncoder
@@ -43,6 +48,23 @@ def split_batch(batch) -> tuple:
     return batch["labeled"], batch.get("unlabeled")
 
 
+def check_labeled(x: torch.Tensor, y: torch.Tensor, *, n_visible: int, n_classes: int,
+                  who: str) -> None:
+    """Raise the ValueError naming the problem when ``x`` is not (B, n_visible) or ``y`` not B
+    integer labels in ``[0, n_classes)``; ``who`` names the module in the message."""
+    if x.ndim != 2 or x.shape[1] != n_visible:
+        raise ValueError(f"{who} expects inputs of shape (B, {n_visible}), got {tuple(x.shape)}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels must have shape ({x.shape[0]},) to match the inputs, "
+                         f"got {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        raise ValueError(f"labels must be integers in [0, {n_classes}), got dtype {y.dtype}")
+    bad = y[(y < 0) | (y >= n_classes)]
+    if bad.numel():
+        raise ValueError(f"label {bad[0].item()} is out of range for n_classes={n_classes}: "
+                         f"labels must be integers in [0, {n_classes - 1}]")
+
+
 class Classifier(Module):
     """An MLP (encoder + softmax head) trained on Eq. (3).
 
@@ -53,6 +75,9 @@ class Classifier(Module):
     lr, optimizer, momentum, weight_decay : the optimizer (``"adam"`` or ``"sgd"``; momentum for SGD).
     reconstruction : alpha of Eq. (3) (>= 0); > 0 needs ``decoder``.
     decoder : the ``UnrolledDecoder`` unrolled together with ``encoder`` (``unroll_autoencoder``).
+    freeze_hidden : keep every hidden layer of ``encoder`` as given and train the head only
+        (Eq. 5); False (the default) trains them all: the Classifier sets ``requires_grad`` of
+        the encoder's weights either way.
     seed : seeds the head's initial weights.
     """
 
@@ -60,7 +85,8 @@ class Classifier(Module):
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, lr: float = 0.01,
                  optimizer: str = "adam", momentum: float = 0.0, weight_decay: float = 0.0,
-                 reconstruction: float = 0.0, decoder: UnrolledDecoder | None = None, seed: int = 0):
+                 reconstruction: float = 0.0, decoder: UnrolledDecoder | None = None,
+                 freeze_hidden: bool = False, seed: int = 0):
         if not isinstance(encoder, UnrolledEncoder):
             raise ValueError(f"encoder must be an UnrolledEncoder (finetune.unroll), got "
                              f"{type(encoder).__name__}")
@@ -70,9 +96,15 @@ class Classifier(Module):
             if decoder is None:
                 raise ValueError(f"reconstruction={reconstruction!r} needs a decoder: build it with "
                                  f"encoder, decoder = unroll_autoencoder(stack)")
+        check_bool("freeze_hidden", freeze_hidden)
+        if freeze_hidden and reconstruction > 0:
+            raise ValueError(f"reconstruction={reconstruction!r} trains the hidden layers, which "
+                             f"freeze_hidden=True keeps fixed: use one or the other")
         if decoder is not None:
             decoder.check_encoder(encoder)
         self.net = MLP(encoder, n_classes, seed=seed)  # validates n_classes and seed
+        self.freeze_hidden = freeze_hidden  # an attribute: subclasses save their own hparams
+        encoder.requires_grad_(not freeze_hidden)  # Eq. (5)
         self.decoder = decoder
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 
@@ -100,19 +132,8 @@ class Classifier(Module):
 
     # -- the objective ----------------------------------------------------------------------
     def _check_labeled(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        n_visible = self.encoder.n_visible
-        if x.ndim != 2 or x.shape[1] != n_visible:
-            raise ValueError(f"{type(self).__name__} expects inputs of shape (B, {n_visible}), "
-                             f"got {tuple(x.shape)}")
-        if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"labels must have shape ({x.shape[0]},) to match the inputs, "
-                             f"got {tuple(y.shape)}")
-        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
-            raise ValueError(f"labels must be integers in [0, {self.n_classes}), got dtype {y.dtype}")
-        bad = y[(y < 0) | (y >= self.n_classes)]
-        if bad.numel():
-            raise ValueError(f"label {bad[0].item()} is out of range for n_classes={self.n_classes}: "
-                             f"labels must be integers in [0, {self.n_classes - 1}]")
+        check_labeled(x, y, n_visible=self.encoder.n_visible, n_classes=self.n_classes,
+                      who=type(self).__name__)
 
     def supervised_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eqs. (1), (2) (weighted) and (4) for a labeled batch; ``error`` is not differentiable."""

@@ -10,6 +10,17 @@ For a stack of layers ``h_l = s_l(W_l h_{l-1} + b_l)`` (``pretrain.stack``) with
         B_x = {v_1, ..., v_k}: the k leading right singular vectors, the directions in which
         the code changes most; the MTC takes them as the tangent plane of the manifold at x.
 
+A layer with a per-unit gain after its unit, ``h_l = g_l * s_l(a_l)`` (``encoder_scale``: PSD's
+predictor), enters (1)-(4) exactly through ``encoder_params``: g_l is folded into the next
+layer's weight, ``W_{l+1} diag(g_l)``, and on the top layer it is one more, linear layer
+``(diag(g_L), 0)``.
+
+A convolutional layer (``encoder_map``: ``pretrain.conv_maps.ConvMap``) has
+``a_l = A_l(x) h_{l-1} + b_l`` with A_l(x) its convolution followed by the max-pooling's choice
+of one position per window (fixed by x), so ``D_l A_l(x)`` takes the place of ``D_l W_l`` in
+(2)-(4): its products in (3) and (4) are a convolution and a transposed convolution (Eqs. 4-5
+there) instead of the two matmuls, and Eq. (9) below then searches the whole input space.
+
 Neither (3) nor (4) forms J: each is one matmul per layer on a whole batch of vectors, so the
 tangents are computed matrix-free, for a whole batch at once, by a randomized block Krylov
 method on J^T J (Musco and Musco 2015; Halko, Martinsson and Tropp 2011 for the randomized
@@ -107,15 +118,42 @@ _BREAKDOWN_EPS = 100.0
 
 # -- the Jacobian, matrix-free ----------------------------------------------------------------
 def encoder_params(stack: Stack) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
-    """``(W_l, b_l, unit_l)`` of every layer, bottom-up."""
-    return [(layer.encoder_weight, layer.encoder_bias, layer.hidden_unit) for layer in stack]
+    """``(W_l, b_l, unit_l)`` of every layer, bottom-up, a layer's gain g_l (``encoder_scale``)
+    folded in as the module docstring says: the products of (1)-(4) then give ``stack.encode``'s
+    code and Jacobian."""
+    params, gain = [], None
+    for layer in stack:
+        W = layer.encoder_weight  # (n_l, n_{l-1})
+        if gain is not None:
+            W = W * gain  # W_l diag(g_{l-1})
+        params.append((W, layer.encoder_bias, layer.hidden_unit))
+        gain = getattr(layer, "encoder_scale", None)
+    if gain is not None:  # the top layer's gain: h_L = diag(g_L) s_L(a_L) + 0
+        params.append((torch.diag(gain), torch.zeros_like(gain), "linear"))
+    return params
+
+
+def linear_maps(stack: Stack) -> list:
+    """``encoder_params``, with a layer's own linear map (``encoder_map``, a convolution) in
+    place of its weight where it has one: what the products (3)-(4) are computed from."""
+    params = encoder_params(stack)
+    for l, layer in enumerate(stack):
+        cmap = getattr(layer, "encoder_map", None)
+        if cmap is not None:
+            params[l] = (cmap, *params[l][1:])
+    return params
 
 
 def _forward(params, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Eq. (1): the code h_L (B, n_L) and the slopes s_l'(a_l) (B, n_l) of every layer."""
+    """Eq. (1): the code h_L (B, n_L) and the slopes s_l'(a_l) (B, n_l) of every layer; for a
+    layer's own linear map, its Jacobian at x (``pretrain.conv_maps.ConvJacobian``)."""
     slopes = []
     h = x
     for W, b, unit in params:
+        if not isinstance(W, torch.Tensor):  # a convolution: D_l A_l(x) as products
+            h, jacobian = W.linearize(h, unit)
+            slopes.append(jacobian)
+            continue
         a = torch.addmm(b, h, W.T)  # (B, n_l), Eq. (1)
         h = activation(unit, a)
         slopes.append(derivative(unit, a, h))
@@ -157,6 +195,10 @@ def _jvp_rows(params, slopes, T: torch.Tensor, out: torch.Tensor | None = None,
     B, m = T.shape[:2]
     last = len(params) - 1
     for layer, ((W, _, _), s) in enumerate(zip(params, slopes)):
+        if not isinstance(s, torch.Tensor):  # a convolution's J_l T, Eq. (3)
+            T = s.rows(T)
+            T = out.copy_(T) if layer == last and out is not None else T
+            continue
         T = _mm(T.reshape(B * m, -1), W.T, work, ("jvp", layer)).view(B, m, -1)
         T = _scale(T, s, out if layer == last else None)  # Eq. (3)
     return T
@@ -170,6 +212,9 @@ def _vjp_rows(params, slopes, R: torch.Tensor, work: dict | None = None) -> torc
     """
     B, m = R.shape[:2]
     for layer, ((W, _, _), s) in enumerate(zip(reversed(params), reversed(slopes))):
+        if not isinstance(s, torch.Tensor):  # a convolution's J_l^T R, Eq. (4): a new tensor
+            R = s.rows_t(R)
+            continue
         if layer == 0 and work is not None:
             R = torch.mul(R, s[:, None, :], out=_scratch(work, "vjp-top", R.shape, R))
         else:
@@ -209,7 +254,7 @@ def jvp(stack: Stack, x: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, t
     _check_input(stack, x)
     if V.ndim != 3 or V.shape[:2] != x.shape:
         raise ValueError(f"V must have shape ({x.shape[0]}, {x.shape[1]}, m), got {tuple(V.shape)}")
-    params = encoder_params(stack)
+    params = linear_maps(stack)
     h, slopes = _forward(params, x)
     return h, _jvp_rows(params, slopes, V.transpose(1, 2).contiguous()).transpose(1, 2)
 
@@ -219,7 +264,7 @@ def vjp(stack: Stack, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     _check_input(stack, x)
     if U.ndim != 3 or U.shape[0] != x.shape[0] or U.shape[1] != stack.n_hidden:
         raise ValueError(f"U must have shape ({x.shape[0]}, {stack.n_hidden}, m), got {tuple(U.shape)}")
-    params = encoder_params(stack)
+    params = linear_maps(stack)
     _, slopes = _forward(params, x)
     return _vjp_rows(params, slopes, U.transpose(1, 2).contiguous()).transpose(1, 2)
 
@@ -377,6 +422,8 @@ def _input_subspace(params, m: int, rank_tol: float, dtype, device, k: int = 0):
     ``k r d``. The SVD is taken once per call, in float64 on the CPU.
     """
     W1, b1, unit1 = params[0]
+    if not isinstance(W1, torch.Tensor):  # a convolution: no weight matrix to restrict
+        return None
     n1, d = W1.shape
     if min(m, n1) >= d:  # nothing to restrict
         return None
@@ -397,7 +444,7 @@ def search_space(stack: Stack, k: int, *, oversample: int = OVERSAMPLE,
     oversample=, rank_tol=)`` looks for the tangents with the Krylov method, or None when it
     searches the whole input space."""
     m = krylov_dim(check_int("k", k, 1), check_int("oversample", oversample, 0), stack.n_visible)
-    sub = _input_subspace(encoder_params(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
+    sub = _input_subspace(linear_maps(stack), m, _check_rank_tol(rank_tol), stack[0].encoder_weight.dtype,
                           "cpu", k)
     return None if sub is None else sub[1]
 
@@ -408,7 +455,7 @@ def explicit_jacobian(stack: Stack, x: torch.Tensor) -> torch.Tensor:
     Memory is B n_L d: call it on batches, not on a whole data set.
     """
     _check_input(stack, x)
-    params = encoder_params(stack)
+    params = linear_maps(stack)
     _, slopes = _forward(params, x)
     B, d = x.shape
     n_L = stack.n_hidden
@@ -544,7 +591,7 @@ def tangents(stack: Stack, X: torch.Tensor, k: int, *, oversample: int = OVERSAM
     W0 = stack[0].encoder_weight
     dtype = W0.dtype
     device = W0.device if device is None else torch.device(device)
-    params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in encoder_params(stack)]
+    params = [(W.detach().to(device), b.detach().to(device), unit) for W, b, unit in linear_maps(stack)]
     if method == "explicit" and device != W0.device:
         stack = copy.deepcopy(stack).to(device)
     subspace = _input_subspace(params, m, rank_tol, dtype, device, k) if method == "krylov" else None

@@ -10,7 +10,9 @@ For a stack of layers with encoders ``f_k(v) = s_k(W_k v + b_k)`` and decoders
                                                               z the bottom decoder's pre-activation
     (5) L_MSE(x, r) = 1/2 sum_i (r_i - x_i)^2                reconstruction, any other bottom unit
 
-Before any fine-tuning, Eq. (1) is ``Stack.encode`` and Eq. (2) after Eq. (1) is
+A layer with a per-unit gain g_k after its unit (``encoder_scale``: PSD's predictor) encodes
+``h_k = g_k * s_k(W_k h_{k-1} + b_k)`` in Eq. (1); the encoder holds a copy of g_k, fine-tuned
+with the weights. Before any fine-tuning, Eq. (1) is ``Stack.encode`` and Eq. (2) after Eq. (1) is
 ``Stack.reconstruct``: the weights are cloned from the stack, so training the unrolled networks
 leaves the stack as it was. A tied layer's decoder reuses the encoder's own ``Parameter``
 (transposed), so fine-tuning keeps it tied, unless ``untie=True`` gives it a copy of its own
@@ -57,6 +59,21 @@ def _linear(W: torch.Tensor, b: torch.Tensor) -> nn.Linear:
     return lin
 
 
+def _encoder_module(layer) -> nn.Module:
+    """A trainable copy of a layer's pre-activation ``a_k = W_k h_{k-1} + b_k``: the layer's own
+    module where it has one (``unrolled_encoder``: a convolution, maybe max-pooled, of
+    ``pretrain.conv_maps``), else an ``nn.Linear``."""
+    own = getattr(layer, "unrolled_encoder", None)
+    return own() if own is not None else _linear(layer.encoder_weight, layer.encoder_bias)
+
+
+def _decoder_module(layer, encoder_module: nn.Module, untie: bool) -> nn.Module:
+    """A trainable copy of a layer's decoder: its own module where it has one
+    (``unrolled_decoder``: a transposed convolution), else a ``_DecoderLayer``."""
+    own = getattr(layer, "unrolled_decoder", None)
+    return own(encoder_module, untie) if own is not None else _DecoderLayer(layer, encoder_module, untie)
+
+
 class UnrolledEncoder(nn.Module):
     """Eq. (1): the stack's encoders as ``nn.Linear`` layers with copied weights.
 
@@ -66,18 +83,25 @@ class UnrolledEncoder(nn.Module):
 
     Attributes
     ----------
-    layers : ``nn.ModuleList`` of ``nn.Linear``, bottom-up; ``layers[k].weight`` is W_k.
+    layers : ``nn.ModuleList`` of ``nn.Linear``, bottom-up; ``layers[k].weight`` is W_k. A
+        convolutional layer's is its own module (``pretrain.conv_maps.ConvEncoder``, filters
+        as ``weight``), which returns the pooled pre-activation: max-pooling commutes with
+        every unit (all are non-decreasing), so Eq. (1) is unchanged.
     sizes : ``[n_visible, n_hidden_1, ..., n_hidden_L]``.
     units : hidden unit names ``[s_1, ..., s_L]`` (``pretrain.units``).
+    scales : ``nn.ParameterDict`` of the gains g_k after the unit, keyed ``str(k)``, for the
+        layers that have one (``encoder_scale`` not None); empty for most stacks.
     """
 
     def __init__(self, stack: Stack):
         super().__init__()
         layers = _layers(stack)
-        self.layers = nn.ModuleList(_linear(layer.encoder_weight, layer.encoder_bias)
-                                    for layer in layers)
+        self.layers = nn.ModuleList(_encoder_module(layer) for layer in layers)
         self.units = [layer.hidden_unit for layer in layers]
         self.sizes = [layers[0].n_visible] + [layer.n_hidden for layer in layers]
+        self.scales = nn.ParameterDict({
+            str(k): nn.Parameter(layer.encoder_scale.detach().clone())  # g_k: (n_hidden_k,)
+            for k, layer in enumerate(layers) if getattr(layer, "encoder_scale", None) is not None})
 
     @property
     def n_visible(self) -> int:
@@ -90,17 +114,24 @@ class UnrolledEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1): (B, n_visible) -> (B, n_hidden)."""
         h = x
-        for lin, unit in zip(self.layers, self.units):
+        for k, (lin, unit) in enumerate(zip(self.layers, self.units)):
             h = activation(unit, lin(h))  # (B, n_hidden_k)
+            if str(k) in self.scales:
+                h = h * self.scales[str(k)]  # g_k * s_k(a_k)
         return h
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """Forget the pretrained weights: Glorot-uniform W_k (as a fresh layer), zero b_k."""
+        """Forget the pretrained weights: Glorot-uniform W_k (as a fresh layer), zero b_k, unit g_k."""
         for lin, unit in zip(self.layers, self.units):
+            if not isinstance(lin, nn.Linear):  # a layer's own module: fresh filters of its shape
+                lin.reset_parameters(unit, generator)
+                continue
             n_out, n_in = lin.weight.shape
             lin.weight.copy_(glorot_uniform(n_out, n_in, unit, generator))
             lin.bias.zero_()
+        for g in self.scales.values():
+            g.fill_(1.0)
 
 
 class _DecoderLayer(nn.Module):
@@ -152,7 +183,7 @@ class UnrolledDecoder(nn.Module):
         if encoder.sizes != sizes:
             raise ValueError(f"the encoder has sizes {encoder.sizes} but the stack has sizes {sizes}: "
                              f"unroll both from the same stack")
-        self.layers = nn.ModuleList(_DecoderLayer(layer, lin, untie)
+        self.layers = nn.ModuleList(_decoder_module(layer, lin, untie)
                                     for layer, lin in reversed(list(zip(layers, encoder.layers))))
         self.sizes = sizes[::-1]
         self.output_unit = layers[0].visible_unit
@@ -198,6 +229,9 @@ class UnrolledDecoder(nn.Module):
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Forget the pretrained weights: Glorot-uniform own W' (shared W follow the encoder), zero c."""
         for dec in self.layers:
+            if not isinstance(dec, _DecoderLayer):  # a layer's own module (a convolution)
+                dec.reset_parameters(generator)
+                continue
             if not dec.shared:
                 n_out, n_in = dec.W_prime.shape
                 dec.W_prime.copy_(glorot_uniform(n_out, n_in, dec.unit, generator))

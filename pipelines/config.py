@@ -22,7 +22,8 @@ from pretrain.names import OPTIMIZERS
 
 from pipelines.layer_config import LayerConfig, Section
 
-FINETUNE_METHODS = ("mlp", "mtc", "mtc_all", "vat", "ladder", "deep_autoencoder")
+FINETUNE_METHODS = ("mlp", "mlp_rec", "mlp_frozen", "mlp_greedy_supervised", "mtc", "mtc_all", "vat",
+                    "ladder", "deep_autoencoder")
 BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
 
 
@@ -68,7 +69,9 @@ class FinetuneConfig(Section):
     optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(20, ge=1)           # early stopping on val/error
-    reconstruction: float = Field(0.0, ge=0)  # weight of the unsupervised term during fine-tuning
+    reconstruction: float = Field(0.0, ge=0)  # alpha of the reconstruction term: mlp_rec's (0: its
+                                              # default), added to mtc, mtc_all, vat when > 0
+    supervised_epochs: int | None = Field(None, ge=1)  # per layer, mlp_greedy_supervised; None: epochs
     beta: float = Field(0.1, ge=0)            # MTC tangent penalty weight
     n_tangents: int = Field(15, ge=1)         # k leading singular vectors
     # their accuracy, finetune.tangents' defaults:
@@ -90,7 +93,7 @@ class FinetuneConfig(Section):
     #: so that the stage results and bench folders named before them are found again
     DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = (
         "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy",
-        "ladder_noise", "ladder_denoise")
+        "ladder_noise", "ladder_denoise", "supervised_epochs")
 
     @field_validator("ladder_denoise")
     @classmethod

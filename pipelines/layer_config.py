@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from pretrain.checks import check_choice
-from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, UNITS
+from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, PADDINGS, UNITS, WHITENINGS
 
 
 class Section(BaseModel):
@@ -56,10 +56,27 @@ class LayerConfig(Section):
     sigma: float | None = Field(None, gt=0)
     centred: bool | None = None                  # centred gradient (pretrain.rbm, Eqs. 14-16)
     centring_rate: float | None = Field(None, gt=0, le=1)
+    # whitening (pretrain.whitening)
+    whitening: Literal[WHITENINGS] | None = None
+    epsilon: float | None = Field(None, ge=0)
+    # predictive sparse decomposition (pretrain.psd)
+    code_l1: float | None = Field(None, ge=0)             # lambda of ||z||_1
+    prediction_weight: float | None = Field(None, ge=0)   # alpha of ||z - F(x)||^2
+    ista_steps: int | None = Field(None, ge=1)            # most FISTA iterations per batch
+    ista_tol: float | None = Field(None, ge=0)            # FISTA's relative change to stop at
+    # convolutional autoencoders (pretrain.conv_autoencoder); n_hidden = maps * H' * W'
+    maps: int | None = Field(None, ge=1)                  # feature maps M
+    kernel: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None  # filter size k or [k_h, k_w]
+    padding: Literal[PADDINGS] | None = None              # valid (none) or same (zeros)
+    pool: int | None = Field(None, ge=1)                  # max-pooling window p
+    # [C, H, W] of the input images; None: the maps of the convolutional layer below
+    in_shape: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
 
     #: fields added after layer caches existed: left out of the digest while unset, so that the
     #: stacks cached before them are found again (a field set to any value is in the digest)
-    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("centred", "centring_rate")
+    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("centred", "centring_rate", "whitening", "epsilon",
+                                                  "code_l1", "prediction_weight", "ista_steps", "ista_tol",
+                                                  "maps", "kernel", "padding", "pool", "in_shape")
 
     @field_validator("kind")
     @classmethod

@@ -6,10 +6,12 @@ A layer maps visible vectors ``x`` (B, n_visible) to codes ``h`` (B, n_hidden) a
     r = decode(h) = s_v(W' h + c)         W': (n_visible, n_hidden), c: (n_visible,)
 
 An RBM keeps the same contract with ``encode = P(h=1|v)`` and ``decode = P(v=1|h)`` (or the
-Gaussian mean). Subclasses implement ``encode``, ``decode``, the four weight properties and
-``loss_terms``; ``pretrain.module.Module`` turns ``loss_terms`` into Lightning's training,
-validation and test steps and stops on a non-finite loss instead of writing NaN weights, and
-this class logs each term as ``stage/name``.
+Gaussian mean). A layer may scale its code after the unit, ``h = g * s_h(W x + b)`` with a
+per-unit gain g (``encoder_scale``; PSD's predictor), which unrolling and tangents apply; None,
+the default, is no scale. Subclasses implement ``encode``, ``decode``, the four weight
+properties and ``loss_terms``; ``pretrain.module.Module`` turns ``loss_terms`` into Lightning's
+training, validation and test steps and stops on a non-finite loss instead of writing NaN
+weights, and this class logs each term as ``stage/name``.
 
 Each logged ``stage/name`` is the epoch mean of the term, weighted by batch size:
 
@@ -66,6 +68,10 @@ class Layer(Module):
     @property
     def encoder_bias(self) -> torch.Tensor:  # b: (n_hidden,)
         raise NotImplementedError
+
+    @property
+    def encoder_scale(self) -> torch.Tensor | None:  # g: (n_hidden,), h = g * s_h(W x + b)
+        return None
 
     @property
     def decoder_weight(self) -> torch.Tensor:  # W': (n_visible, n_hidden); W.T when tied

@@ -8,8 +8,27 @@ before it reaches the weights, and builds the optimizer from ``lr``, ``optimizer
 
     (1) sgd    g = dL/dw + weight_decay w,  v <- momentum v + g,  w <- w - lr v
     (2) adam   Adam (Kingma & Ba 2015) on the same g
+
+The non-finite guard comes in two forms with the same outcome (``sync_free_guard``):
+
+- immediate (the CPU's): ``if not isfinite(loss): raise`` in the step, a device-to-host read
+  per step, which costs nothing on the CPU but stalls an accelerator's queue every step;
+- sync-free (an accelerator's): each stage keeps on the device, with the value of its loss,
+
+    (3) s* = min {s in the epoch : loss_s not finite}  (-1 while there is none),
+        g <- 0 at every step s >= s*
+
+  g zeroed after backward (``masked_fill``, not a product: NaN * 0 is NaN), so that no NaN
+  reaches the weights; s* is read once, at the stage's last batch of the epoch (before
+  validation and checkpoints), where the immediate guard's ``FloatingPointError`` is raised,
+  naming step s*. With SGD without momentum or weight decay the weights are those the immediate
+  guard leaves; with momentum, weight decay or Adam the optimizer's own state still moves them,
+  by finite amounts. Under DDP the flag is combined across ranks (the gradients are averaged
+  over them), with a collective that does not wait on the host.
 """
 from __future__ import annotations
+
+import math
 
 import lightning.pytorch as L
 import torch
@@ -65,11 +84,17 @@ class Module(L.LightningModule):
     fused: bool = False
     #: what the message of a non-finite loss advises after the learning rate
     nonfinite_advice = "; lower it or check the data for NaN/inf."
+    #: the sync-free non-finite guard (True), the immediate one (False), or None: sync-free on
+    #: an accelerator, immediate on the CPU
+    sync_free_guard: bool | None = None
 
     def __init__(self, *, lr: float, optimizer: str, momentum: float, weight_decay: float):
         super().__init__()
         check_optimizer(lr, optimizer, momentum, weight_decay)
         self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        #: per stage, the sync-free guard's record [s*, the loss at s*, the epoch] (s* and the
+        #: loss on the device)
+        self._nonfinite: dict[str, list[torch.Tensor]] = {}
 
     def batch_terms(self, batch, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
         """The named scalar terms of a batch at ``stage`` (train, val or test)."""
@@ -91,13 +116,95 @@ class Module(L.LightningModule):
     def _step(self, batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
         terms = self.batch_terms(batch, stage, batch_idx)
         loss = terms["loss"]
-        if not torch.isfinite(loss):  # one scalar read: the check that no NaN reaches the weights
-            raise FloatingPointError(
-                f"{self.describe()}: the {stage} loss became {loss.item()} at epoch "
-                f"{self.current_epoch}, step {self.global_step}. Likely cause: a learning rate too "
-                f"high (lr={self._opt['lr']}){self.nonfinite_advice}")
+        sync_free = self.uses_sync_free_guard()
+        if sync_free:
+            self._record_nonfinite(stage, loss)
+        elif not torch.isfinite(loss):  # one scalar read: the check that no NaN reaches the weights
+            raise self._nonfinite_error(stage, loss.item(), self.current_epoch, self.global_step)
         self.log_terms(stage, terms, batch)
+        if sync_free and self._last_batch(stage, batch_idx):
+            self._raise_nonfinite(stage)
         return loss
+
+    # -- the non-finite guard ---------------------------------------------------------------------
+    def uses_sync_free_guard(self) -> bool:
+        """Whether the steps run the sync-free guard: ``sync_free_guard``, or by the device."""
+        return self.device.type != "cpu" if self.sync_free_guard is None else bool(self.sync_free_guard)
+
+    def _nonfinite_error(self, stage: str, value, epoch: int, step: int) -> FloatingPointError:
+        return FloatingPointError(
+            f"{self.describe()}: the {stage} loss became {value} at epoch {epoch}, step {step}. "
+            f"Likely cause: a learning rate too high (lr={self._opt['lr']}){self.nonfinite_advice}")
+
+    def _record_nonfinite(self, stage: str, loss: torch.Tensor) -> None:
+        """Note on the device the first step of the epoch whose loss is not finite."""
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss)  # () bool
+        if stage == "train" and self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.all_gather(bad.to(torch.int32)).any()  # a bad rank's gradients reach all ranks
+        record = self._nonfinite.get(stage)
+        if record is not None and record[2] != self.current_epoch:  # an epoch whose end went unseen
+            self._raise_nonfinite(stage)
+            record = None
+        if record is None:
+            record = self._nonfinite[stage] = [torch.full((), -1, dtype=torch.int64, device=loss.device),
+                                               torch.zeros_like(loss), self.current_epoch]
+        first = bad & (record[0] < 0)  # the epoch's first bad step
+        record[0].masked_fill_(first, self.global_step)  # s*, Eq. (3)
+        record[1] = torch.where(first, loss, record[1])
+
+    def _last_batch(self, stage: str, batch_idx: int) -> bool:
+        """Whether ``batch_idx`` is the last batch of the stage's epoch (always, without a Trainer)."""
+        t = self._trainer
+        if t is None:
+            return True
+        n = {"train": t.num_training_batches, "val": t.num_val_batches, "test": t.num_test_batches}[stage]
+        n = n if isinstance(n, (int, float)) else n[0]  # evaluation: one count per dataloader
+        return batch_idx + 1 >= n
+
+    def _raise_nonfinite(self, stage: str) -> None:
+        """Read the stage's record (the one host read of its epoch); raise if a step was bad."""
+        record = self._nonfinite.pop(stage, None)
+        if record is None:
+            return
+        first_step = int(record[0])
+        if first_step >= 0:
+            value = record[1].item()  # finite when the bad loss was another rank's (DDP)
+            raise self._nonfinite_error(stage, value if not math.isfinite(value) else
+                                        "non-finite on another rank", record[2], first_step)
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Lightning's backward; under the sync-free guard, from the epoch's first non-finite step
+        on, every gradient is then set to 0 on the device. Here rather than in
+        ``on_before_optimizer_step``: after every module's backward (automatic or manual
+        optimization, and DDP's gradient averaging) and before any hook that reads the gradients."""
+        super().backward(loss, *args, **kwargs)
+        record = self._nonfinite.get("train")
+        if record is not None:
+            bad = record[0] >= 0  # () bool, on the device: s >= s* once s* is set
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.masked_fill_(bad, 0.0)  # Eq. (3)
+
+    # a stage starts without a record (one that an exception left behind is stale) and reads
+    # what is left at its end (an epoch cut short by max_steps has no last batch)
+    def on_train_start(self) -> None:
+        self._nonfinite.pop("train", None)
+
+    def on_validation_start(self) -> None:
+        self._nonfinite.pop("val", None)
+
+    def on_test_start(self) -> None:
+        self._nonfinite.pop("test", None)
+
+    def on_train_end(self) -> None:
+        self._raise_nonfinite("train")
+
+    def on_validation_end(self) -> None:
+        self._raise_nonfinite("val")
+
+    def on_test_end(self) -> None:
+        self._raise_nonfinite("test")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train", batch_idx)

@@ -2,7 +2,7 @@
 without importing it."""
 
 #: layer kinds of ``pretrain.presets``
-KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm")
+KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm", "conv_ae", "whiten", "psd")
 #: units s of ``pretrain.units``
 UNITS = ("sigmoid", "tanh", "relu", "linear")
 #: reconstruction losses of ``pretrain.autoencoder``
@@ -11,3 +11,7 @@ LOSSES = ("cross_entropy", "mse")
 CORRUPTIONS = ("none", "gaussian", "masking", "salt_pepper")
 #: optimizers of ``pretrain.module.Module``
 OPTIMIZERS = ("sgd", "adam")
+#: padding modes of a convolutional layer (``pretrain.conv_maps``)
+PADDINGS = ("valid", "same")
+#: whitening transforms of ``pretrain.whitening``
+WHITENINGS = ("zca", "pca")

@@ -16,6 +16,15 @@ batch):
   retune them per dataset.
 - ``sparse``: KL sparsity with target rho = 0.05 and weight beta = 3 (Ng, CS294A sparse
   autoencoder notes and exercise).
+- ``conv_ae``: a plain convolutional autoencoder (``pretrain.conv_autoencoder``); its
+  corruption and penalties are set as for the dense kinds (``corruption``, ``contraction``, ...).
+- ``whiten``: ZCA with eps = 0.1, the epsilon of the UFLDL tutorial's exercise that ZCA-whitens
+  image patches for a sparse autoencoder with linear decoder (Ng et al., "Linear decoders");
+  eps is in the inputs' squared units (pixels in [0, 1]): retune it with the data's scale.
+- ``psd``: lambda = 1 and alpha = 1 (``code_l1``, ``prediction_weight``), with FISTA stopped
+  after 50 iterations or at a relative change of 1e-4, the defaults of Kavukcuoglu, Ranzato &
+  LeCun's PSD code (``unsup``: ``demo_psd.lua``, ``FistaL1``) for contrast-normalised image
+  patches; lambda is in the inputs' squared units: retune it with the data's scale.
 """
 from __future__ import annotations
 
@@ -23,9 +32,12 @@ import inspect
 
 from pretrain.autoencoder import AutoEncoder
 from pretrain.checks import check_choice
+from pretrain.conv_autoencoder import ConvAutoEncoder
 from pretrain.layer import Layer
 from pretrain.names import KINDS
+from pretrain.psd import PSD
 from pretrain.rbm import RBM
+from pretrain.whitening import Whitening
 
 PRESETS: dict[str, dict] = {
     "ae": {},
@@ -36,12 +48,21 @@ PRESETS: dict[str, dict] = {
     "sparse": {"sparsity_kl": 3.0, "sparsity_target": 0.05},
     "rbm": {"visible": "bernoulli"},
     "grbm": {"visible": "gaussian"},
+    "conv_ae": {},
+    "whiten": {"whitening": "zca", "epsilon": 0.1},
+    "psd": {"code_l1": 1.0, "prediction_weight": 1.0},
 }
 
 
 def layer_class(kind: str) -> type[Layer]:
     """The class that builds ``kind``."""
     check_choice("layer kind", kind, KINDS)
+    if kind == "conv_ae":
+        return ConvAutoEncoder
+    if kind == "whiten":
+        return Whitening
+    if kind == "psd":
+        return PSD
     return RBM if kind in ("rbm", "grbm") else AutoEncoder
 
 

@@ -11,7 +11,7 @@ AE_KINDS = ("ae", "dae", "cae", "cae_h", "sparse")
 
 
 def test_every_kind_has_a_preset():
-    assert KINDS == ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm")
+    assert KINDS == ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm", "conv_ae", "whiten", "psd")
     assert set(PRESETS) == set(KINDS)
 
 
@@ -75,7 +75,7 @@ def test_same_seed_same_layer():
 
 
 def test_unknown_kind_lists_the_kinds():
-    with pytest.raises(ValueError, match="'vae'.*ae, dae, cae, cae_h, sparse, rbm, grbm"):
+    with pytest.raises(ValueError, match="'vae'.*ae, dae, cae, cae_h, sparse, rbm, grbm, conv_ae, whiten, psd"):
         make_layer("vae", 10, 5)
 
 

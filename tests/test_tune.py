@@ -186,7 +186,7 @@ def test_a_trial_reads_no_test_row(tmp_path):
      ["pretrain.layers.0.contraction", "-1.0", "greater than or equal to 0"]),
     ("objective: mlp\nspace:\n  pretrain.layers.3.contraction: {low: 0.1, high: 1.0}\n",
      ["pretrain.layers.3.contraction", "index"]),
-    ("objective: svm\nspace:\n  finetune.lr: {low: 0.01, high: 0.1}\n", ["objective 'svm'", "mlp, mtc, mtc_all"]),
+    ("objective: svm\nspace:\n  finetune.lr: {low: 0.01, high: 0.1}\n", ["objective 'svm'", "mtc, mtc_all"]),
 ])
 def test_a_bad_space_is_refused_naming_the_key_before_anything_is_written(tmp_path, space, words):
     (tmp_path / "bad.yaml").write_text(space)

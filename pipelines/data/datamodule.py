@@ -10,6 +10,15 @@ Under DDP (``trainer.world_size > 1``) rank r takes the strided shard ``pi[r::wo
 the padded permutation: like ``DistributedSampler``, the permutation is first extended with its
 own head to a multiple of ``world_size`` (or cut to one with ``drop_last``), so every rank has
 the same number of batches and the shards together cover every example.
+
+On an accelerator the arrays can stay on the device for a whole fit (``resident``): the module
+moves them once, when the Trainer sets it up, to ``trainer.strategy.root_device``, and each
+batch is gathered there. The permutation of epoch e is still drawn on the CPU from the same
+seeded generator and copied to the device once per epoch (the loaders' ``rows_on_device``), so
+the batches, and therefore the updates, are exactly those of arrays held on the host, and a
+step copies nothing from host memory. ``resident="auto"`` keeps the arrays on the device when it
+is not the CPU and they take at most ``RESIDENT_SHARE`` of its free memory (CUDA reports it;
+elsewhere auto stays on the host), leaving the rest to the weights, activations and optimizer.
 """
 from __future__ import annotations
 
@@ -24,10 +33,40 @@ from pretrain.checks import check_positive
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: the largest share of an accelerator's free memory the arrays take with ``resident="auto"``
+RESIDENT_SHARE = 0.5
+
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for (seed, epoch): nearby pairs give unrelated streams."""
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes where torch reports it (CUDA), else None."""
+    return int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+
+
+def check_resident(resident) -> None:
+    """Raise the ValueError naming a ``resident`` that is not True, False or "auto"."""
+    if not (isinstance(resident, bool) or resident == "auto"):
+        raise ValueError(f"resident must be True, False or 'auto', got {resident!r}")
+
+
+def resides(resident: bool | str, device: torch.device, nbytes: int, free: int | None) -> bool:
+    """Whether arrays of ``nbytes`` in all are held on ``device`` (with ``free`` bytes free, None
+    when unknown) for a fit: always for True, never for False; for "auto" when the device is not
+    the CPU and ``nbytes <= RESIDENT_SHARE * free``. True with arrays larger than the free
+    memory raises the ValueError that names the sizes and the fix."""
+    check_resident(resident)
+    if resident is True:
+        if free is not None and nbytes > free:
+            raise ValueError(f"resident=True: the arrays take {nbytes / 2**30:.2f} GiB but {device} "
+                             f"has {free / 2**30:.2f} GiB free; use resident='auto' or False")
+        return True
+    if resident is False or device.type == "cpu" or free is None:
+        return False
+    return nbytes <= RESIDENT_SHARE * free
 
 
 def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
@@ -119,13 +158,18 @@ class SliceLoader:
         rows = self.num_rows
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
+    def rows_on_device(self, idx: torch.Tensor) -> torch.Tensor:
+        """The epoch's row indices (CPU) on the device of the data: one host-to-device copy per
+        epoch when the data is resident on an accelerator, none on the CPU."""
+        return idx.to(self.X.device)
+
     def __iter__(self) -> Iterator:
         return self._batches()
 
     def _batches(self) -> Iterator:
         # a generator: the epoch is read at the first next(), after the Trainer has advanced it
-        idx = self.indices()
         contiguous = not self.shuffle and self.world_size == 1
+        idx = None if contiguous else self.rows_on_device(self.indices())
         B = self.batch_size
         tensors = (self.X,) + (() if self.y is None else (self.y,)) + self.extra
         for b in range(len(self)):
@@ -133,7 +177,7 @@ class SliceLoader:
                 sl = slice(b * B, (b + 1) * B)
                 parts = tuple(t[sl] for t in tensors)
             else:
-                rows = idx[b * B:(b + 1) * B]
+                rows = idx[b * B:(b + 1) * B]  # a view of the index, on the data's device
                 parts = tuple(t.index_select(0, rows) for t in tensors)  # one gather per tensor
             yield parts[0] if len(parts) == 1 else parts
 
@@ -172,16 +216,32 @@ class PairedLoader:
             order = order.repeat(math.ceil(need / n))
         return order[:need][rank::world]
 
+    def rows_on_device(self, idx: torch.Tensor) -> torch.Tensor:
+        """The epoch's pool rows (CPU) on the device of the pool, once per epoch."""
+        return idx.to(self.unlabeled[0].device)
+
     def __iter__(self) -> Iterator:
         return self._batches()
 
     def _batches(self) -> Iterator:
         epoch = self.labeled.epoch
-        idx = self.unlabeled_indices(epoch)
+        idx = self.rows_on_device(self.unlabeled_indices(epoch))
         B = self.batch_size
         for b, lab in enumerate(self.labeled):
             rows = idx[b * B:(b + 1) * B]
             yield {"labeled": lab, "unlabeled": tuple(t.index_select(0, rows) for t in self.unlabeled)}
+
+
+def _flat(arrays) -> list[torch.Tensor]:
+    """The tensors among ``arrays`` (tensors, tuples of tensors, None)."""
+    return [t for a in arrays for t in (a if isinstance(a, tuple) else (a,)) if t is not None]
+
+
+def _to(a, device: torch.device):
+    """A tensor, a tuple of tensors or None, on ``device``."""
+    if isinstance(a, tuple):
+        return tuple(t.to(device) for t in a)
+    return None if a is None else a.to(device)
 
 
 def _check_batch_size(name: str, value) -> None:
@@ -210,14 +270,20 @@ class ArrayDataModule(L.LightningDataModule):
     val_batch_size : rows per validation batch (default: ``batch_size``). Validation computes no
         gradients, so a larger batch changes no result and only saves per-step overhead, which
         dominates an epoch when small training batches meet a large validation set.
+    resident : hold every array on the Trainer's device for the fit and gather the batches there
+        (True), on the host (False), or "auto" (the default): on the device when it is not the
+        CPU and the arrays take at most ``RESIDENT_SHARE`` of its free memory. The batches are
+        the same either way; ``resident_device`` tells where they were held.
     """
 
     def __init__(self, X_train, y_train=None, X_val=None, y_val=None, *, batch_size: int = 100,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  dtype: torch.dtype | str = torch.float32, train_extra=(), unlabeled=None,
-                 unlabeled_batch_size: int = 100, val_batch_size: int | None = None):
+                 unlabeled_batch_size: int = 100, val_batch_size: int | None = None,
+                 resident: bool | str = "auto"):
         super().__init__()
         _check_batch_size("batch_size", batch_size)
+        check_resident(resident)
         if val_batch_size is not None:
             _check_batch_size("val_batch_size", val_batch_size)
         dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -242,6 +308,9 @@ class ArrayDataModule(L.LightningDataModule):
             for i, u in enumerate(unlabeled))
         self.unlabeled_batch_size = int(unlabeled_batch_size)
         self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
+        self.resident = resident
+        #: the arrays on the device for the fit (``setup``), None while they are on the host
+        self._on_device: dict | None = None
         self.save_hyperparameters(ignore=["X_train", "y_train", "X_val", "y_val", "train_extra",
                                           "unlabeled"])
 
@@ -267,6 +336,32 @@ class ArrayDataModule(L.LightningDataModule):
             raise ValueError(f"{what} has negative labels (min {int(t.min())}); labels are 0..K-1")
         return t
 
+    # -- where the arrays are held --------------------------------------------------------------
+    def _arrays(self) -> dict:
+        """Every array by name (tuples for the extras, None when absent), where it is held now."""
+        if self._on_device is not None:
+            return self._on_device
+        return {"X_train": self.X_train, "y_train": self.y_train, "X_val": self.X_val,
+                "y_val": self.y_val, "train_extra": self.train_extra, "unlabeled": self.unlabeled}
+
+    @property
+    def resident_device(self) -> torch.device | None:
+        """The device the arrays are held on for the fit, None while they are on the host."""
+        return None if self._on_device is None else self._on_device["X_train"].device
+
+    def setup(self, stage: str) -> None:
+        """Move the arrays once to the Trainer's device when ``resident`` says so."""
+        if self.trainer is None or self._on_device is not None:
+            return
+        device, host = self.trainer.strategy.root_device, self._arrays()
+        nbytes = sum(t.numel() * t.element_size() for t in _flat(host.values()))
+        if resides(self.resident, device, nbytes, free_bytes(device)):
+            self._on_device = {k: _to(v, device) for k, v in host.items()}
+
+    def teardown(self, stage: str) -> None:
+        """Free the device's copies when the Trainer is done."""
+        self._on_device = None
+
     # -- the Trainer's view ----------------------------------------------------------------------
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -277,18 +372,20 @@ class ArrayDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> SliceLoader | PairedLoader:
         rank, world = self._shard()
-        labeled = SliceLoader(self.X_train, self.y_train, batch_size=self.batch_size,
+        a = self._arrays()
+        labeled = SliceLoader(a["X_train"], a["y_train"], batch_size=self.batch_size,
                               shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
                               epoch_fn=self._epoch, rank=rank, world_size=world,
-                              extra=self.train_extra)
-        if self.unlabeled is None:
+                              extra=a["train_extra"])
+        if a["unlabeled"] is None:
             return labeled
-        return PairedLoader(labeled, self.unlabeled, batch_size=self.unlabeled_batch_size,
+        return PairedLoader(labeled, a["unlabeled"], batch_size=self.unlabeled_batch_size,
                             seed=self.seed)
 
     def val_dataloader(self) -> SliceLoader | list:
-        if self.X_val is None:
+        a = self._arrays()
+        if a["X_val"] is None:
             return []  # Lightning runs no validation for an empty list
         rank, world = self._shard()
-        return SliceLoader(self.X_val, self.y_val, batch_size=self.val_batch_size, shuffle=False,
+        return SliceLoader(a["X_val"], a["y_val"], batch_size=self.val_batch_size, shuffle=False,
                            drop_last=False, seed=self.seed, rank=rank, world_size=world)

@@ -1,5 +1,7 @@
 """``StackedMLPClassifier`` and ``MTCClassifier``: pretrain, unroll, fine-tune with early
-stopping (Eqs. 2-3 of ``pipelines.estimators``)."""
+stopping (Eqs. 2-3 of ``pipelines.estimators``); the MLP also with greedy supervised instead of
+unsupervised pretraining (``finetune.supervised_greedy``), frozen hidden layers, or the
+reconstruction term (``finetune.classifier`` Eq. 3)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,12 +16,17 @@ from finetune.classifier import Classifier
 from finetune.mtc import MTC
 from finetune.tangent_defaults import OVERSAMPLE, RANK_TOL
 from finetune.tangents import tangents
-from finetune.unroll import UnrolledEncoder
-from pretrain.checks import check_float, check_int
+from finetune.unroll import UnrolledDecoder, UnrolledEncoder
+from pretrain.checks import check_bool, check_choice, check_float, check_int
 
 from pipelines.data.datamodule import ArrayDataModule
 from pipelines.estimators.pretrainer import StackedPretrainer, _check_layers, _quiet_seed, _seed, _tensor
+from pipelines.stages.finetuning import fit_supervised_layers
 from pipelines.training import KeepBest, make_trainer
+
+#: how ``StackedMLPClassifier`` pretrains: greedy unsupervised (the stack's layers) or greedy
+#: supervised (each layer with a temporary softmax, ``finetune.supervised_greedy``)
+PRETRAININGS = ("unsupervised", "supervised")
 
 
 # -- the classifiers ----------------------------------------------------------------------------
@@ -55,7 +62,8 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
                              f"examples of at least two classes")
         self.classes_ = classes
 
-        self.pretrainer_ = StackedPretrainer(self.layers, epochs=p["pretrain_epochs"],
+        supervised = p.get("pretraining") == "supervised"  # layers left as initialised here
+        self.pretrainer_ = StackedPretrainer(self.layers, epochs=0 if supervised else p["pretrain_epochs"],
                                              batch_size=p["batch_size"], random_state=p["seed"],
                                              layer_params=self.layer_params).fit(X)
         self.stack_ = self.pretrainer_.stack_
@@ -73,8 +81,14 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
                                  f"validation_fraction=0 (no early stopping)") from None
         X_tr = _tensor(X[i_tr])
         _quiet_seed(p["seed"])
-        module, extra = self._module(UnrolledEncoder(self.stack_), K, p, X_tr)
         validate = len(i_val) > 0
+        encoder = UnrolledEncoder(self.stack_)
+        if supervised and p["pretrain_epochs"] > 0:
+            fit_supervised_layers(encoder, K, X_tr, y_enc[i_tr], X[i_val] if validate else None,
+                                  y_enc[i_val] if validate else None, epochs=p["pretrain_epochs"],
+                                  patience=p["patience"], batch_size=p["batch_size"], lr=p["lr"],
+                                  seed=p["seed"])
+        module, extra = self._module(encoder, K, p, X_tr)
         dm = ArrayDataModule(X_tr, y_enc[i_tr], X[i_val] if validate else None,
                              y_enc[i_val] if validate else None,
                              batch_size=min(p["batch_size"], len(i_tr)), seed=p["seed"],
@@ -114,6 +128,13 @@ class StackedMLPClassifier(_StackedClassifier):
     ----------
     layers : sequence of ``(kind, n_hidden)`` pairs, as for ``StackedPretrainer``.
     pretrain_epochs : pretraining epochs per layer (>= 0; 0: no pretraining, seeded init).
+    pretraining : ``"unsupervised"`` (the stack's layers, greedily, on ``X``) or
+        ``"supervised"`` (greedy layer-wise supervised pretraining of the MLP's layers on the
+        training part of ``(X, y)``, each selected on the validation part,
+        ``finetune.supervised_greedy``).
+    freeze_hidden : fine-tune the softmax head only, the hidden layers kept as pretrained.
+    reconstruction : alpha of ``finetune.classifier`` Eq. (3), the weight of the deep
+        autoencoder's reconstruction error during fine-tuning (>= 0; 0: cross-entropy alone).
     epochs : at most this many fine-tuning epochs.
     batch_size : rows per batch, in pretraining and fine-tuning.
     lr : Adam's learning rate in fine-tuning.
@@ -128,7 +149,8 @@ class StackedMLPClassifier(_StackedClassifier):
     Attributes
     ----------
     classes_ : the sorted distinct labels; ``predict`` returns values of it.
-    stack_ : the pretrained stack (left as pretrained: fine-tuning trains a copy).
+    stack_ : the pretrained stack (left as pretrained: fine-tuning trains a copy); with
+        ``pretraining="supervised"``, its layers as initialised (the phases train the copy).
     pretrainer_ : the fitted ``StackedPretrainer`` that holds ``stack_``.
     module_ : the fine-tuned ``finetune.classifier.Classifier``.
     best_epoch_, best_validation_error_ : the epoch whose weights were kept and its error.
@@ -136,11 +158,15 @@ class StackedMLPClassifier(_StackedClassifier):
     n_features_in_ : number of input features d.
     """
 
-    def __init__(self, layers=(("cae", 100),), *, pretrain_epochs=10, epochs=50, batch_size=32,
+    def __init__(self, layers=(("cae", 100),), *, pretrain_epochs=10, pretraining="unsupervised",
+                 freeze_hidden=False, reconstruction=0.0, epochs=50, batch_size=32,
                  lr=0.003, validation_fraction=0.2, patience=20, random_state=0,
                  layer_params=None):
         self.layers = layers
         self.pretrain_epochs = pretrain_epochs
+        self.pretraining = pretraining
+        self.freeze_hidden = freeze_hidden
+        self.reconstruction = reconstruction
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -149,8 +175,18 @@ class StackedMLPClassifier(_StackedClassifier):
         self.random_state = random_state
         self.layer_params = layer_params
 
+    def _check_params(self, n_visible: int) -> dict:
+        p = super()._check_params(n_visible)
+        p["pretraining"] = check_choice("pretraining", self.pretraining, PRETRAININGS)
+        p["freeze_hidden"] = check_bool("freeze_hidden", self.freeze_hidden)
+        p["reconstruction"] = check_float("reconstruction", self.reconstruction, low=0.0)
+        return p
+
     def _module(self, encoder, n_classes, p, X_train):
-        return Classifier(encoder, n_classes, lr=p["lr"], optimizer="adam", seed=p["seed"]), ()
+        alpha = p["reconstruction"]
+        decoder = UnrolledDecoder(self.stack_, encoder) if alpha > 0 else None  # shares tied weights
+        return Classifier(encoder, n_classes, lr=p["lr"], optimizer="adam", reconstruction=alpha,
+                          decoder=decoder, freeze_hidden=p["freeze_hidden"], seed=p["seed"]), ()
 
 
 class MTCClassifier(_StackedClassifier):

@@ -134,6 +134,16 @@ def filters_figure(W: np.ndarray, image_shape: tuple[int, int], *, n: int = 100)
     return image_grid(W[:n], image_shape, ncols=10, scale_each=True, cmap="gray")
 
 
+def decoder_filters_figure(W: np.ndarray, W_prime: np.ndarray, image_shape: tuple[int, int], *,
+                           n: int = 12) -> Figure:
+    """The first ``n`` encoder filters (rows of W (n_hidden, d)) above the same units' decoder
+    filters (columns of W' (d, n_hidden)): in input space, a tied layer on ZCA-whitened inputs
+    has decoder filters that are its encoder filters smoothed by the input covariance."""
+    n = min(n, len(W))
+    cells = np.concatenate([np.asarray(W)[:n], np.asarray(W_prime)[:, :n].T])  # (2n, d)
+    return image_grid(cells, image_shape, ncols=n, scale_each=True, row_labels=["encoder", "decoder"])
+
+
 def reconstruction_figure(x: np.ndarray, r: np.ndarray, image_shape: tuple[int, int],
                           x_tilde: np.ndarray | None = None) -> Figure:
     """Inputs, (corrupted inputs,) and reconstructions, one grid row each; x, r: (n, d)."""

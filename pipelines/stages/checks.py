@@ -7,6 +7,10 @@ and the first runs were written.
 """
 from __future__ import annotations
 
+from pretrain.layer import Layer
+from pretrain.presets import accepted_keys
+from pretrain.whitening import Whitening
+
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.stages.pretraining import build_layers
 from pipelines.training import make_trainer
@@ -44,8 +48,26 @@ def check_tangents(cfg: PipelineConfig, n_visible: int) -> None:
                           f"dimensions; set finetune.n_tangents <= {n_visible}")
 
 
+def check_whitened_inputs(cfg: PipelineConfig, layers: list[Layer]) -> None:
+    """A layer stacked on a whitening layer reads real-valued codes (zero mean, unit variance,
+    either sign): it must reconstruct them with linear visible units and the squared error, not
+    as Bernoulli means, which would fail on its first batch after the whitening was fitted."""
+    for k in range(1, len(layers)):
+        unit = layers[k].visible_unit
+        if not isinstance(layers[k - 1], Whitening) or unit == "linear":
+            continue
+        kind, key = cfg.pretrain.layers[k].kind, f"pretrain.layers.{k}"
+        fix = (f"--set {key}.visible_unit=linear --set {key}.loss=mse" if "loss" in accepted_keys(kind)
+               else f"--set {key}.kind=grbm (Gaussian visible units)" if kind == "rbm"
+               else "a layer kind with linear visible units")
+        raise ConfigError(f"{key} ({kind}) is stacked on the whitening of pretrain.layers.{k - 1}, "
+                          f"whose codes are real-valued (zero mean, unit variance, either sign), but "
+                          f"it reconstructs them with visible_unit={unit!r}, which cannot reach them "
+                          f"all; use {fix}")
+
+
 def check_before_writing(cfg: PipelineConfig, n_visible: int) -> None:
     """Every check of a run's settings that needs the data's width or Lightning."""
-    build_layers(cfg, n_visible)
+    check_whitened_inputs(cfg, build_layers(cfg, n_visible))
     check_tangents(cfg, n_visible)
     check_trainer(cfg)

@@ -7,9 +7,17 @@ stopping on the validation error: the weights of the best validation epoch are k
 (``KeepBest``) and the test set is evaluated once, with them.
 
 Methods (``finetune.methods``):
-- ``mlp``: the unrolled encoder plus a softmax head, cross-entropy on the labeled set
-  (plus ``finetune.reconstruction`` times the reconstruction error, when > 0).
-- ``mtc``: the same with the tangent penalty of the manifold tangent classifier on the labeled
+- ``mlp``: the unrolled encoder plus a softmax head, cross-entropy on the labeled set, every
+  layer fine-tuned.
+- ``mlp_rec``: the same plus alpha times the reconstruction error of the unrolled deep
+  autoencoder (``finetune.classifier`` Eq. 3), alpha = ``finetune.reconstruction``, or
+  ``REC_WEIGHT`` while that is 0.
+- ``mlp_frozen``: the unrolled encoder kept fixed, only the softmax head trained.
+- ``mlp_greedy_supervised``: no unsupervised pretraining; each hidden layer of the stack's shape
+  trained in turn with a temporary softmax on the frozen layers below it (one nested run per
+  layer, ``finetune.supervised_epochs`` epochs at most, selected on the validation error), then
+  the whole MLP fine-tuned (``finetune.supervised_greedy``).
+- ``mtc``: the MLP with the tangent penalty of the manifold tangent classifier on the labeled
   examples, along the ``n_tangents`` leading right singular vectors of the stack's Jacobian.
 - ``mtc_all``: the tangent penalty also on the unlabeled pool (it needs no labels).
 - ``vat``: virtual adversarial training (``finetune.vat``) on the labeled set and the pool.
@@ -18,9 +26,14 @@ Methods (``finetune.methods``):
   the pool.
 - ``deep_autoencoder``: the stack unrolled into encoder + mirrored decoders, fine-tuned on
   reconstruction; reported as test squared error per image beside PCA with as many components.
+
+``mtc``, ``mtc_all`` and ``vat`` add the reconstruction term too when ``finetune.reconstruction``
+is > 0; the other MLPs and the Ladder never do.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -35,6 +48,7 @@ from finetune.deep_autoencoder import DeepAutoencoder
 from finetune.ladder import Ladder
 from finetune.mtc import MTC
 from finetune.served import ProbabilityClassifier, Reconstructor
+from finetune.supervised_greedy import SupervisedLayer
 from finetune.unroll import UnrolledEncoder, unroll_autoencoder
 from finetune.vat import VAT
 from pretrain.stack import Stack
@@ -54,6 +68,10 @@ from pipelines.training import ChanceGuard, KeepBest, compute_device, make_train
 VAL_BATCH = 1000
 #: pool rows whose pre-activation statistics start a pretrained Ladder (``LadderMLP.match_mlp``)
 LADDER_MATCH_ROWS = 10000
+#: alpha of ``mlp_rec`` while ``finetune.reconstruction`` is 0: a starting point, not a published
+#: value (select it on validation with ``layerwise tune``); the reconstruction error (unroll
+#: Eqs. 4-5) is summed over the inputs, so alpha = 0.01 puts it on the scale of the cross-entropy
+REC_WEIGHT = 0.01
 
 
 class PercentLogger(MLFlowLogger):
@@ -70,6 +88,73 @@ def _as_tensor(a) -> torch.Tensor:
     return torch.as_tensor(a, dtype=torch.float32)
 
 
+def reconstruction_weight(ft, method: str) -> float:
+    """alpha of ``finetune.classifier`` Eq. (3) for a method: ``finetune.reconstruction`` for
+    ``mlp_rec`` (``REC_WEIGHT`` while it is 0) and for ``mtc``, ``mtc_all``, ``vat``; 0 for the
+    other MLPs and the Ladder."""
+    if method == "mlp_rec":
+        return ft.reconstruction or REC_WEIGHT
+    return 0.0 if method.startswith(("mlp", "ladder")) else ft.reconstruction
+
+
+def fit_selected(module, dm, *, trainer_cfg, epochs: int, patience: int, y_valid, n_classes: int,
+                 logger=False, callbacks=()) -> KeepBest:
+    """Fit a classifier for at most ``epochs`` epochs, stopped after ``patience`` epochs without
+    a lower validation error or when it diverged (``ChanceGuard``); the weights of its best
+    validation epoch are put back. Returns the ``KeepBest`` that holds that epoch and score."""
+    keep = KeepBest("val/error", "val/ce")
+    stop = EarlyStopping(monitor="val/error", patience=patience, mode="min")
+    guard = ChanceGuard(y_valid, n_classes)
+    trainer = make_trainer(trainer_cfg, max_epochs=epochs, logger=logger,
+                           callbacks=[keep, stop, guard, *callbacks])
+    trainer.fit(module, datamodule=dm)
+    keep.restore(module)
+    return keep
+
+
+def fit_supervised_layers(encoder: UnrolledEncoder, n_classes: int, X, y, X_valid=None, y_valid=None, *,
+                          epochs: int, patience: int, batch_size: int, lr: float, optimizer: str = "adam",
+                          weight_decay: float = 0.0, seed: int = 0, trainer_cfg=None,
+                          phase_logger=None) -> list[int]:
+    """Greedy layer-wise supervised pretraining of ``encoder`` in place: Eqs. (1)-(3) of
+    ``finetune.supervised_greedy`` for k = 1..L, each phase at most ``epochs`` epochs on
+    ``(X, y)`` (N, d), (N,), in batches of ``batch_size``.
+
+    With a validation set, each phase is selected like the MLP (``fit_selected``); without one
+    it keeps its last weights. ``phase_logger(k)``: a context manager that gives phase k's
+    Lightning logger (None: no logging). Every layer is left trainable for the fine-tuning of
+    step (4). Returns the epoch kept in each phase.
+    """
+    kept = []
+    for k in range(1, len(encoder.layers) + 1):
+        module = SupervisedLayer(encoder, k, n_classes, lr=lr, optimizer=optimizer,
+                                 weight_decay=weight_decay, seed=seed)
+        dm = ArrayDataModule(X, y, X_valid, y_valid, batch_size=min(batch_size, len(y)), seed=seed,
+                             val_batch_size=VAL_BATCH)
+        with (phase_logger(k) if phase_logger is not None else nullcontext(False)) as logger:
+            if X_valid is None:
+                make_trainer(trainer_cfg, max_epochs=epochs, logger=logger).fit(module, datamodule=dm)
+                kept.append(epochs - 1)
+                continue
+            keep = fit_selected(module, dm, trainer_cfg=trainer_cfg, epochs=epochs, patience=patience,
+                                y_valid=y_valid, n_classes=n_classes, logger=logger)
+            kept.append(keep.best_epoch)
+            if logger:
+                logger.log_metrics({"best/val_error": 100 * keep.best_score[0],
+                                    "best/epoch": keep.best_epoch})
+    encoder.requires_grad_(True)
+    return kept
+
+
+@contextmanager
+def _phase_run(k: int, *, cfg, uri: str, experiment_id: str):
+    """Phase k of ``mlp_greedy_supervised`` as a nested MLflow run; yields its logger."""
+    with tracking.start_run(f"supervised layer {k}", experiment_id=experiment_id, nested=True) as run:
+        mlflow.log_params({"layer": k, "method": "mlp_greedy_supervised"})
+        yield PercentLogger(tracking_uri=uri, run_id=run.info.run_id,
+                            experiment_name=cfg.tracking.experiment)
+
+
 @torch.no_grad()
 def predict(module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     module.eval()
@@ -81,8 +166,9 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
                    cache_dir: Path | None = None, image_shape=None,
                    register_as: str | None = None, evaluate_test: bool = True,
                    callbacks=()) -> Row:
-    """Fine-tune one classifier (``mlp``, ``mtc``, ``mtc_all``, ``vat``, ``ladder``, or one of
-    ``mlp``, ``vat``, ``ladder`` with ``_no_pretraining``: then ``stack`` is None).
+    """Fine-tune one classifier (``mlp``, ``mlp_rec``, ``mlp_frozen``, ``mlp_greedy_supervised``
+    (which ignores ``stack``), ``mtc``, ``mtc_all``, ``vat``, ``ladder``, or one of ``mlp``,
+    ``vat``, ``ladder`` with ``_no_pretraining``: then ``stack`` is None).
 
     ``evaluate_test=False`` (a hyperparameter search's trial): no test row is read, no model
     logged; the row's ``test`` is None. ``callbacks``: extra Lightning callbacks of its Trainer.
@@ -94,17 +180,19 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
 
     ft = cfg.finetune
     n_classes = split.n_classes
-    if stack is None:  # the same shape without pretraining: Glorot-initialised, seeded
+    greedy = method == "mlp_greedy_supervised"
+    alpha = reconstruction_weight(ft, method)
+    if stack is None or greedy:  # the same shape without pretraining: Glorot-initialised, seeded
         encoder = UnrolledEncoder(Stack(build_layers(cfg, split.X_lab.shape[1])))
         encoder.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         decoder = None
-    elif ft.reconstruction > 0:
+    elif alpha > 0:
         encoder, decoder = unroll_autoencoder(stack)
     else:
         encoder, decoder = UnrolledEncoder(stack), None
 
     common = dict(lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay,
-                  reconstruction=ft.reconstruction if decoder is not None else 0.0,
+                  reconstruction=alpha if decoder is not None else 0.0,
                   decoder=decoder, seed=cfg.seed)
     train_extra, unlabeled = (), None
     if method in ("mtc", "mtc_all"):
@@ -129,28 +217,31 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
         unlabeled = (_as_tensor(split.X_pool),)
         if stack is not None:  # start from the stack's function, not its layers on rescaled inputs
             module.net.match_mlp(unlabeled[0][:LADDER_MATCH_ROWS])
-    else:
-        module = Classifier(encoder, n_classes, **common)
+    else:  # mlp, mlp_rec, mlp_frozen, mlp_greedy_supervised (its last step)
+        module = Classifier(encoder, n_classes, freeze_hidden=method == "mlp_frozen", **common)
 
     with tracking.start_run(f"finetune {method}", experiment_id=experiment_id, nested=True) as run:
         mlflow.log_params({"method": method, "n_labels": len(split.y_lab),
-                           "n_valid": len(split.y_valid)})
+                           "n_valid": len(split.y_valid), "reconstruction": common["reconstruction"]})
         logger = PercentLogger(tracking_uri=uri, run_id=run.info.run_id,
                                experiment_name=cfg.tracking.experiment)
-        dm = ArrayDataModule(split.X_lab, split.y_lab, split.X_valid, split.y_valid,
-                             batch_size=min(ft.batch_size, len(split.y_lab)), seed=cfg.seed,
-                             train_extra=train_extra, unlabeled=unlabeled,
-                             unlabeled_batch_size=ft.unlabeled_batch, val_batch_size=VAL_BATCH)
-        keep = KeepBest("val/error", "val/ce")
-        stop = EarlyStopping(monitor="val/error", patience=ft.patience, mode="min")
-        guard = ChanceGuard(split.y_valid, n_classes)
-        trainer = make_trainer(cfg.trainer, max_epochs=ft.epochs, logger=logger,
-                               callbacks=[keep, stop, guard, *callbacks])
         try:
-            trainer.fit(module, datamodule=dm)
+            if greedy:  # Eqs. (1)-(3) of finetune.supervised_greedy, one nested run per layer
+                layer_epochs = fit_supervised_layers(
+                    encoder, n_classes, split.X_lab, split.y_lab, split.X_valid, split.y_valid,
+                    epochs=ft.supervised_epochs or ft.epochs, patience=ft.patience,
+                    batch_size=ft.batch_size, lr=ft.lr, optimizer=ft.optimizer,
+                    weight_decay=ft.weight_decay, seed=cfg.seed, trainer_cfg=cfg.trainer,
+                    phase_logger=partial(_phase_run, cfg=cfg, uri=uri, experiment_id=experiment_id))
+            dm = ArrayDataModule(split.X_lab, split.y_lab, split.X_valid, split.y_valid,
+                                 batch_size=min(ft.batch_size, len(split.y_lab)), seed=cfg.seed,
+                                 train_extra=train_extra, unlabeled=unlabeled,
+                                 unlabeled_batch_size=ft.unlabeled_batch, val_batch_size=VAL_BATCH)
+            keep = fit_selected(module, dm, trainer_cfg=cfg.trainer, epochs=ft.epochs,
+                                patience=ft.patience, y_valid=split.y_valid, n_classes=n_classes,
+                                logger=logger, callbacks=callbacks)
         except FloatingPointError as e:  # diverged: name the method and the key to change
             raise FloatingPointError(f"finetune {method} (finetune.lr={ft.lr}): {e}") from None
-        keep.restore(module)
         valid_error, test_error = 100 * keep.best_score[0], None
         mlflow.log_metrics({"best/val_error": valid_error, "best/epoch": keep.best_epoch})
         if evaluate_test:
@@ -172,10 +263,14 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             register(model_uri, register_as, val_error=valid_error,
                      tags={"method": method, "run_id": run.info.run_id,
                            "test_error": f"{test_error:.6g}", "seed": str(cfg.seed)})
-    fresh = method.endswith("_no_pretraining")
+    fresh = method.endswith("_no_pretraining") or greedy
     name = method.replace("_no_pretraining", ", no pretraining")
     inputs = "pixels" if fresh else "stack"
     params = {"epoch": keep.best_epoch}
+    if greedy:
+        params["layer_epochs"] = "/".join(map(str, layer_epochs))
+    if common["reconstruction"] > 0:
+        params["reconstruction"] = common["reconstruction"]
     if method.startswith("mtc"):
         params.update(beta=ft.beta, k=ft.n_tangents)
     elif method.startswith("vat"):

@@ -17,8 +17,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from pretrain.corruption import corrupt
 from pretrain.layer import Layer
-from pretrain.presets import make_layer
+from pretrain.presets import accepted_keys, make_layer
 from pretrain.stack import GreedyStack, Stack
+from pretrain.whitening import Whitening
 
 from pipelines import progress, tracking, training
 from pipelines.config import PipelineConfig
@@ -32,39 +33,75 @@ def build_layers(cfg: PipelineConfig, n_visible: int) -> list[Layer]:
     if not cfg.pretrain.layers:
         raise ValueError("pretrain.layers is empty: a stack needs at least one layer, e.g. "
                          "--set 'pretrain.layers=[{kind: cae, n_hidden: 100}]'")
-    layers, n_in = [], n_visible
+    layers, n_in, maps_below = [], n_visible, None
     for k, spec in enumerate(cfg.pretrain.layers):
+        kwargs = spec.layer_kwargs()
+        if maps_below is not None and spec.in_shape is None and "in_shape" in accepted_keys(spec.kind):
+            kwargs["in_shape"] = maps_below  # a convolutional layer reads the maps of the one below
         try:
-            layer = make_layer(spec.kind, n_in, spec.n_hidden, seed=cfg.seed * 100 + k,
-                               **spec.layer_kwargs())
+            layer = make_layer(spec.kind, n_in, spec.n_hidden, seed=cfg.seed * 100 + k, **kwargs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"pretrain.layers.{k} ({spec.kind}): {e}") from None
         layers.append(layer)
-        n_in = spec.n_hidden
+        n_in, maps_below = spec.n_hidden, getattr(layer, "out_shape", None)
     return layers
 
 
 def log_layer_figures(layer: Layer, codes: torch.Tensor, *, k: int, run_id: str,
-                      image_shape: tuple[int, int] | None, n_examples: int = 10) -> None:
+                      image_shape: tuple[int, int] | None, n_examples: int = 10,
+                      whitening: Whitening | None = None) -> None:
     """Loss terms per epoch for every layer; filters and reconstructions (beside the corrupted
-    inputs, for a denoising layer) for the first layer of image data."""
+    inputs, for a denoising layer) for the first layer of image data, and for the second when the
+    first is ``whitening``: drawn in input space through it (Eqs. 6 and 9 of
+    ``pretrain.whitening``), with the decoder filters beside the encoder filters, as for a
+    whitening layer itself."""
     history = tracking.metric_history(run_id)
     if history:
         tracking.log_figure(figures.curves_figure(history, f"layer {k + 1}"), "figures/loss_terms.png")
-    if k > 0 or image_shape is None:
+    # layer 2 above a whitening layer, drawn in input space (a dense layer: a filter bank is not)
+    below = whitening if k == 1 and layer.encoder_weight.ndim == 2 else None
+    if image_shape is None or (k > 0 and below is None):
         return
-    tracking.log_figure(figures.filters_figure(layer.encoder_weight.detach().cpu().numpy(),
-                                               image_shape), "figures/filters.png")
+    to_input = (lambda v: v) if below is None else below.decode  # Eq. (6): codes back to pixels
+    W, W_prime = ((layer.encoder_weight, layer.decoder_weight) if below is None
+                  else below.input_filters(layer))  # Eq. (9)
+    W, W_prime = W.detach().cpu().numpy(), W_prime.detach().cpu().numpy()
+    if isinstance(layer, Whitening):  # ZCA's rows by their pixel's variance: not the border first
+        order = layer.filter_order().cpu().numpy()
+        W, W_prime = W[order], W_prime[:, order]
+    # a convolutional layer's W is a filter bank (M, C, k_h, k_w): one image per map and channel
+    shape = image_shape if W.ndim == 2 else W.shape[-2:]
+    tracking.log_figure(figures.filters_figure(W.reshape(-1, shape[0] * shape[1]), shape),
+                        "figures/filters.png")
+    if below is not None or isinstance(layer, Whitening):
+        tracking.log_figure(figures.decoder_filters_figure(W, W_prime, image_shape),
+                            "figures/decoder_filters.png")
     x = codes[:n_examples]
     with torch.no_grad():
-        r = layer.reconstruct(x)
+        r = to_input(layer.reconstruct(x))
         x_tilde = None
         kind = layer.hparams.get("corruption", "none")
         if kind != "none":
             g = torch.Generator().manual_seed(0)
-            x_tilde = corrupt(x, kind, layer.hparams["corruption_level"], g).numpy()
+            x_tilde = to_input(corrupt(x, kind, layer.hparams["corruption_level"], g)).numpy()
+        x = to_input(x)
     tracking.log_figure(figures.reconstruction_figure(x.numpy(), r.numpy(), image_shape, x_tilde),
                         "figures/reconstructions.png")
+
+
+def _whitening_below(cfg: PipelineConfig, k: int, cache_dir: Path,
+                     image_shape: tuple[int, int] | None) -> Whitening | None:
+    """Layer 1 when it is a whitening layer and ``k`` is layer 2 of image data, for the figures of
+    layer 2 in input space: read back from the layer cache, where :func:`pretrain_stack` saves
+    it (trained or loaded) before layer 2 is fitted."""
+    if k != 1 or image_shape is None or cfg.pretrain.layers[0].kind != "whiten":
+        return None
+    path = layer_path(cache_dir, cfg, 0)
+    if not path.exists():
+        return None
+    first = build_layers(cfg, image_shape[0] * image_shape[1])[0]
+    load_layer(first, path, layer_digest(cfg, 0))
+    return first
 
 
 def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, cache_dir: Path,
@@ -92,7 +129,8 @@ def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, c
                                seed=cfg.seed * 100 + k, trainer_cfg=cfg.trainer, logger=logger,
                                ckpt_dir=cache_dir / f"layer{k + 1}-{digest}-ckpt",
                                where=f"pretrain.layers.{k} (layer {k + 1}, {spec.kind})")
-            log_layer_figures(layer, codes, k=k, run_id=run.info.run_id, image_shape=image_shape)
+            log_layer_figures(layer, codes, k=k, run_id=run.info.run_id, image_shape=image_shape,
+                              whitening=_whitening_below(cfg, k, cache_dir, image_shape))
 
     return fit_layer
 
