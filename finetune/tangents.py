@@ -125,6 +125,9 @@ def encoder_params(stack: Stack) -> list[tuple[torch.Tensor, torch.Tensor, str]]
     for layer in stack:
         W = layer.encoder_weight  # (n_l, n_{l-1})
         if gain is not None:
+            if W.ndim != 2:  # a filter bank: the gain has no column of W to scale
+                raise ValueError(f"layer {len(params) + 1} is convolutional above a layer with a "
+                                 f"per-unit gain (psd): put the convolutional layers first")
             W = W * gain  # W_l diag(g_{l-1})
         params.append((W, layer.encoder_bias, layer.hidden_unit))
         gain = getattr(layer, "encoder_scale", None)

@@ -22,6 +22,23 @@ at the clean x. ``loss_terms`` reports each term already multiplied by its weigh
 ``loss == rec + contraction + higher_order + sparsity``; a term whose weight is 0 is neither
 computed nor reported.
 
+The gradient of J is written out rather than taken by autograd (``loss.backward()`` gives it
+all the same): with ``W'`` the decoder weight (W^T when tied), ``a~ = W x~ + b`` and ``a = W x + b``,
+
+    (7)  delta_z   = dJ/dz = (sigmoid(z) - x) / B  for (4),   (r - x) s_v'(z) / B  for (5)    (B, n_visible)
+    (8)  delta_rec = (delta_z W') * s_h'(a~)                                               (B, n_hidden)
+    (9)  delta_pen = dOmega/da at the clean a, delta_u = dOmega/du for u_c = W eps_c
+                     (penalties Eqs. 6-8; L1: beta_1 sign(h) s_h'(a) / B)
+    (10) dJ/dW  = delta_rec^T x~ + delta_pen^T x + sum_c delta_u_c^T eps_c + h~^T delta_z (tied)
+                  + 2 diag(dOmega/dn) W,      n_j = ||W_j||^2
+         dJ/db  = sum_rows (delta_rec + delta_pen),    dJ/dc = sum_rows delta_z,
+         dJ/dW' = delta_z^T h~ (untied)
+
+The products of (10) are one matmul over the rows stacked ``[x~; x; eps_1..C; delta_z]`` against
+``[delta_rec; delta_pen; delta_u; h~]`` (x~ and x share a block when nothing corrupts x), and the
+forward products ``W x~``, ``W x`` and ``W eps`` are one matmul over the same rows: the update
+costs 2 (2 + C) + 1 products of B x n_visible x n_hidden (C = 0 without the higher-order term).
+
 References
 ----------
 Vincent et al., Stacked denoising autoencoders, JMLR 2010.
@@ -44,7 +61,7 @@ from pretrain.checks import check_bool, check_choice, check_int, check_positive
 from pretrain.corruption import check_corruption, corrupt
 from pretrain.layer import Layer
 from pretrain.names import LOSSES
-from pretrain.units import activation, check_unit, derivative
+from pretrain.units import activation, check_unit, derivative, second_derivative
 
 
 def glorot_uniform(n_out: int, n_in: int, unit: str, generator: torch.Generator) -> torch.Tensor:
@@ -204,42 +221,123 @@ class AutoEncoder(Layer):
                                  f"values in [{lo:.4g}, {hi:.4g}]; rescale the data or "
                                  f"use loss='mse' with visible_unit='linear'")
 
+    def _reconstruction_delta(self, x: torch.Tensor, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Eq. (7) without the 1/B: ``dL/dz`` of Eq. (4) or (5) for the target ``x``, into ``out``."""
+        r = torch.sigmoid(z, out=out) if self.visible_unit == "sigmoid" else activation(self.visible_unit, z)
+        if self.hparams.loss == "cross_entropy":
+            return out.sub_(x)  # sigmoid(z) - x
+        return torch.mul(r - x, derivative(self.visible_unit, z, r), out=out)
+
     def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
         """Eq. (6) for a batch ``x`` (B, n_visible), as weighted terms and their sum ``loss``.
 
         Training corrupts the input (Eq. 1); evaluation reconstructs from the clean x. The
-        penalties are evaluated at the clean x in both cases.
+        penalties are evaluated at the clean x in both cases. ``loss`` carries the gradient of
+        Eq. (10) with respect to the layer's parameters (not with respect to ``x``).
         """
         self._check_input(x)
         hp, unit = self.hparams, self.hidden_unit
         x_tilde = x
         if train and hp.corruption != "none":
             x_tilde = corrupt(x, hp.corruption, hp.corruption_level, self._generator(x.device, "train"))
-        penalised = hp.contraction > 0 or hp.higher_order > 0 or hp.sparsity_l1 > 0 or hp.sparsity_kl > 0
-        if x_tilde is x or penalised:
-            # the clean pre-activation and code, computed once: the reconstruction (when the input
-            # is not corrupted) and every penalty read them; recomputing W x for each term would cost
-            # two more (B, n_visible) x (n_visible, n_hidden) products a step, forward and backward
-            a = self.encoder_preactivation(x)  # (B, n_hidden)
-            h = activation(unit, a)  # (B, n_hidden): Eq. (2) at the clean x
-        h_tilde = h if x_tilde is x else self.encode(x_tilde)  # Eq. (2)
-        z = self.decoder_preactivation(h_tilde)  # (B, n_visible), Eq. (3)
-        terms = {"rec": self._reconstruction_loss(x, z, "sum") / x.shape[0]}  # Eqs. (4)-(5), clean x
-        if hp.contraction > 0 or hp.higher_order > 0:
-            act_grad = derivative(unit, a, h)  # (B, n_hidden): s'(a), the diagonal of J_f(x) / W
+        W, W_dec = self.W, self.decoder_weight  # (n_hidden, n_visible), (n_visible, n_hidden)
+        grad = torch.is_grad_enabled() and W.requires_grad
+        with torch.no_grad():
+            terms, parts = self._terms(x, x_tilde, train, W.detach(), W_dec.detach(), unit, grad)
+        loss = functools.reduce(operator.add, terms.values())  # Eq. (6), no 0 + rec op
+        if grad:
+            loss = _AutoencoderGradient.apply(loss, parts, W, self.b, self.c, self.W_prime)
+        terms["loss"] = loss
+        return terms
+
+    def _terms(self, x, x_tilde, train, W, W_dec, unit, grad):
+        """The weighted terms of Eq. (6) and, when ``grad``, the blocks of Eq. (10)."""
+        hp, (B, n_visible), n_hidden = self.hparams, x.shape, W.shape[0]
+        jacobian = hp.contraction > 0 or hp.higher_order > 0
+        sparse = hp.sparsity_l1 > 0 or hp.sparsity_kl > 0
+        C = hp.higher_order_copies if hp.higher_order > 0 else 0
+        clean = x_tilde is not x and (jacobian or sparse)  # the penalties read the clean x: its own block
+        n_x = 2 * B if clean else B  # rows of x~ (and x)
+        n_in = n_x + C * B
+        R = x.new_empty(n_in + (B if grad else 0), n_visible)  # [x~; x; eps_1..C; delta_z]
+        R[:B] = x_tilde
+        if clean:
+            R[B:n_x] = x
+        if C:  # the same (C, B, n_visible) standard normal draw as penalties.higher_order_at
+            torch.randn((C * B, n_visible), generator=self._generator(x.device, "train" if train else "eval"),
+                        dtype=x.dtype, device=x.device, out=R[n_x:n_in])
+        A = torch.mm(R[:n_in], W.T)  # (n_in, n_hidden): W x~, W x, W eps_c in one product
+        A[:n_x].add_(self.b)
+        a_tilde = A[:B]  # Eq. (2) before the unit, at x~
+        h_tilde = activation(unit, a_tilde)
+        a, h = (A[B:n_x], activation(unit, A[B:n_x])) if clean else (a_tilde, h_tilde)
+        z = torch.addmm(self.c, h_tilde, W_dec.T)  # (B, n_visible), Eq. (3)
+        terms = {"rec": self._reconstruction_loss(x, z, "sum") / B}  # Eqs. (4)-(5), clean x
+        L = x.new_empty(R.shape[0], n_hidden) if grad else None  # [delta_rec; delta_pen; delta_u; h~]
+        delta_pen = x.new_zeros(B, n_hidden) if grad else None
+        grad_n = x.new_zeros(n_hidden) if grad else None  # dOmega/dn of Eq. (10)
+        act_grad = derivative(unit, a, h) if jacobian or sparse else None  # s'(a), the diagonal of J_f(x) / W
+        if jacobian:
+            curv, norms = second_derivative(unit, a, h, act_grad), penalties.row_norms_sq(W)
         if hp.contraction > 0:
-            terms["contraction"] = hp.contraction * penalties.contraction_at(act_grad, self.W).mean()
+            value, g_a, g_n = penalties.contraction_gradient(act_grad, curv, norms, weight=hp.contraction / B)
+            terms["contraction"] = value
+            if grad:
+                delta_pen.add_(g_a)
+                grad_n.add_(g_n)
         if hp.higher_order > 0:
-            g = self._generator(x.device, "train" if train else "eval")
-            terms["higher_order"] = hp.higher_order * penalties.higher_order_at(
-                a, act_grad, self.W, unit, sigma=hp.higher_order_sigma, copies=hp.higher_order_copies,
-                generator=g).mean()
-        if hp.sparsity_l1 > 0 or hp.sparsity_kl > 0:
-            sparsity = torch.zeros((), dtype=h.dtype, device=h.device)
+            value, g_a, _, g_n = penalties.higher_order_gradient(
+                a, act_grad, curv, A[n_x:].view(C, B, n_hidden), norms, unit, sigma=hp.higher_order_sigma,
+                weight=hp.higher_order / B, out=L[n_x:n_in].view(C, B, n_hidden) if grad else None)
+            terms["higher_order"] = value
+            if grad:
+                delta_pen.add_(g_a)
+                grad_n.add_(g_n)
+        if sparse:
+            sparsity, g_h = torch.zeros((), dtype=h.dtype, device=h.device), 0.0
             if hp.sparsity_l1 > 0:
                 sparsity = sparsity + hp.sparsity_l1 * penalties.sparsity_l1(h).mean()
+                g_h = torch.sign(h).mul_(hp.sparsity_l1 / B)  # (B, n_hidden)
             if hp.sparsity_kl > 0:
                 sparsity = sparsity + hp.sparsity_kl * penalties.sparsity_kl(h, hp.sparsity_target)
+                g_h = g_h + penalties.sparsity_kl_gradient(h, hp.sparsity_target) * (hp.sparsity_kl / B)
             terms["sparsity"] = sparsity
-        terms["loss"] = functools.reduce(operator.add, terms.values())  # Eq. (6), no 0 + rec op
-        return terms
+            if grad:
+                delta_pen.addcmul_(g_h, act_grad)  # through h = s(a)
+        if not grad:
+            return terms, None
+        delta_z = self._reconstruction_delta(x, z, out=R[n_in:]).div_(B)  # Eq. (7)
+        delta_rec = torch.mul(delta_z @ W_dec, derivative(unit, a_tilde, h_tilde), out=L[:B])  # Eq. (8)
+        if clean:
+            L[B:n_x] = delta_pen
+        else:
+            delta_rec.add_(delta_pen)
+        L[n_in:] = h_tilde
+        return terms, (L, R, grad_n, n_x, n_in)
+
+
+class _AutoencoderGradient(torch.autograd.Function):
+    """The loss value with the gradient of Eq. (10) attached: the blocks ``L`` (rows, n_hidden) and
+    ``R`` (rows, n_visible) come from the forward computation; their product is formed only when a
+    backward pass asks for it (an evaluation step never pays for it)."""
+
+    @staticmethod
+    def forward(ctx, loss, parts, W, b, c, W_prime):
+        ctx.parts, ctx.W, ctx.tied = parts, W.detach(), W_prime is None
+        return loss.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, scale):
+        L, R, grad_n, n_x, n_in = ctx.parts
+        delta_z, h_tilde = R[n_in:], L[n_in:]  # (B, n_visible), (B, n_hidden)
+        rows = R.shape[0] if ctx.tied else n_in  # tied: the decoder's h~^T delta_z joins the product
+        g_W = torch.mm(L[:rows].T, R[:rows])  # (n_hidden, n_visible), Eq. (10) in one product
+        g_W.addcmul_(ctx.W, grad_n.unsqueeze(1), value=2.0)  # + 2 diag(dOmega/dn) W
+        grads = [g_W, L[:n_x].sum(0), delta_z.sum(0)]  # dJ/dW, dJ/db, dJ/dc
+        if not ctx.tied:
+            grads.append(torch.mm(delta_z.T, h_tilde))  # dJ/dW' (n_visible, n_hidden)
+        # the scale is 1 unless a precision plugin scales the loss; a CPU scalar is read for free
+        if scale.device.type != "cpu" or float(scale) != 1.0:
+            grads = [g * scale for g in grads]
+        return None, None, *grads, *([None] if ctx.tied else [])

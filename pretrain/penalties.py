@@ -17,6 +17,22 @@ Per-example penalties return shape (B,); the caller averages over the batch. The
 square of each Jacobian entry summed (never the square of a sum, never a norm of the mean
 Jacobian over the batch).
 
+A layer's update takes the gradients of the penalties written out rather than through autograd
+(a dozen elementwise passes over (copies, B, n_hidden) tensors fewer). With ``n_j = ||W_j||^2``,
+``s''`` the unit's second derivative (``pretrain.units`` Eq. 4) and the batch sums
+
+    T_1 = sum_{b,j} s'(a_bj)^2 n_j                                   (Eq. 1 summed over the batch)
+    T_3 = (1/C) sum_{c,b,j} (s'(a_bj) - s'(a~_cbj))^2 n_j,  a~_c = a + sigma u_c,  u_c = W eps_c
+
+    (6) dT_1/da_bj = 2 s'(a_bj) s''(a_bj) n_j              dT_1/dn_j = sum_b s'(a_bj)^2
+    (7) dT_3/du_cbj = -(2 sigma / C) (s'(a_bj) - s'(a~_cbj)) s''(a~_cbj) n_j
+        dT_3/da_bj  = (2 / C) s''(a_bj) n_j sum_c (s'(a_bj) - s'(a~_cbj)) + (1 / sigma) sum_c dT_3/du_cbj
+        dT_3/dn_j   = (1 / C) sum_{c,b} (s'(a_bj) - s'(a~_cbj))^2
+    (8) d/d rho_hat_j of Eq. (5): (1 - rho) / (1 - rho_hat_j) - rho / rho_hat_j (zero where the clamp
+        holds rho_hat_j)
+
+and ``dn_j/dW_j = 2 W_j``.
+
 A layer that has the pre-activation ``a`` and ``s'(a)`` at hand (it needs them for the code)
 passes them to :func:`contraction_at` and :func:`higher_order_at` instead of paying for
 ``W x`` again: the perturbed pre-activations of Eq. (3) are ``a~ = a + W eps``, one
@@ -36,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.checks import check_int, check_positive
-from pretrain.units import activation, check_unit, derivative
+from pretrain.units import activation, check_unit, derivative, second_derivative
 
 #: rho_hat is clamped to [KL_EPS, 1 - KL_EPS] before the logs of Eq. (5); see sparsity_kl
 KL_EPS = 1e-6
@@ -175,6 +191,64 @@ def higher_order_at(a: torch.Tensor, act_grad: torch.Tensor, W: torch.Tensor, un
     return (diff * diff).mean(dim=0) @ _row_norms_sq(W)  # Eq. (2) per copy, Eq. (3) mean over copies
 
 
+def row_norms_sq(W: torch.Tensor) -> torch.Tensor:
+    """``n_j = ||W_j||^2`` of each row without a graph: (n_hidden, n_visible) -> (n_hidden,)."""
+    return torch.linalg.vector_norm(W, dim=1).square_()  # one pass over W, vectorised
+
+
+def contraction_gradient(act_grad: torch.Tensor, act_curv: torch.Tensor, norms: torch.Tensor, *,
+                         weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``weight * T_1`` (Eq. 1 summed over the batch) and its gradients, Eq. (6).
+
+    Parameters
+    ----------
+    act_grad, act_curv : (B, n_hidden) ``s'(a)`` and ``s''(a)`` at the pre-activation ``a``.
+    norms : (n_hidden,) ``||W_j||^2`` (:func:`row_norms_sq`).
+    weight : the factor of the total (lambda / B for a batch mean).
+
+    Returns
+    -------
+    ``(value, d value/da (B, n_hidden), d value/dn (n_hidden,))``.
+    """
+    q = torch.linalg.vecdot(act_grad, act_grad, dim=0)  # (n_hidden,): sum_b s'(a_bj)^2
+    grad_a = torch.mul(act_grad, act_curv).mul_(norms * (2.0 * weight))  # Eq. (6)
+    return weight * (q @ norms), grad_a, weight * q
+
+
+def higher_order_gradient(a: torch.Tensor, act_grad: torch.Tensor, act_curv: torch.Tensor,
+                          u: torch.Tensor, norms: torch.Tensor, unit: str, *, sigma: float,
+                          weight: float = 1.0, out: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``weight * T_3`` (Eq. 3 summed over the batch, with the copies' draws at hand) and its
+    gradients, Eq. (7).
+
+    Parameters
+    ----------
+    a, act_grad, act_curv : (B, n_hidden) the clean pre-activation ``a = W x + b``, ``s'(a)``, ``s''(a)``.
+    u : (C, B, n_hidden) ``W eps_c`` of the C standard normal draws (:func:`higher_order_at`
+        draws them): the copies' pre-activations are ``a + sigma u``.
+    norms : (n_hidden,) ``||W_j||^2``; unit : the hidden unit; sigma : the std of the perturbation (> 0).
+    weight : the factor of the total (gamma / B for a batch mean).
+    out : (C, B, n_hidden) where to write ``d value/du`` (default: a new tensor).
+
+    Returns
+    -------
+    ``(value, d value/da (B, n_hidden), d value/du (C, B, n_hidden), d value/dn (n_hidden,))``.
+    """
+    C = u.shape[0]
+    a_tilde = torch.add(a, u, alpha=sigma)  # (C, B, n_hidden)
+    h_tilde = activation(unit, a_tilde)
+    d_tilde = derivative(unit, a_tilde, h_tilde)  # s'(a~)
+    curv_tilde = second_derivative(unit, a_tilde, h_tilde, d_tilde)  # s''(a~)
+    diff = torch.sub(act_grad, d_tilde, out=d_tilde)  # (C, B, n_hidden): s'(a) - s'(a~), d~ no longer needed
+    rows = diff.view(-1, diff.shape[-1])  # (C B, n_hidden)
+    q = torch.linalg.vecdot(rows, rows, dim=0)  # (n_hidden,): sum_{c,b} diff^2
+    grad_u = torch.mul(diff, curv_tilde, out=out).mul_(norms * (-2.0 * sigma * weight / C))  # Eq. (7)
+    grad_a = diff.sum(0).mul_(act_curv).mul_(norms * (2.0 * weight / C))
+    grad_a.add_(grad_u.sum(0), alpha=1.0 / sigma)
+    return (weight / C) * (q @ norms), grad_a, grad_u, (weight / C) * q
+
+
 def sparsity_l1(h: torch.Tensor) -> torch.Tensor:
     """Per-example ``sum_j |h_j|``, Eq. (4). ``h``: (B, n_hidden) -> (B,)."""
     return h.abs().sum(dim=1)  # Eq. (4)
@@ -204,3 +278,13 @@ def sparsity_kl(h: torch.Tensor, rho: float) -> torch.Tensor:
     rho_hat = h.mean(dim=0).clamp(KL_EPS, 1.0 - KL_EPS)  # (n_hidden,)
     kl = rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
     return kl.sum()  # Eq. (5)
+
+
+def sparsity_kl_gradient(h: torch.Tensor, rho: float) -> torch.Tensor:
+    """Eq. (8): the derivative of :func:`sparsity_kl` with respect to each ``rho_hat_j``, zero
+    where the clamp holds it; (B, n_hidden) -> (n_hidden,). Times ``1 / B`` it is the gradient
+    with respect to each ``h_bj``."""
+    rho_hat = h.mean(dim=0)  # (n_hidden,)
+    inside = (rho_hat >= KL_EPS) & (rho_hat <= 1.0 - KL_EPS)  # where the clamp passes the gradient
+    grad = (1.0 - rho) / (1.0 - rho_hat) - rho / rho_hat  # Eq. (8)
+    return torch.where(inside, grad, torch.zeros_like(grad))

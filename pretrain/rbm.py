@@ -39,6 +39,15 @@ gradient is the CD-k / PCD-k estimate of the negative log-likelihood gradient:
 
 where ``v_k`` is the end of a k-step Gibbs chain v -> h -> v' (CD: started at the data;
 PCD: persistent chains carried from one update to the next). Its value is not a log-likelihood.
+Its gradient is written out rather than taken by autograd, with ``h_0``, ``h_k`` the hidden means
+(Eq. 3/7) of v_0 = the data and of v_k, and ``v~ = v / sigma`` (``v`` for binary units, sigma = 1):
+
+    (17) dL_CD/dW = (h_k^T v~_k - h_0^T v~_0) / B = G^T [v~_0; v~_k],  G = [-h_0; h_k] / B   (2B, n_hidden)
+         dL_CD/db = mean_batch h_k - mean_batch h_0,    dL_CD/dc = (mean_batch v_k - mean_batch v_0) / sigma^2
+
+so an update costs five products of B x n_visible x n_hidden: the up pass of the data, the down
+and up passes of each Gibbs step (k = 1), and the weight gradient of both halves in one
+(n_hidden x 2B) x (2B x n_visible) product.
 
 Centring (Montavon and Mueller 2012; Melchior, Fischer and Wiskott 2016), binary units: the same
 model written with offsets mu (visible) and lambda (hidden),
@@ -295,35 +304,33 @@ def centred_gradients(gW: torch.Tensor, gb: torch.Tensor, gc: torch.Tensor, mu: 
 
 
 # -- the layer ------------------------------------------------------------------------------------
-class _DataAndChainPreactivation(torch.autograd.Function):
-    """``a = u W^T + b`` (2B, n_hidden) of ``u = [v_0; v_k]`` (2B, n_visible), the data stacked
-    over the chain end, given the data's half ``a_0`` already computed (without a graph: the
-    chain needed it first). Forward computes the chain end's half; backward gives
-    ``dW = g^T u``, ``db = sum_rows g`` and ``du = g W``: the weight gradient of both halves in one
-    (n_hidden x 2B) x (2B x n_visible) product. Two ``F.linear`` calls would give two products
-    and a fresh (n_hidden, n_visible) sum of them at every update."""
+class _ContrastiveDivergence(torch.autograd.Function):
+    """The surrogate Eq. (13) with its gradient Eq. (17) attached: the hidden means and the
+    (scaled) visible vectors of the data and of the chain end come from the forward computation,
+    and the products are formed only when a backward pass asks for them (validation never pays)."""
 
     @staticmethod
-    def forward(ctx, a0, u, W, b):
-        B = a0.shape[0]
-        ctx.save_for_backward(u, W)
-        return torch.cat([a0, torch.addmm(b, u[B:], W.T)])  # (2B, n_hidden)
+    def forward(ctx, loss, h0, hk, u, u_scaled, sigma, W, b, c):
+        ctx.parts = (h0, hk, u, u_scaled, sigma)
+        return loss.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        u, W = ctx.saved_tensors
-        du = g @ W if ctx.needs_input_grad[1] else None  # (2B, n_visible)
-        dW = g.T @ u if ctx.needs_input_grad[2] else None  # (n_hidden, n_visible)
-        db = g.sum(0) if ctx.needs_input_grad[3] else None  # (n_hidden,)
-        return None, du, dW, db
+    def backward(ctx, scale):
+        h0, hk, u, u_scaled, sigma = ctx.parts  # (B, n_hidden) x2, (2B, n_visible) x2
+        B = h0.shape[0]
+        G = torch.cat([h0, hk]).mul_(scale / B)  # (2B, n_hidden); the scale is 1 unless a
+        G[:B].neg_()  # precision plugin scales the loss: G = scale [-h_0; h_k] / B, Eq. (17)
+        g_c = (u[B:].sum(0) - u[:B].sum(0)).mul_(scale / (B * sigma**2))  # Eq. (17)
+        return None, None, None, None, None, None, G.T @ u_scaled, G.sum(0), g_c
 
 
 class RBM(Layer):
     """A restricted Boltzmann machine trained by CD-k or PCD-k, keeping the layer contract.
 
     ``encode(v) = P(h=1|v)`` (Eq. 3/7) and ``decode(h)`` = P(v=1|h) or the Gaussian mean
-    (Eq. 4/8); the weights are tied (decoder weight W^T). Training minimises Eq. (13) by autograd;
+    (Eq. 4/8); the weights are tied (decoder weight W^T). Training minimises Eq. (13) with the
+    gradient of Eq. (17), in Lightning's manual optimization (``training_step`` takes the step);
     SGD with momentum and weight decay follows Hinton's guide (2010): W ~ N(0, 0.01^2), zero
     biases, momentum 0.5 switched to ``final_momentum`` at epoch ``momentum_switch_epoch`` (in
     ``on_train_epoch_start``), weight decay on W only (not on the biases).
@@ -391,6 +398,9 @@ class RBM(Layer):
             self.register_buffer("offset_h", torch.full((n_hidden,), 0.5))
         self._batch_means: tuple[torch.Tensor, torch.Tensor] | None = None
         self._generators: dict[str, torch.Generator] = {}
+        # one closed-form gradient a step: Lightning's automatic loop (closure, hooks around an
+        # autograd pass) would cost a third of a 784-500 update on a CPU core
+        self.automatic_optimization = False
 
     # -- the contract ---------------------------------------------------------------------------
     def encode(self, x):  # (B, n_visible) -> (B, n_hidden), Eq. (3)/(7)
@@ -463,11 +473,13 @@ class RBM(Layer):
         out when ``monitor`` is False: it is no part of the update), and at validation (binary
         units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
         self._check_input(x)
-        W, b, c, visible, sigma = self.W, self.b, self.c, self.visible, self.sigma
+        W, b, c, visible, sigma = self.W.detach(), self.b.detach(), self.c.detach(), self.visible, self.sigma
         gibbs = self._generator("train" if train else "val", x.device, 1 if train else 2)
+        grad = torch.is_grad_enabled() and self.W.requires_grad
         B = x.shape[0]
         with torch.no_grad():
-            a0 = F.linear(_scaled(x, visible, sigma), W, b)  # (B, n_hidden), kept for F(v) below
+            x_scaled = _scaled(x, visible, sigma)
+            a0 = F.linear(x_scaled, W, b)  # (B, n_hidden), kept for F(v) below
             h0_mean = torch.sigmoid(a0)  # Eq. (3)/(7)
             if train and self.persistent:
                 if self.chains.shape[0] < B:  # first batch (or a larger one): chains from the data
@@ -484,10 +496,15 @@ class RBM(Layer):
                 self.chains[:B] = v
             if train and self.centred:  # <v>_0, <h>_0 for the offsets, moved after the step
                 self._batch_means = (x.mean(0), h0_mean.mean(0))
-        u = torch.cat([x, v])  # (2B, n_visible): the data over the chain end v_k, a constant
-        a = _DataAndChainPreactivation.apply(a0, _scaled(u, visible, sigma), W, b)  # (2B, n_hidden)
-        fe = _free_energy_from(u, a, c, visible, sigma)  # (2B,): F(v_0) then F(v_k), Eq. (2)/(6)
-        loss = fe[:B].mean() - fe[B:].mean()  # Eq. (13)
+            u = torch.cat([x, v])  # (2B, n_visible): the data over the chain end v_k, a constant
+            u_scaled = _scaled(u, visible, sigma)
+            ak = F.linear(u_scaled[B:], W, b)  # (B, n_hidden)
+            # Eq. (13) from Eq. (2)/(6): mean F(v_0) - mean F(v_k)
+            loss = (_free_energy_from(x, a0, c, visible, sigma).mean()
+                    - _free_energy_from(v, ak, c, visible, sigma).mean())
+        if grad:
+            loss = _ContrastiveDivergence.apply(loss, h0_mean, torch.sigmoid(ak), u, u_scaled, sigma,
+                                                self.W, self.b, self.c)
         terms = {"loss": loss}
         if monitor:
             with torch.no_grad():
@@ -497,6 +514,16 @@ class RBM(Layer):
             with torch.no_grad():
                 terms["pseudo_likelihood"] = pseudo_likelihood(x, W, b, c, gibbs, n_flips=1).mean()
         return terms
+
+    def training_step(self, batch, batch_idx):
+        """One update: the terms (the non-finite guard and the logging of ``Module``), then the
+        gradient of Eq. (17) through ``manual_backward`` (so that DDP and precision plugins see
+        it as any loss's) and the optimizer's step (centring in ``on_before_optimizer_step``)."""
+        loss = self._step(batch, "train", batch_idx)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # set to None: the closed-form gradients are taken, not added
+        self.manual_backward(loss)
+        optimizer.step()
 
     def momentum_at(self, epoch: int) -> float:
         """Hinton's schedule: ``momentum`` before ``momentum_switch_epoch``, ``final_momentum`` from it on."""

@@ -9,6 +9,9 @@ For a pre-activation ``a = W x + b`` and code ``h = s(a)``:
     (3) S(a) = integral of s, the hidden term of a tied autoencoder's potential energy
         (Kamyshanska & Memisevic 2013):
             sigmoid  softplus(a)    tanh  log cosh(a)  relu  max(a, 0)^2 / 2    linear  a^2 / 2
+    (4) s''(a), the slope of Eq. (2), through h, for the closed-form gradients of the Jacobian
+        penalties (``pretrain.penalties``):
+            sigmoid  h (1 - h) (1 - 2 h)    tanh  -2 h (1 - h^2)    relu  0 (a.e.)    linear  0
 
 References
 ----------
@@ -47,13 +50,26 @@ def activation(name: str, a: torch.Tensor) -> torch.Tensor:
 def derivative(name: str, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Eq. (2): ``s'(a)`` elementwise, from ``h = s(a)`` where the unit allows it."""
     if name == "sigmoid":
-        return h * (1.0 - h)
+        return torch.addcmul(h, h, h, value=-1.0)  # h - h^2 = h (1 - h), one pass
     if name == "tanh":
         return 1.0 - h * h
     if name == "relu":
         return (a > 0).to(a.dtype)
     if name == "linear":
         return torch.ones_like(a)
+    raise ValueError(check_unit(name))
+
+
+def second_derivative(name: str, a: torch.Tensor, h: torch.Tensor,
+                      act_grad: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (4): ``s''(a)`` elementwise, from ``h = s(a)`` and, when at hand, ``act_grad = s'(a)``."""
+    if name in ("sigmoid", "tanh"):
+        d = derivative(name, a, h) if act_grad is None else act_grad
+        if name == "sigmoid":
+            return torch.addcmul(d, d, h, value=-2.0)  # s' - 2 s' h = s' (1 - 2h), one pass
+        return torch.mul(d, h).mul_(-2.0)  # -2 h s'
+    if name in ("relu", "linear"):
+        return torch.zeros_like(a)
     raise ValueError(check_unit(name))
 
 

@@ -340,3 +340,14 @@ def test_layerwise_run_with_a_psd_layer_logs_its_terms(tmp_path, monkeypatch):
         assert len(hist) == 3 and all(np.isfinite(m.value) and m.value > 0 for m in hist), term
     loss = [m.value for m in sorted(client.get_metric_history(layer, "train/loss"), key=lambda m: m.step)]
     assert loss[-1] < loss[0]
+
+
+def test_a_convolutional_layer_above_psd_is_refused_by_the_tangents():
+    from finetune.tangents import jvp
+    from pretrain.stack import Stack
+
+    stack = Stack([make_layer("psd", 10, 16, seed=0),
+                   make_layer("conv_ae", 16, 8, in_shape=(1, 4, 4), maps=2, kernel=3, seed=1)])
+    x = torch.rand(3, 10)
+    with pytest.raises(ValueError, match="convolutional above a layer with a per-unit gain"):
+        jvp(stack, x, torch.randn(3, 10, 2))

@@ -301,21 +301,3 @@ def test_inputs_outside_unit_interval_are_refused():
         rbm.loss_terms(torch.full((3, 6), 1.5), train=True)
     with pytest.raises(ValueError, match="shape"):
         rbm.loss_terms(torch.zeros(3, 5), train=True)
-
-
-def test_stacked_preactivation_is_f_linear_in_value_and_gradient():
-    # the update's one-product weight gradient of the data and the chain end (float64)
-    from pretrain.rbm import _DataAndChainPreactivation
-
-    g = torch.Generator().manual_seed(4)
-    B, n_v, n_h = 3, 6, 4
-    u = torch.rand(2 * B, n_v, generator=g, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(n_h, n_v, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(n_h, generator=g, dtype=torch.float64, requires_grad=True)
-
-    def stacked(u, W, b):
-        a0 = torch.nn.functional.linear(u[:B], W, b).detach()  # computed first, without a graph
-        return _DataAndChainPreactivation.apply(a0, u, W, b)
-
-    torch.testing.assert_close(stacked(u, W, b), torch.nn.functional.linear(u, W, b), rtol=1e-14, atol=0)
-    assert torch.autograd.gradcheck(stacked, (u, W, b))

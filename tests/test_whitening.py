@@ -308,6 +308,11 @@ def test_the_pretrainer_fits_a_whitening_first_layer_and_transforms_through_it(d
     with pytest.raises(ValueError, match=r"layers\[1\].*needs inputs in \[0, 1\].*loss='mse' with "
                                          r"visible_unit='linear'"):
         StackedPretrainer(layers=[("whiten", 64), ("cae", 20)], epochs=1).fit(X)
+    # lr reaches the layers that have one; the whitening layer is fitted in closed form
+    fast = StackedPretrainer(layers=[("whiten", 64), ("cae", 20)], layer_params=[{}, MSE], epochs=1,
+                             lr=0.5, random_state=0).fit(X)
+    assert fast.stack_[1].hparams.lr == 0.5
+    np.testing.assert_array_equal(fast.stack_[0].W.detach().numpy(), whitening.W.detach().numpy())
 
 
 def test_the_mtc_classifier_predicts_through_a_whitening_first_layer(digits):

@@ -78,7 +78,8 @@ class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     layers : sequence of ``(kind, n_hidden)`` pairs, bottom-up; kinds of ``pretrain.presets.KINDS``.
     epochs : training epochs per layer (>= 0; 0 leaves each layer at its seeded initialisation).
     batch_size : rows per batch.
-    lr : learning rate of every layer, or None for each kind's default.
+    lr : learning rate of every layer that has one (a whitening layer is fitted in closed form),
+        or None for each kind's default.
     optimizer : ``"sgd"`` or ``"adam"`` for the autoencoder kinds, or None for their default;
         RBMs keep their contrastive-divergence SGD and do not take it.
     random_state : int, None or ``numpy.random.RandomState``; see the module docstring.
@@ -129,7 +130,7 @@ class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         built, n_in = [], n_visible
         for k, ((kind, n_hidden), overrides) in enumerate(zip(specs, params)):
             kwargs = {"seed": seed * 100 + k}
-            if self.lr is not None:
+            if self.lr is not None and "lr" in accepted_keys(kind):
                 kwargs["lr"] = self.lr
             if self.optimizer is not None and "optimizer" in accepted_keys(kind):
                 kwargs["optimizer"] = self.optimizer

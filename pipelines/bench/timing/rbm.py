@@ -1,28 +1,24 @@
-"""Speed benchmark: one epoch of a 784-500 binary RBM (CD-1, batch 100) on MNIST.
+"""Speed benchmark: epochs of a 784-500 binary RBM (CD-1, batch 100) on MNIST, on one device.
 
-Three trainers on the same 60000 training images (float32, bytes / 255, in file order):
+Four measurements on the same images (float32, bytes / 255, in file order), by one clock
+(``timing.matmul.device_clock``: CPU time on the CPU, synchronized wall time on a GPU):
 
-(a) ``pretrain.rbm.RBM`` through a Lightning Trainer (max_epochs=1, no logger, no checkpoints);
-    the layer logs its terms once per epoch and computes the monitoring-only reconstruction
-    error on every ``RBM.monitor_every``-th batch;
-(b) the same module's update in a plain loop (``loss_terms`` -> backward -> SGD step), with
-    the same monitored batches;
-(c) scikit-learn's ``BernoulliRBM(n_components=500, batch_size=100, n_iter=1,
-    learning_rate=0.1, random_state=0)``.
+(a) ``pretrain.rbm.RBM`` through a Lightning Trainer (no logger, no checkpoints); the layer logs
+    its terms once per epoch and computes the monitoring-only reconstruction error on every
+    ``RBM.monitor_every``-th batch;
+(b) the same update as a raw PyTorch loop (:func:`train_raw`): Eq. (17) of ``pretrain.rbm``
+    written out in place, from the same seeds and Gibbs draws;
+(c) scikit-learn's ``BernoulliRBM(n_components=500, batch_size=100, learning_rate=0.1)`` (CPU
+    only), its BLAS limited to torch's thread count (threadpoolctl);
+(d) the update's five products alone, each timed with fp32 ``torch.mm`` on its own shape: the
+    ideal epoch.
 
-Throughput counts the useful flops only: 2 * B * n_visible * n_hidden per (B, n_visible) x
-(n_visible, n_hidden)-sized matmul, times the five matmuls a CD-1 update needs (2 up-passes,
-1 down-pass, 2 weight-gradient products; scikit-learn's PCD-1 update does the same five). Our
-monitoring down-pass is not counted. The rate is set beside this machine's own fp32
-``torch.mm`` rate on the same shapes, measured in the same run; the "ideal" epoch is the time
-of the update's five matmuls alone at those rates.
+Throughput counts the useful flops only: 2 B n_visible n_hidden for each of the five products of
+a CD-1 update (:func:`update_products`: the up pass of the data, the down and up passes of the
+Gibbs step, the weight gradient of data and chain end; scikit-learn's PCD-1 update does the same
+five). Our monitoring down pass is not counted.
 
-Quality: the exact log pseudo-likelihood, Eq. (11) of ``pretrain.rbm``, of the trained models
-on the 10000 test images binarized at 0.5; beside it, the one-bit-flip estimate of
-scikit-learn's ``score_samples`` on the grey-level test images, with the same flipped bits for
-every model. All BLAS pools (torch's and numpy's) are limited to ``--threads``.
-
-    python -m pipelines.bench.timing.rbm [--data-dir DIR] [--epochs 1] [--threads N] [--n-train N]
+    python -m pipelines.bench.timing.rbm [--data-dir DIR] [--threads N] [--n-train N] [--accelerator cpu]
 """
 from __future__ import annotations
 
@@ -30,18 +26,24 @@ import argparse
 import os
 import time
 
-import lightning.pytorch as L
 import numpy as np
 import torch
 from sklearn.neural_network import BernoulliRBM
 from threadpoolctl import threadpool_limits
 
-from pipelines.bench.timing.matmul import epoch_timer, matmul_seconds
+from pipelines.bench.timing.matmul import bench_device, clock_name, device_clock, epoch_timer, flops, products_seconds
 from pipelines.data.mnist import load_mnist
 from pipelines.training import make_trainer, quiet_lightning
 from pretrain.rbm import RBM, pseudo_likelihood
 
 N_HIDDEN, BATCH, LR = 500, 100, 0.1
+
+
+def update_products(B: int = BATCH, n_visible: int = 784, n_hidden: int = N_HIDDEN) -> list[tuple[int, int, int]]:
+    """The five products of a CD-1 update as ``(rows, inner, cols)``: the up pass of the data,
+    the down and up passes of the Gibbs step, and the two halves of the weight gradient."""
+    up, down, outer = (B, n_visible, n_hidden), (B, n_hidden, n_visible), (n_hidden, B, n_visible)
+    return [up, down, up, outer, outer]
 
 
 class _Slices(torch.utils.data.Sampler):
@@ -58,160 +60,115 @@ class _Slices(torch.utils.data.Sampler):
 
 
 def loader(X: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
+    """Batches of ``X`` in file order, on ``X``'s device (a GPU copy is made once, not per batch)."""
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=None,
                                        sampler=_Slices(len(X), batch_size))
 
 
-def ideal_epoch(n_batches: int, n_visible: int, clock=time.perf_counter) -> float:
-    """Seconds of an epoch's useful matmuls alone, five a CD-1 update, each timed on its own shape
-    with fp32 ``torch.mm`` on ``clock`` (wall, or ``time.process_time`` for CPU time)."""
-    up = matmul_seconds(BATCH, n_visible, N_HIDDEN, clock=clock)
-    down = matmul_seconds(BATCH, N_HIDDEN, n_visible, clock=clock)
-    outer = matmul_seconds(N_HIDDEN, BATCH, n_visible, clock=clock)
-    return n_batches * (2 * up + down + 2 * outer)
-
-
-# each trainer returns (model, wall seconds per epoch, CPU seconds per epoch); CPU time is the
-# steadier figure when other processes share the cores (it counts every thread of this process)
-def train_lightning(X, epochs, seed, cls=RBM):
-    """Through a Trainer on the batches of ``train_raw``, in file order, so that both end with
-    the same weights (``pipelines.training.fit_layer`` would shuffle them)."""
-    rbm = cls(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
-    timer = epoch_timer()
-    trainer = make_trainer(max_epochs=epochs, callbacks=[timer], accelerator="cpu", deterministic=False)
-    trainer.fit(rbm, loader(X, BATCH))
-    return rbm, timer.wall / epochs, timer.cpu / epochs
-
-
-def train_raw(X, epochs, seed):
+def train_lightning(X: torch.Tensor, epochs: int, seed: int, device: torch.device = torch.device("cpu")):
+    """Through a Trainer on the batches of :func:`train_raw`, in file order. Returns (model,
+    seconds per epoch by the device's clock)."""
     rbm = RBM(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
-    opt = rbm.configure_optimizers()
-    t, c = time.perf_counter(), time.process_time()
+    timer = epoch_timer()
+    trainer = make_trainer(max_epochs=epochs, callbacks=[timer], deterministic=False,
+                           accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+    trainer.fit(rbm, loader(X.to(device), BATCH))
+    return rbm, timer.seconds(device) / epochs
+
+
+def train_raw(X: torch.Tensor, epochs: int, seed: int, device: torch.device = torch.device("cpu")):
+    """The RBM's update (CD-1, SGD with momentum, weight decay on W) as a plain loop, the way it is
+    written without a framework: the same initial weights and Gibbs draws as ``RBM(seed=seed)``.
+    Returns ((W, b, c), seconds per epoch by the device's clock)."""
+    ref = RBM(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)  # the initial weights and settings only
+    W, b, c = (p.detach().to(device).clone() for p in (ref.W, ref.b, ref.c))
+    bufs = [torch.zeros_like(p) for p in (W, b, c)]
+    wd = ref.hparams.weight_decay
+    gibbs = torch.Generator(device=device).manual_seed(seed + 1)
+    X = X.to(device)
+    clock = device_clock(device)
+    t0 = clock()
     for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["momentum"] = rbm.momentum_at(epoch)
+        m = ref.momentum_at(epoch)
         for i in range(0, len(X), BATCH):
-            opt.zero_grad()
-            monitor = (i // BATCH) % rbm.monitor_every == 0  # the batches a Trainer monitors
-            rbm.loss_terms(X[i:i + BATCH], train=True, monitor=monitor)["loss"].backward()
-            opt.step()
-    return rbm, (time.perf_counter() - t) / epochs, (time.process_time() - c) / epochs
+            v0 = X[i:i + BATCH]
+            B = v0.shape[0]
+            h0 = torch.addmm(b, v0, W.T).sigmoid_()  # P(h=1|v_0)
+            h = torch.rand(h0.shape, generator=gibbs, device=device).lt_(h0)  # h ~ P(h|v_0)
+            pv = torch.addmm(c, h, W).sigmoid_()
+            vk = torch.rand(pv.shape, generator=gibbs, device=device).lt_(pv)  # v_1 ~ P(v|h)
+            hk = torch.addmm(b, vk, W.T).sigmoid_()
+            G = torch.cat([h0.neg_(), hk]).div_(B)  # (2B, n_hidden): [-h_0; h_1] / B
+            grads = (G.T @ torch.cat([v0, vk]), G.sum(0), (vk.sum(0) - v0.sum(0)).div_(B))
+            for p, buf, g, decay in zip((W, b, c), bufs, grads, (wd, 0.0, 0.0)):
+                buf.mul_(m).add_(g.add_(p, alpha=decay) if decay else g)  # v <- m v + g + wd p
+                p.sub_(buf, alpha=LR)  # p <- p - lr v
+    return (W, b, c), (clock() - t0) / epochs
 
 
-def train_sklearn(X, epochs, seed):
+def train_sklearn(X: np.ndarray, epochs: int, seed: int):
+    """scikit-learn's BernoulliRBM on ``X`` (its dtype kept), its BLAS on torch's thread count.
+    Returns (model, CPU seconds per epoch)."""
     model = BernoulliRBM(n_components=N_HIDDEN, batch_size=BATCH, n_iter=epochs, learning_rate=LR,
                          random_state=seed)
-    t, c = time.perf_counter(), time.process_time()
-    model.fit(X)
-    return model, (time.perf_counter() - t) / epochs, (time.process_time() - c) / epochs
+    with threadpool_limits(limits=torch.get_num_threads()):
+        t0 = time.process_time()
+        model.fit(X)
+        return model, (time.process_time() - t0) / epochs
 
 
-def _params(model):
-    """(W, b, c) of our RBM or of a scikit-learn BernoulliRBM, as float32 tensors."""
-    if isinstance(model, RBM):
-        return model.W.detach(), model.b.detach(), model.c.detach()
-    return tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in
-                 (model.components_, model.intercept_hidden_, model.intercept_visible_))
+def bench_rbm(X: np.ndarray, device: torch.device, *, repeats: int = 3, seed: int = 0,
+              seconds: float = 0.3, sklearn: bool = True) -> dict:
+    """Time (a)-(d) of the module docstring on ``X`` (N, 784) float32, one epoch each, interleaved
+    ``repeats`` times (the fastest reading kept: other processes only ever add time).
 
-
-def one_flip_score(V, flips, W, b, c):
-    """Mean of scikit-learn's ``score_samples`` estimator, n_visible * log sigmoid(F(v~i) - F(v)),
-    with the flipped bit ``flips`` (B,) given, so that every model sees the same bits."""
-    rows = torch.arange(len(V))
-    flipped = V.clone()
-    flipped[rows, flips] = 1 - flipped[rows, flips]
-    fe = lambda v: -(v @ c) - torch.nn.functional.softplus(v @ W.T + b).sum(1)  # Eq. (2)
-    return (V.shape[1] * torch.nn.functional.logsigmoid(fe(flipped) - fe(V))).mean().item()
+    Returns images/s and seconds per epoch of each; the scikit-learn row only on the CPU."""
+    Xt = torch.from_numpy(np.ascontiguousarray(X))
+    n, products = len(X), update_products(BATCH, X.shape[1], N_HIDDEN)
+    best: dict[str, float] = {}
+    keep = lambda k, s: best.__setitem__(k, min(best.get(k, float("inf")), s))
+    for _ in range(repeats):
+        keep("lightning", train_lightning(Xt, 1, seed, device)[1])
+        keep("raw", train_raw(Xt, 1, seed, device)[1])
+        if sklearn and device.type == "cpu":
+            keep("sklearn", train_sklearn(X, 1, seed)[1])
+        keep("matmul", products_seconds(products, device, seconds) * n / BATCH)  # the ideal epoch
+    per_image = {k: n / v for k, v in best.items()}
+    return {"images_per_s": per_image, "seconds_per_epoch": best,
+            "gflops_matmul": flops(products) * n / BATCH / best["matmul"] / 1e9, "clock": clock_name(device),
+            "what": f"RBM {X.shape[1]}-{N_HIDDEN} CD-1, batch {BATCH}"}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default="../shared/data", help="folder with the MNIST .gz files")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST .gz files")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads for torch and BLAS (default: the cores this process may use)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-sklearn-float64", action="store_true")
-    p.add_argument("--n-train", type=int, default=60000, help="first N training images (quick checks)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="train each model this many times from the same seed; report the fastest")
+    p.add_argument("--n-train", type=int, default=60000, help="first N training images")
+    p.add_argument("--repeats", type=int, default=3, help="readings of each; the fastest is kept")
+    p.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"))
     args = p.parse_args(argv)
+    device = bench_device(args.accelerator)
     torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)  # numpy's BLAS (scikit-learn) gets the same cores
     quiet_lightning()
-    L.seed_everything(args.seed, verbose=False)
-    say = lambda *a: print(*a, flush=True)
-
     X_train, _, X_test, _ = load_mnist(args.data_dir)
-    X_train = X_train[:args.n_train]
-    X = torch.from_numpy(np.ascontiguousarray(X_train))  # (60000, 784) float32 in [0, 1]
-    n, n_v, n_b = X.shape[0], X.shape[1], -(-X.shape[0] // BATCH)
-    flop = 2 * BATCH * n_v * N_HIDDEN  # one matmul of an update
-    ideal, ideal_cpu = ideal_epoch(n_b, n_v), ideal_epoch(n_b, n_v, time.process_time)
-    rate = n_b * 5 * flop / ideal / 1e9
-    say(f"threads {args.threads}, load average {os.getloadavg()[0]:.1f}; fp32 torch.mm GFLOP/s on the "
-        f"update's shapes: {rate:.1f} (wall), {n_b * 5 * flop / ideal_cpu / 1e9:.1f} (CPU time)")
-
-    def best_of(train, *a):
-        """Fastest of ``--repeats`` identical runs (same seed, same model): timing noise from other
-        processes only ever adds time. Returns (model, wall s/epoch, CPU s/epoch)."""
-        runs = [train(*a) for _ in range(args.repeats)]
-        return runs[0][0], min(r[1] for r in runs), min(r[2] for r in runs)
-
-    rows = []  # (name, wall s/epoch, CPU s/epoch, model)
-    trainers = [("RBM, Lightning Trainer", lambda: best_of(train_lightning, X, args.epochs, args.seed)),
-                ("RBM, raw update loop", lambda: best_of(train_raw, X, args.epochs, args.seed)),
-                ("sklearn BernoulliRBM float32",
-                 lambda: best_of(train_sklearn, X_train, args.epochs, args.seed))]
-    if not args.skip_sklearn_float64:
-        trainers.append(("sklearn BernoulliRBM float64",
-                         lambda: best_of(train_sklearn, X_train.astype(np.float64), args.epochs, args.seed)))
-    for name, run in trainers:
-        model, seconds, cpu = run()
-        rows.append((name, seconds, cpu, model))
-        say(f"  {name}: {seconds:.2f} s/epoch, CPU {cpu:.2f} s (best of {args.repeats})")
-    say(f"  raw loop and Trainer end with the same weights: {torch.equal(rows[0][3].W, rows[1][3].W)}")
-    # the matmul rate once more, after the trainers: other processes only ever add time
-    ideal = min(ideal, ideal_epoch(n_b, n_v))
-    ideal_cpu = min(ideal_cpu, ideal_epoch(n_b, n_v, time.process_time))
-    rate = n_b * 5 * flop / ideal / 1e9
-    say(f"  fp32 torch.mm GFLOP/s (best of both readings): {rate:.1f} (wall), "
-        f"{n_b * 5 * flop / ideal_cpu / 1e9:.1f} (CPU time); load average now {os.getloadavg()[0]:.1f}")
-
-    V = torch.from_numpy(X_test)  # (10000, 784) grey levels in [0, 1]
-    Vb = (V > 0.5).float()  # binarized: the pseudo-likelihood of Eq. (11) is defined on bits
-    flips = torch.randint(n_v, (len(V),), generator=torch.Generator().manual_seed(args.seed))
-    exact = {}  # the exact sum is 10000 x 784 x 500 softplus terms: once per distinct model
-    say(f"\nMNIST {n} x {n_v}, {N_HIDDEN} hidden, CD-1, batch {BATCH}, {args.epochs} epoch(s); "
-        f"pseudo-likelihood (nats per image) on the {len(V)} test images")
-    head = (f"{'trainer':<30} {'s/epoch':>8} {'CPU s':>6} {'GFLOP/s':>8} {'of mm rate':>10} "
-            f"{'(by CPU)':>8} {'ideal s':>8} {'PL exact (bin)':>14} {'PL 1-flip (grey)':>16}")
-    say(head)
-    say("-" * len(head))
-    pl = {}
+    X = np.ascontiguousarray(X_train[:args.n_train])
+    r = bench_rbm(X, device, repeats=args.repeats, seed=args.seed)
+    ips, ideal = r["images_per_s"], r["images_per_s"]["matmul"]
+    print(f"{r['what']}, {len(X)} images, {args.threads} threads, {device.type}, by {r['clock']}; "
+          f"matmul rate at the update's shapes {r['gflops_matmul']:.1f} GFLOP/s")
+    print(f"{'trainer':<28} {'images/s':>9} {'of the matmul rate':>19} {'vs sklearn':>10}")
+    for name in ("lightning", "raw", "sklearn"):
+        if name in ips:
+            vs = f"{ips[name] / ips['sklearn']:.2f}x" if "sklearn" in ips else "-"
+            print(f"{name:<28} {ips[name]:9.0f} {ips[name] / ideal:19.0%} {vs:>10}")
+    Vb = torch.from_numpy(X_test > 0.5).float()  # the exact pseudo-likelihood is defined on bits
+    model, _ = train_lightning(torch.from_numpy(X), 1, args.seed, device)
     with torch.no_grad():
-        for name, seconds, cpu, model in rows:
-            W, b, c = _params(model)
-            key = next((k for k in exact if torch.equal(k[0], W)), None)
-            if key is None:
-                key = (W,)
-                exact[key] = pseudo_likelihood(Vb, W, b, c).mean().item()
-            pl[name] = exact[key]
-            gflops = n_b * 5 * flop / seconds / 1e9  # the five useful matmuls of each update
-            say(f"{name:<30} {seconds:8.2f} {cpu:6.2f} {gflops:8.1f} {ideal / seconds:10.0%} "
-                f"{ideal_cpu / cpu:8.0%} "
-                f"{ideal:8.2f} {pl[name]:14.2f} {one_flip_score(V, flips, W, b, c):16.2f}")
-    wall = {name: seconds for name, seconds, _, _ in rows}
-    cpu = {name: c for name, _, c, _ in rows}
-    sk = "sklearn BernoulliRBM float32"
-    say("\n'ideal s': the five matmuls of a CD-1 update alone at the measured rates, for every "
-        "trainer; 'CPU s': all threads' CPU time; '(by CPU)': the ideal in CPU time over the epoch's")
-    for name in ("RBM, Lightning Trainer", "RBM, raw update loop"):
-        say(f"{name:<30}: {wall[sk] / wall[name]:4.1f}x sklearn float32's speed ({cpu[sk] / cpu[name]:.1f}x "
-            f"by CPU time; target >= 5x), matmul efficiency {ideal / wall[name]:4.0%} "
-            f"({ideal_cpu / cpu[name]:.0%} by CPU time; target >= 60%), "
-            f"PL {pl[name]:.2f} vs {pl[sk]:.2f} (target: >=)")
-    say(f"{sk:<30}: matmul efficiency {ideal / wall[sk]:4.0%} ({ideal_cpu / cpu[sk]:.0%} by CPU time)")
+        W, b, c = (t.detach().cpu() for t in (model.W, model.b, model.c))
+        print(f"exact log pseudo-likelihood on the binarized test images: "
+              f"{pseudo_likelihood(Vb, W, b, c).mean().item():.2f} nats per image")
 
 
 if __name__ == "__main__":
