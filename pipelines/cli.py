@@ -354,8 +354,10 @@ def _bench_command(suite: str, summary: str) -> None:
     @click.option("--only", multiple=True, metavar="PATTERN",
                   help="Compute only the cells whose id matches (shell-style, repeatable), "
                        "e.g. 'paper-*-mtc_all-*'; the table shows the finished ones.")
+    @click.option("--results", default="results", show_default=True, help="Folder of the committed "
+                  "results (<suite>-<profile>/cells.csv, table.md) to resume from and update; '' for none.")
     def command(profile: str, seeds: int | None, data_dir: str | None, root: str,
-                threads: int | None, accelerator: str, only: tuple[str, ...]) -> None:
+                threads: int | None, accelerator: str, only: tuple[str, ...], results: str) -> None:
         from pipelines.bench.runner import run_bench
 
         if threads is not None:
@@ -369,7 +371,7 @@ def _bench_command(suite: str, summary: str) -> None:
             with progress.configure(progress.mode_for(False)), signals_raise():
                 res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
                                 log=progress.note, accelerator=accelerator,
-                                only=only)
+                                only=only, results=results or None)
         except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError) as e:
             _fail(str(e))
         except Interrupted as e:
@@ -378,7 +380,8 @@ def _bench_command(suite: str, summary: str) -> None:
             sys.exit(e.exit_code)
         click.echo(res.markdown)
         figure = f", figure {res.figure_path}" if res.figure_path else ""
-        click.echo(f"tables in {res.directory}{figure}; MLflow run {res.run_id} in {res.tracking_uri}")
+        kept = f"; results file and table in {res.results_dir}" if res.results_dir else ""
+        click.echo(f"tables in {res.directory}{figure}{kept}; MLflow run {res.run_id} in {res.tracking_uri}")
 
 
 for _suite, _summary in BENCH_SUITES.items():

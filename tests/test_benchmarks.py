@@ -238,7 +238,8 @@ def test_unknown_suite_profile_and_bad_seeds():
 
 def test_run_bench_tracks_and_resumes(tmp_path, monkeypatch):
     """The runner with a synthetic suite: one parent run, a nested run per computed cell, the
-    table logged; a second run computes nothing and gives the same table."""
+    table logged; a second run computes nothing and gives the same table (its time report
+    counts the cells as loaded)."""
     import mlflow
 
     calls = []
@@ -259,14 +260,16 @@ def test_run_bench_tracks_and_resumes(tmp_path, monkeypatch):
     assert calls == ["L100-s0", "L100-s1", "L600-s0", "L600-s1"]
     assert "| 100 | mtc | 11.50 ± 0.71 | 2 | 12.03 | -0.53 |" in first.markdown
     again = run_bench("fake", profile="tiny", seeds=2, root=tmp_path, log=lambda m: None)
-    assert len(calls) == 4 and again.markdown == first.markdown and again.directory == first.directory
+    table = lambda res: res.markdown.split("#### Time")[0]
+    assert len(calls) == 4 and table(again) == table(first) and again.directory == first.directory
+    assert "| cells: mtc | 4 |" in first.markdown and "| cells: mtc | - | - | 4 |" in again.markdown
     assert (first.directory / "table.csv").read_text() == first.csv
     mlflow.set_tracking_uri(first.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["layerwise-bench"])
     nested = runs[runs["tags.mlflow.parentRunId"] == first.run_id]
     assert sorted(nested["tags.mlflow.runName"]) == ["L100-s0", "L100-s1", "L600-s0", "L600-s1"]
     assert set(runs.status) == {"FINISHED"}
-    assert mlflow.artifacts.load_text(f"runs:/{again.run_id}/results/table.md") == first.markdown
+    assert mlflow.artifacts.load_text(f"runs:/{again.run_id}/results/table.md") == again.markdown
     mlflow.set_tracking_uri(None)
 
 
@@ -301,6 +304,11 @@ def test_suite_tiny_end_to_end(suite, tmp_path, monkeypatch):
     else:
         assert all(v > 0 for v in values)
         assert {r["keys"]["benchmark"] for r in res.results} == set(speed.BENCHMARKS)
+        assert "-cpu-" in res.directory.name  # CPU and GPU timings never share a folder
+        refs = {r["keys"]["benchmark"]: [x["name"] for x in r["extra"]["references"]] for r in res.results}
+        assert refs["rbm"] == ["matmul rate at the update's shapes", "raw PyTorch loop",
+                               "sklearn BernoulliRBM float32"]
+        assert refs["autoencoder"] == ["matmul rate at the update's shapes", "raw PyTorch loop"]
     if suite != "speed":
         assert res.figure_path is not None and res.figure_path.stat().st_size > 10000
     print(f"{suite}: {time.perf_counter() - t0:.0f} s")

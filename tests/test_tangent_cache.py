@@ -73,3 +73,16 @@ def test_a_key_written_by_an_earlier_release_is_found():
     X = torch.linspace(0, 1, 5 * 6).reshape(5, 6)
     assert tc.tangent_key(st, X, 2, oversample=2) == (
         "0c675a32edd0aea9a7e56119839470c53b8ed5e31bb67c2dcc85010e2ad95032")
+
+
+def test_the_key_of_a_convolutional_stack_covers_its_geometry():
+    # the same filter bytes under another padding or pooling are another Jacobian
+    from pretrain.presets import make_layer
+
+    X = _x(3, 36, dtype=torch.float32)
+    keys = set()
+    for padding, pool, n_hidden in (("valid", 1, 2 * 4 * 4), ("same", 1, 2 * 6 * 6), ("valid", 2, 2 * 2 * 2)):
+        layer = make_layer("conv_ae", 36, n_hidden, in_shape=(1, 6, 6), maps=2, kernel=3,
+                           padding=padding, pool=pool, seed=0)
+        keys.add(tc.tangent_key(Stack([layer]), X, 2, oversample=2))
+    assert len(keys) == 3

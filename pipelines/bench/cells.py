@@ -38,6 +38,11 @@ class Cell:
     task: dict = field(default_factory=dict)
 
 
+def wall_seconds(result: dict) -> float:
+    """A finished cell's recorded wall time; cell files written before ``wall_s`` name it ``seconds``."""
+    return float(result["wall_s"] if "wall_s" in result else result.get("seconds", 0.0))
+
+
 def settings_digest(settings: dict) -> str:
     """A short hash of JSON-able settings: names a suite run's folder."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:12]
@@ -52,9 +57,12 @@ class CellStore:
     def path(self, cell_id: str) -> Path:
         return self.directory / f"{cell_id}.json"
 
-    def load(self, cell_id: str) -> dict | None:
+    def has(self, cell: Cell) -> bool:
+        return self.path(cell.id).is_file()
+
+    def load(self, cell: Cell) -> dict | None:
         """The stored result of a cell, or None when it has none (or an unreadable one)."""
-        p = self.path(cell_id)
+        p = self.path(cell.id)
         if not p.is_file():
             return None
         try:
@@ -63,7 +71,7 @@ class CellStore:
             print(f"warning: {p} cannot be read as a cell result; running the cell again",
                   file=sys.stderr)
             return None
-        return result if isinstance(result, dict) and result.get("id") == cell_id else None
+        return result if isinstance(result, dict) and result.get("id") == cell.id else None
 
     def save(self, result: dict) -> None:
         atomic_write_text(self.path(result["id"]), json.dumps(result, indent=1, sort_keys=True))
@@ -87,18 +95,20 @@ def run_cells(cells: list[Cell], store: CellStore, compute: Callable[[Cell], dic
               selected: Callable[[Cell], bool] = lambda cell: True) -> list[dict]:
     """The results of ``cells``: stored ones read back, missing ones computed and stored.
 
+    ``store`` is a ``CellStore`` or any object with its ``has``, ``load`` and ``save``
+    (``pipelines.bench.results.ResultStore`` adds the committed results file).
     ``compute(cell)`` returns at least ``{"value": float}``; the runner adds the cell's id,
-    keys, seed and task, and the wall time when ``compute`` did not give one. A missing cell
-    that is not ``selected`` is left out of the results (the table shows '-' for it).
+    keys, seed and task, and its wall time ``wall_s`` when ``compute`` did not give one. A
+    missing cell that is not ``selected`` is left out of the results (the table shows '-' for it).
     """
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError(f"cell ids must be unique, got duplicates {sorted({i for i in ids if ids.count(i) > 1})}")
     results = []
-    todo = [c for c in cells if selected(c) and not store.path(c.id).is_file()]
+    todo = [c for c in cells if selected(c) and not store.has(c)]
     suite = progress.Stage(f"{len(todo)} cells to compute", total=len(todo), unit="cell")
     for i, cell in enumerate(cells, 1):
-        done = store.load(cell.id)
+        done = store.load(cell)
         if done is not None:
             log(f"[{i}/{len(cells)}] {cell.id}: {fmt(done['value'])} (finished before)")
             results.append(done)
@@ -112,11 +122,11 @@ def run_cells(cells: list[Cell], store: CellStore, compute: Callable[[Cell], dic
             shown.note = suite.eta_note()
             out = compute(cell)
         suite.done += 1
-        result = {"seconds": time.perf_counter() - t0, **out, "id": cell.id, "keys": cell.keys,
+        result = {"wall_s": time.perf_counter() - t0, **out, "id": cell.id, "keys": cell.keys,
                   "seed": cell.seed, "task": cell.task}
         if not isinstance(result.get("value"), (int, float)):
             raise ValueError(f"cell {cell.id}: compute returned no numeric 'value' ({out!r})")
         store.save(result)
-        log(f"[{i}/{len(cells)}] {cell.id}: {fmt(result['value'])} ({result['seconds']:.0f} s)")
+        log(f"[{i}/{len(cells)}] {cell.id}: {fmt(result['value'])} ({result['wall_s']:.0f} s)")
         results.append(result)
     return results

@@ -6,6 +6,7 @@ it; the seeds of the cells draw the labels and the fine-tuning initialisations.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ import torch
 from pipelines import tracking
 from pipelines.bench.papers import MNIST_VALID
 from pipelines.bench.profiles import Profile
+from pipelines.bench.timing_report import Ledger
 from pipelines.config import LayerConfig, load_config
 from pipelines.data.datasets import Dataset, load_dataset
 from pipelines.data.splits import make_split
@@ -74,13 +76,15 @@ def bench_config(p: Profile, data: str, stack: str, seed: int, experiment: str =
 
 
 class Context:
-    """What the cells of one suite run share: datasets, pretrained stacks, caches, tracking."""
+    """What the cells of one suite run share: datasets, pretrained stacks, caches, tracking, and
+    the ledger of where the run's time goes (``pipelines.bench.timing_report``)."""
 
     def __init__(self, profile: Profile, *, data_dir: str | None, root: Path, uri: str,
                  experiment_id: str, experiment: str, log: Callable[[str], None] = print,
-                 accelerator: str = "cpu"):
+                 accelerator: str = "cpu", ledger: Ledger | None = None):
         self.profile, self.data_dir, self.root = profile, data_dir, Path(root)
         self.accelerator = accelerator
+        self.ledger = Ledger() if ledger is None else ledger
         self.uri, self.experiment_id, self.experiment, self.log = uri, experiment_id, experiment, log
         self._datasets: dict = {}
         self._stacks: dict = {}
@@ -114,7 +118,8 @@ class Context:
 
     def stack(self, data: str, stack: str):
         """The stack pretrained on ``data``'s pool (seed ``STACK_SEED``), from the per-layer cache
-        when it is there; one nested MLflow run per layer trained."""
+        when it is there; one nested MLflow run per layer trained. The ledger gets the time of
+        the layers trained, and the rest of ``pretrain_stack`` as the time of those loaded."""
         if (data, stack) in self._stacks:
             return self._stacks[(data, stack)]
         cfg = self.config(data, stack, STACK_SEED)
@@ -123,10 +128,21 @@ class Context:
         fit_layer = tracked_layer_fitter(cfg, uri=self.uri, experiment_id=self.experiment_id,
                                          cache_dir=cache, image_shape=ds.image_shape, log=self.log)
 
+        trained = []
+
+        def timed_fit(*args) -> None:
+            t0 = time.perf_counter()
+            fit_layer(*args)
+            trained.append(time.perf_counter() - t0)
+
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
         with tracking.start_run(f"pretrain {data} {stack}", experiment_id=self.experiment_id, nested=True):
+            t0 = time.perf_counter()
             st, loaded = pretrain_stack(cfg, as_t(split.X_pool), as_t(split.X_valid), cache_dir=cache,
-                                        fit_layer=fit_layer)
+                                        fit_layer=timed_fit)
+            rest = time.perf_counter() - t0 - sum(trained)
             mlflow.log_params({"sizes": "-".join(map(str, st.sizes)), "layers_from_cache": sum(loaded)})
+        self.ledger.add("pretraining", sum(trained), loaded=False, count=len(trained))
+        self.ledger.add("pretraining", rest, loaded=True, count=sum(loaded))
         self._stacks[(data, stack)] = st.eval()
         return self._stacks[(data, stack)]

@@ -6,11 +6,18 @@ covering the profile (all but its seed count, so that more seeds extend a finish
 suite's settings; the results are summarised over seeds beside the paper's figures
 (``pipelines.bench.summary``). One MLflow parent run per suite run, one nested run per computed
 cell (the training stages of a cell nest below it); the tables (Markdown and CSV) and the
-figure are logged to the parent and written beside the cell files.
+figure are logged to the parent and written beside the cell files. Under the table, where the
+run's time went (``pipelines.bench.timing_report``).
+
+With ``results``, the finished cells are also kept in the suite's results file
+(``<results>/<suite>-<profile>/cells.csv``, ``pipelines.bench.results``), with its table
+(``table.md``, ``pipelines.bench.readme``) beside it, both rewritten as each cell lands; a cell
+with a row there is not computed again, so a suite resumes from committed results on any machine.
 """
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,13 +28,22 @@ import torch
 from pipelines import tracking
 from pipelines.bench.cells import Cell, CellStore, run_cells, select_cells, settings_digest
 from pipelines.bench.context import EXPERIMENT, Context
+from pipelines.bench.hardware import hardware
 from pipelines.bench.profiles import Profile, get_profile
+from pipelines.bench.readme import results_table
+from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile, ResultStore, results_dir
 from pipelines.bench.suites import SUITES
 from pipelines.bench.summary import Summary, summarize
+from pipelines.bench.timing.matmul import bench_device
+from pipelines.bench.timing_report import Ledger, run_markdown
 from pipelines.files import atomic_write_text
 from pipelines.reporting.figures import save_figure
 from pipelines.reporting.tables import summary_csv
 from pipelines.training import quiet_lightning
+
+
+#: the suites whose results measure the device they ran on: one results folder per device
+BY_DEVICE = ("speed",)
 
 
 @dataclass
@@ -42,12 +58,13 @@ class BenchResult:
     figure_path: Path | None
     run_id: str
     tracking_uri: str
+    results_dir: Path | None = None
 
 
 def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None = None,
               data_dir: str | None = None, root: str | Path = "mlruns", uri: str | None = None,
               log: Callable[[str], None] = print, accelerator: str = "cpu",
-              only: Sequence[str] = ()) -> BenchResult:
+              only: Sequence[str] = (), results: str | Path | None = None) -> BenchResult:
     """Run (or resume) benchmark ``suite`` of ``pipelines.bench.suites.SUITES``.
 
     Parameters
@@ -61,10 +78,16 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
     log : receives one progress line per cell.
     accelerator : the Trainer flag for every network (``cpu``, ``gpu``, ``auto``); the MTC's
         tangents are computed on the same device. Not part of the results' hash: a suite
-        resumes across devices.
+        resumes across devices, except those of ``BY_DEVICE``, measurements of the device itself,
+        kept in one folder per device (``<suite>-<profile>-<cpu|cuda>-<hash>``); for those,
+        ``gpu`` where there is none is refused.
     only : shell-style patterns of cell ids to compute (default: all); the other cells are
         read back when they are finished and left out when not, and the table says how many
         cells it holds.
+    results : the folder of committed results (``results`` on the command line); None: none.
+        The suites of ``pipelines.bench.results.SCHEMAS`` keep theirs in
+        ``<results>/<suite>-<profile>/``; a file there that does not fit the suite is refused
+        before anything runs.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown benchmark suite {suite!r}: choose one of {', '.join(SUITES)}")
@@ -76,15 +99,29 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
     digest = settings_digest(spec.settings(prof))
     root = Path(root)
     directory = root / "bench" / f"{suite}-{prof.name}-{digest}"
-    store = CellStore(directory)
+    if suite in BY_DEVICE:  # CPU and GPU timings never share a folder
+        directory = root / "bench" / f"{suite}-{prof.name}-{bench_device(accelerator).type}-{digest}"
+    book = None
+    if results is not None and suite in SCHEMAS:
+        book = ResultsFile(results_dir(results, suite, prof.name) / FILE, SCHEMAS[suite], cells,
+                           spec.cell_digests(prof, cells))
 
+    def landed() -> None:  # the committed table follows each cell that lands
+        atomic_write_text(book.path.with_name(TABLE), results_table(suite, prof.name, book))
+
+    store = ResultStore(CellStore(directory), book, landed=landed)
+
+    started = time.perf_counter()
     quiet_lightning()
     uri, experiment_id = tracking.open_store(uri, root=root, experiment=EXPERIMENT)
     stale = tracking.mark_stale_runs(experiment_id, digest)
     if accelerator != "cpu" and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
+    ledger = Ledger()
     ctx = Context(prof, data_dir=data_dir, root=root, uri=uri, experiment_id=experiment_id,
-                  experiment=EXPERIMENT, log=log, accelerator=accelerator)
+                  experiment=EXPERIMENT, log=log, accelerator=accelerator, ledger=ledger)
+    stamp = {"commit": tracking.git_commit(), "hardware": hardware(accelerator)}
+    computed: set[str] = set()
     tags = {**tracking.environment_tags(), "layerwise.digest": digest, "layerwise.bench": suite,
             "layerwise.profile": prof.name}
     if stale:
@@ -94,22 +131,29 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
 
     def compute(cell: Cell) -> dict:
         spec.prepare(ctx, cell)  # pretraining runs nest under the suite's run, not the cell's
+        t0 = time.perf_counter()  # a cell's time leaves out the pretraining of the stack it shares
         with tracking.start_run(cell.id, experiment_id=experiment_id, nested=True):
             mlflow.log_params({**{f"cell.{k}": v for k, v in cell.keys.items()}, "cell.seed": cell.seed})
             out = spec.run_cell(ctx, cell)
             mlflow.log_metric("value", out["value"])
-        return out
+        computed.add(cell.id)
+        return {"wall_s": time.perf_counter() - t0, **out, **stamp}
 
     with tracking.start_run(f"bench {suite} ({prof.name})", experiment_id=experiment_id,
                             tags=tags) as parent:
         mlflow.log_params({"suite": suite, "directory": str(directory),
                            **{f"profile.{k}": v for k, v in prof.as_dict().items()}})
-        results = run_cells(cells, store, compute, log=log, selected=selected)
+        with ledger.listening():
+            results = run_cells(cells, store, compute, log=log, selected=selected)
         summaries = summarize(results, spec.paper)
         markdown = spec.markdown(summaries, results, prof)
         if len(results) < len(cells):
             markdown = (f"**Partial: {len(results)} of {len(cells)} cells finished** (the others "
                         f"show '-'; the same command with no --only computes them).\n\n" + markdown)
+        if book is not None:
+            landed()
+        markdown += "\n" + run_markdown(results, computed, ledger, time.perf_counter() - started,
+                                        spec.kind_key)
         table_csv = summary_csv(summaries, spec.key_names)
         atomic_write_text(directory / "table.md", markdown)
         atomic_write_text(directory / "table.csv", table_csv)
@@ -123,7 +167,7 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
             figure_path = save_figure(fig, directory / "figure.png")
             tracking.log_file(figure_path, "results")
     return BenchResult(suite, prof.name, directory, results, summaries, markdown, table_csv,
-                       figure_path, parent.info.run_id, uri)
+                       figure_path, parent.info.run_id, uri, None if book is None else book.path.parent)
 
 
 def _metric_key(text: str) -> str:

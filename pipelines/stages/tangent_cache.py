@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,6 +27,11 @@ from finetune.tangents import ALGORITHM, OVERSAMPLE, RANK_TOL, check_options, en
 from pretrain.stack import Stack
 
 from pipelines.files import atomic_path
+
+#: called as ``listener(seconds, loaded)`` after every :func:`cached_tangents` call, ``loaded``
+#: True when the tangents came from the cache: how a benchmark suite learns what its tangents
+#: cost without a clock threaded through fine-tuning (``pipelines.bench.timing_report``)
+LISTENERS: list[Callable[[float, bool], None]] = []
 
 
 def _digest_tensor(h, t: torch.Tensor) -> None:
@@ -37,7 +44,8 @@ def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
     """A sha256 of everything the tangents depend on.
 
     The stack enters through what J depends on, each layer's unit, encoder weight and bias
-    (rather than the raw state_dict, which misses the unit and, for a Gaussian RBM, sigma);
+    (rather than the raw state_dict, which misses the unit and, for a Gaussian RBM, sigma), and a
+    convolutional layer's geometry;
     then X's bytes, k and the options of ``tangents``, and the version of the algorithm, so
     that tangents cached by an earlier version (other random starts) are recomputed.
     """
@@ -46,6 +54,10 @@ def tangent_key(stack: Stack, X: torch.Tensor, k: int, **options) -> str:
         h.update(unit.encode())
         _digest_tensor(h, W)
         _digest_tensor(h, b)
+    for layer in stack:  # a convolution's geometry (padding, pooling, image shape): not in W's bytes
+        cmap = getattr(layer, "encoder_map", None)
+        if cmap is not None:
+            h.update(repr(cmap).encode())
     _digest_tensor(h, X)
     h.update(repr((k, sorted(options.items()))).encode())
     return h.hexdigest()
@@ -63,6 +75,7 @@ def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.P
     options = dict(oversample=oversample, block_size=block_size, rank_tol=rank_tol,
                    batch_size=batch_size, seed=seed, method=method)
     check_options(stack, X, k, **options)  # fail before hashing
+    t0 = time.perf_counter()
     key = tangent_key(stack, X, k, **options)
     path = Path(cache_dir) / f"tangents-{key[:32]}.pt"
     if path.exists():
@@ -72,12 +85,20 @@ def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.P
             saved = None
         if (isinstance(saved, dict) and saved.get("key") == key
                 and tuple(saved["U"].shape) == (len(X), k, X.shape[1])):
-            return _served(_stored(saved["U"]), X.dtype).to(X.device), saved["S"].to(X.device)
+            U, S = _served(_stored(saved["U"]), X.dtype).to(X.device), saved["S"].to(X.device)
+            _tell(time.perf_counter() - t0, loaded=True)
+            return U, S
     U, S = tangents(stack, X, k, **options, device=device)
     stored = _stored(U.cpu())
     with atomic_path(path) as tmp:
         torch.save({"key": key, "U": stored, "S": S.cpu()}, tmp)
+    _tell(time.perf_counter() - t0, loaded=False)
     return _served(stored, U.dtype).to(U.device), S
+
+
+def _tell(seconds: float, *, loaded: bool) -> None:
+    for listener in LISTENERS:
+        listener(seconds, loaded)
 
 
 def _stored(U: torch.Tensor) -> torch.Tensor:

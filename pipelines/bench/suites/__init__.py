@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pipelines.bench.cells import Cell
+from pipelines.bench.cells import Cell, settings_digest
 from pipelines.bench.context import Context, bench_config
 from pipelines.bench.profiles import Profile
 from pipelines.bench.suites import (deep_autoencoder, knowledge_free, semi_supervised,
@@ -31,13 +31,37 @@ class Suite:
     markdown: Callable[[list[Summary], list[dict], Profile], str]
     figure: Callable
     title: Callable[[Profile], str]
+    #: methods added after results folders existed: their cells are left out of the folder's
+    #: name, so that a suite's finished cells are found again when a column is added
+    added_methods: tuple[str, ...] = ()
 
     def prepare(self, ctx: Context, cell: Cell) -> None:
         prepare(ctx, cell)
 
+    @property
+    def kind_key(self) -> str:
+        """The key that names a cell's kind in the time report: the last, the method column."""
+        return self.key_names[-1]
+
+    def cell_digests(self, p: Profile, cells: list[Cell]) -> dict[str, str]:
+        """Per cell id, a digest of what its result depends on: the profile (not its seed count),
+        its task and its stack's config; a results file's row holds it (``pipelines.bench.results``),
+        so that a cell whose settings changed is not read back, while the others are."""
+        prof = {k: v for k, v in p.as_dict().items() if k != "seeds"}
+        configs: dict[tuple, str] = {}
+        out = {}
+        for c in cells:
+            stack = (c.task["data"], c.task["stack"]) if c.task.get("stack") else None
+            if stack is not None and stack not in configs:
+                configs[stack] = bench_config(p, *stack, 0).digest("data", "pretrain", "finetune", "trainer")
+            out[c.id] = settings_digest({"suite": self.name, "profile": prof, "task": c.task,
+                                         "config": configs.get(stack)})
+        return out
+
     def settings(self, p: Profile) -> dict:
-        """What names the results folder: the profile (not its seed count), the tasks, the configs."""
-        cells = [c for c in self.cells(p) if c.seed == 0]
+        """What names the results folder: the profile (not its seed count), the tasks (but those of
+        ``added_methods``), the configs."""
+        cells = [c for c in self.cells(p) if c.seed == 0 and c.task.get("method") not in self.added_methods]
         stacks = sorted({(c.task["data"], c.task["stack"]) for c in cells if c.task.get("stack")})
         prof = {k: v for k, v in p.as_dict().items() if k != "seeds"}
         return {"suite": self.name, "profile": prof, "tasks": [c.task for c in cells],
@@ -46,6 +70,7 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {
-    m.NAME: Suite(m.NAME, m.KEY_NAMES, m.cells, m.run_cell, m.paper, m.markdown, m.figure, m.title)
+    m.NAME: Suite(m.NAME, m.KEY_NAMES, m.cells, m.run_cell, m.paper, m.markdown, m.figure, m.title,
+                  getattr(m, "ADDED_METHODS", ()))
     for m in (semi_supervised, semi_supervised_modern, variations, knowledge_free, deep_autoencoder,
               speed)}

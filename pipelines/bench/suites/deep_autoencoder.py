@@ -71,9 +71,12 @@ def markdown(summaries, results, p: Profile) -> str:
 
 def figure(summaries, results, p: Profile):
     """The test digits and their reconstructions by each model (of the highest seed each); the
-    codes of the first two models in their first 2 principal components."""
-    first = {r["keys"]["model"]: r for r in sorted(results, key=lambda r: r["seed"])}
+    codes of the first two models in their first 2 principal components. None when no cell has
+    its images (cells read back from a results file keep only their numbers)."""
+    first = {r["keys"]["model"]: r for r in sorted(results, key=lambda r: r["seed"]) if "extra" in r}
     models = [m for m in MODELS if m in first]
+    if not models:
+        return None
     return autoencoder_figure(
         np.asarray(first[models[0]]["extra"]["originals"]),
         {m: np.asarray(first[m]["extra"]["reconstructions"]) for m in models},

@@ -1,6 +1,8 @@
 """``layerwise bench knowledge-free``: MNIST with every pool label, beside the MTC paper's
 knowledge-free MNIST table (``pipelines.bench.papers``): k-NN, SVM, an MLP without pretraining
-(``nn``), the MLP on a CAE+H stack (``cae``) and the MTC on it."""
+(``nn``), the same MLP after greedy layer-wise supervised pretraining (``greedy_sup``), the MLP
+on a CAE+H stack (``cae``; hidden layers frozen, ``cae_frozen``; with the reconstruction term,
+``cae_rec``) and the MTC on it."""
 from __future__ import annotations
 
 from pipelines.bench.cells import Cell
@@ -12,8 +14,12 @@ from pipelines.reporting.tables import summary_markdown
 
 NAME = "knowledge-free"
 KEY_NAMES = ["method"]
+#: the methods added after the suite's results folders existed (``Suite.added_methods``)
+ADDED_METHODS = ("mlp_greedy_supervised", "mlp_frozen", "mlp_rec")
 METHODS = {"knn": (None, "knn"), "svm": (None, "svm"), "nn": ("cae_h-2", "mlp_no_pretraining"),
-           "cae": ("cae_h-2", "mlp"), "mtc": ("cae_h-2", "mtc")}
+           "greedy_sup": ("cae_h-2", "mlp_greedy_supervised"), "cae": ("cae_h-2", "mlp"),
+           "cae_frozen": ("cae_h-2", "mlp_frozen"), "cae_rec": ("cae_h-2", "mlp_rec"),
+           "mtc": ("cae_h-2", "mtc")}
 
 run_cell = classify
 
@@ -33,7 +39,10 @@ def markdown(summaries, results, p: Profile) -> str:
     title = (f"Knowledge-free MNIST, all pool labels, test error (%) "
              f"({describe(p, 'pool', 'valid', 'n_test', 'hidden', 'pretrain', 'finetune', 'tangents', 'svm')})")
     return summary_markdown(summaries, KEY_NAMES, title=title, notes=[
-        "nn = MLP without pretraining, cae = MLP on the CAE+H stack, mtc = MTC on it.",
+        "nn = MLP without pretraining, greedy_sup = the same MLP after greedy layer-wise supervised "
+        "pretraining, cae = MLP on the CAE+H stack (cae_frozen: hidden layers frozen; cae_rec: plus "
+        "the reconstruction term), mtc = MTC on it; greedy_sup, cae_frozen and cae_rec have no "
+        "figure in that table.",
         f"Paper only, for context: {context}."])
 
 

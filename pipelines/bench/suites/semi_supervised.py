@@ -2,7 +2,9 @@
 MTC paper's semi-supervised table (``pipelines.bench.papers``).
 
 L class-balanced labels are drawn by seed from the pool; SVM, k-NN, an MLP without pretraining
-(``nn``), the MLP on a CAE+H stack (``cae``), the MTC with its tangent penalty on the labeled
+(``nn``), the same MLP after greedy layer-wise supervised pretraining (``greedy_sup``), the MLP
+on a CAE+H stack (``cae``; with its hidden layers frozen, ``cae_frozen``; with the
+reconstruction term, ``cae_rec``), the MTC with its tangent penalty on the labeled
 set (``mtc``) and on labeled + unlabeled (``mtc_all``). One stack (seed 0) serves every L and
 seed. Two validation settings: the paper's (the last 10000 training images, capped by the
 profile) and a realistic one of L labeled images.
@@ -19,8 +21,12 @@ from pipelines.reporting.tables import pivot_markdown, summary_markdown
 NAME = "semi-supervised"
 KEY_NAMES = ["validation", "labels", "method"]
 FIELDS = ("pool", "valid", "n_test", "hidden", "pretrain", "finetune", "tangents", "svm")
+#: the methods added after the suite's results folders existed (``Suite.added_methods``)
+ADDED_METHODS = ("mlp_greedy_supervised", "mlp_frozen", "mlp_rec")
 METHODS = {"svm": (None, "svm"), "knn": (None, "knn"), "nn": ("cae_h-2", "mlp_no_pretraining"),
-           "cae": ("cae_h-2", "mlp"), "mtc": ("cae_h-2", "mtc"), "mtc_all": ("cae_h-2", "mtc_all")}
+           "greedy_sup": ("cae_h-2", "mlp_greedy_supervised"), "cae": ("cae_h-2", "mlp"),
+           "cae_frozen": ("cae_h-2", "mlp_frozen"), "cae_rec": ("cae_h-2", "mlp_rec"),
+           "mtc": ("cae_h-2", "mtc"), "mtc_all": ("cae_h-2", "mtc_all")}
 COLUMN = {"svm": "SVM", "nn": "NN", "cae": "CAE", "mtc": "MTC", "mtc_all": "MTC"}  # ours -> the paper's
 
 run_cell = classify
@@ -54,9 +60,12 @@ def markdown(summaries, results, p: Profile) -> str:
         sub = [s for s in summaries if s.keys["validation"] == valid]
         parts.append(pivot_markdown(sub, "labels", "method", title=f"selection on {what}"))
     context = "; ".join(f"{c} " + "/".join(map(str, SEMI_PAPER[c])) for c in ("CNN", "TSVM", "EmbedNN"))
-    notes = ["Methods: svm, knn on pixels; nn = MLP without pretraining; cae = MLP on the CAE+H stack; "
+    notes = ["Methods: svm, knn on pixels; nn = MLP without pretraining; greedy_sup = the same MLP after "
+             "greedy layer-wise supervised pretraining (Bengio et al. 2007); cae = MLP on the CAE+H stack, "
+             "cae_frozen = its hidden layers frozen (softmax only), cae_rec = plus the reconstruction term; "
              "mtc = MTC, tangent penalty on the labeled set; mtc_all = on labeled + unlabeled. The paper's "
-             "MTC figure stands beside both MTC variants; k-NN has no figure in that table.",
+             "MTC figure stands beside both MTC variants; k-NN, greedy_sup, cae_frozen and cae_rec have "
+             "no figure in that table.",
              f"Paper only, for context (L = {'/'.join(map(str, LABELS))}): {context}.",
              "One stack (seed 0) is shared by every label count and seed; seeds draw the labels."]
     parts.append(summary_markdown(summaries, KEY_NAMES, title="All cells", notes=notes))

@@ -1,0 +1,119 @@
+"""The committed results as tables: each suite's ``table.md`` and the README's result sections.
+
+A suite's committed table is a function of its results file alone
+(``<results>/<suite>-<profile>/cells.csv``, ``pipelines.bench.results``): the suite's own
+Markdown of the rows, summarised over seeds beside the papers, then the cells' recorded wall
+time. The README holds such tables between marker comments::
+
+    <!-- results:semi-supervised-quick -->
+    (generated: do not edit)
+    <!-- /results -->
+
+``python -m pipelines.bench.readme`` rewrites every marked section (and every ``table.md``) from
+the files; ``--check`` only says which differ (exit status 1), as the tests do, so that a number
+edited by hand fails.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from pipelines.bench.profiles import get_profile
+from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile
+from pipelines.bench.suites import SUITES
+from pipelines.bench.summary import summarize
+from pipelines.bench.timing_report import recorded_markdown
+from pipelines.files import atomic_write_text
+
+MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``semi-supervised-quick`` -> (``semi-supervised``, ``quick``); an error names the known ones."""
+    suite, _, profile = name.rpartition("-")
+    if suite not in SCHEMAS:
+        raise ValueError(f"results folder {name!r} names no suite with committed results: use "
+                         f"<suite>-<profile> with a suite of {', '.join(SCHEMAS)}")
+    get_profile(profile)
+    return suite, profile
+
+
+def results_table(suite: str, profile: str, book: ResultsFile) -> str:
+    """The committed table of one suite and profile, from its results file's rows."""
+    spec = SUITES[suite]
+    seeds = 1 + max((int(row["seed"]) for row in book.rows.values()), default=0)
+    prof = get_profile(profile, seeds)
+    cells = spec.cells(prof)
+    results = [r for r in (book.load(c) for c in cells) if r is not None]
+    if not results:
+        return f"No finished cells of {suite} ({profile} profile) yet.\n"
+    summaries = summarize(results, spec.paper)
+    markdown = spec.markdown(summaries, results, prof)
+    if len(results) < len(cells):
+        markdown = f"**Partial: {len(results)} of {len(cells)} cells finished.**\n\n" + markdown
+    return markdown + "\n" + recorded_markdown(results, spec.kind_key)
+
+
+def open_results(directory: Path) -> tuple[str, str, ResultsFile]:
+    """The suite, profile and results file of a folder ``<suite>-<profile>``, read for tables (the
+    settings digests are checked by a suite run, not here)."""
+    suite, profile = split_name(directory.name)
+    cells = SUITES[suite].cells(get_profile(profile))
+    return suite, profile, ResultsFile(directory / FILE, SCHEMAS[suite], cells)
+
+
+def tables(results: str | Path) -> dict[str, str]:
+    """Per results folder name (``semi-supervised-quick``), its table generated from its file."""
+    out = {}
+    for path in sorted(Path(results).glob(f"*/{FILE}")):
+        suite, profile, book = open_results(path.parent)
+        out[path.parent.name] = results_table(suite, profile, book)
+    return out
+
+
+def update(readme: str | Path, results: str | Path, *, check: bool = False) -> list[str]:
+    """Rewrite the marked sections of ``readme`` and each ``table.md`` under ``results`` from the
+    results files; with ``check``, write nothing. Returns what differed (or would have)."""
+    readme, generated = Path(readme), tables(results)
+    text = readme.read_text()
+    unknown = [m["name"] for m in MARKER.finditer(text) if m["name"] not in generated]
+    if unknown:
+        raise ValueError(f"{readme}: marked sections {', '.join(unknown)} have no results file under "
+                         f"{results}: remove the markers or commit <results>/<name>/{FILE}")
+    changed = [name for name, table in generated.items()
+               if not _same(Path(results) / name / TABLE, table)]
+    new = MARKER.sub(lambda m: m[1] + generated[m["name"]] + m[4], text)
+    changed += [f"{readme.name}: {m['name']}" for m in MARKER.finditer(text)
+                if m["body"] != generated[m["name"]]]
+    if not check:
+        for name, table in generated.items():
+            atomic_write_text(Path(results) / name / TABLE, table)
+        if new != text:
+            atomic_write_text(readme, new)
+    return changed
+
+
+def _same(path: Path, text: str) -> bool:
+    return path.is_file() and path.read_text() == text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readme", default="README.md", help="the Markdown file with marked sections")
+    ap.add_argument("--results", default="results", help="the folder of <suite>-<profile>/cells.csv")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a table differs")
+    args = ap.parse_args(argv)
+    try:
+        changed = update(args.readme, args.results, check=args.check)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    verb = "differ from their results files" if args.check else "rewritten"
+    print(f"{len(changed)} tables {verb}" + "".join(f"\n  {c}" for c in changed))
+    return 1 if args.check and changed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

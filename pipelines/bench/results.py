@@ -1,0 +1,209 @@
+"""A suite's finished cells as a results file meant to be committed: ``<results>/<suite>-<profile>/cells.csv``.
+
+One row per cell and seed, with the cell's keys, its value, its validation error, its wall time,
+the commit and the hardware that computed it, the digest of the settings it ran with
+(``settings``) and the hyperparameters it chose (``params``, JSON). The semi-supervised suites'
+header::
+
+    method,labels,setting,seed,test_error,valid_error,wall_s,commit,hardware,settings,params
+
+A suite run reads it before computing anything: a cell with a row is not computed again (even
+where its ``mlruns/bench/`` cell file is absent, as on a new machine), and each cell that lands
+is added and the file rewritten atomically. A file that does not fit the suite (another header,
+a row that is no cell of the suite, a row computed with other settings, a value that is no
+number) is refused with one error naming the file and the fix, before anything is written.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipelines.bench.cells import Cell, CellStore, wall_seconds
+from pipelines.files import atomic_write_text, file_lock
+
+FILE = "cells.csv"
+TABLE = "table.md"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The columns of one suite's results file."""
+
+    keys: dict[str, str]     # column -> the cell key it holds
+    value: str               # the column of a cell's value
+    metric: str              # what the value measures (the tables' metric)
+    valid: str | None = None  # the column of its validation error, if it has one
+
+    @property
+    def header(self) -> list[str]:
+        return [*self.keys, "seed", self.value, *([self.valid] if self.valid else []),
+                "wall_s", "commit", "hardware", "settings", "params"]
+
+
+_ERROR = "test error (%)"
+_SEMI = Schema({"method": "method", "labels": "labels", "setting": "validation"}, "test_error", _ERROR,
+               "valid_error")
+
+#: the suites whose results are committed; ``speed`` measures one machine and stays under mlruns/
+SCHEMAS: dict[str, Schema] = {
+    "semi-supervised": _SEMI, "semi-supervised-modern": _SEMI,
+    "variations": Schema({"method": "method", "dataset": "dataset"}, "test_error", _ERROR, "valid_error"),
+    "knowledge-free": Schema({"method": "method"}, "test_error", _ERROR, "valid_error"),
+    "deep-autoencoder": Schema({"model": "model"}, "squared_error", "squared error per image"),
+}
+
+
+def results_dir(results: str | Path, suite: str, profile: str) -> Path:
+    return Path(results) / f"{suite}-{profile}"
+
+
+def _number(text: str) -> float | None:
+    return None if text == "" else float(text)
+
+
+class ResultsFile:
+    """``cells.csv`` of one suite and profile, checked against the suite's cells when opened.
+
+    ``cells``: this run's cells; ``digests``: per cell id, the digest of its settings, which each
+    row must match (None: read for tables only, nothing checked against the code nor written).
+    Rows of seeds beyond this run's are kept as they are (a run with more seeds reads them).
+    """
+
+    def __init__(self, path: str | Path, schema: Schema, cells: list[Cell],
+                 digests: dict[str, str] | None = None):
+        self.path, self.schema = Path(path), schema
+        self._order = list(dict.fromkeys(self._key(c.keys) for c in cells))
+        self._digest = None if digests is None else {self._key(c.keys): digests[c.id] for c in cells}
+        self.rows = self._read()
+        # in the temporary folder, so that no lock file lands among the committed files
+        name = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
+        self._lock = Path(tempfile.gettempdir()) / f"layerwise-results-{name}.lock"
+
+    def _key(self, keys: dict, seed: int | None = None) -> tuple:
+        k = tuple(str(keys[name]) for name in self.schema.keys.values())
+        return k if seed is None else (*k, int(seed))
+
+    def _refuse(self, problem: str, fix: str) -> ValueError:
+        return ValueError(f"{self.path}: {problem}. {fix} Nothing was written.")
+
+    def _read(self) -> dict[tuple, dict[str, str]]:
+        """The file's rows by (keys, seed), each checked; none when there is no file."""
+        rows: dict[tuple, dict[str, str]] = {}
+        if not self.path.is_file():
+            return rows
+        fresh = ("Move the file away (or pass --results with another folder) to compute the suite "
+                 "afresh there.")
+        reader = csv.DictReader(io.StringIO(self.path.read_text()))
+        if reader.fieldnames != self.schema.header:
+            raise self._refuse(f"its header is {','.join(reader.fieldnames or [])!r} where this suite "
+                               f"writes {','.join(self.schema.header)!r}: it holds another suite's results "
+                               "or was edited", fresh)
+        for line, row in enumerate(reader, 2):
+            if None in row or None in row.values():  # csv's marks of a row longer or shorter than the header
+                raise self._refuse(f"line {line} has not the header's {len(self.schema.header)} fields",
+                                   "Fix or delete that line.")
+            keys = tuple(row[c] for c in self.schema.keys)
+            described = ", ".join(f"{c}={row[c]}" for c in self.schema.keys) + f", seed={row['seed']}"
+            if keys not in self._order:
+                raise self._refuse(f"line {line} ({described}) is no cell of this suite and profile",
+                                   "Delete that line, or run the suite and profile it belongs to.")
+            try:
+                seed = int(row["seed"])
+                numbers = [_number(row[c]) for c in (self.schema.value, self.schema.valid, "wall_s") if c]
+                json.loads(row["params"] or "{}")
+            except ValueError as e:
+                raise self._refuse(f"line {line} ({described}) does not parse ({e})",
+                                   "Fix or delete that line.") from None
+            if seed < 0 or numbers[0] is None or not all(n is None or math.isfinite(n) for n in numbers):
+                raise self._refuse(f"line {line} ({described}) needs a seed >= 0 and a finite "
+                                   f"{self.schema.value}", "Fix or delete that line.")
+            if self._digest is not None and row["settings"] != self._digest[keys]:
+                raise self._refuse(f"line {line} ({described}) was computed with other settings (digest "
+                                   f"{row['settings']}; this code gives {self._digest[keys]})",
+                                   "Delete the lines of other settings (or the file) to compute them with "
+                                   f"this code, or run the commit that wrote them ({row['commit'][:12]}).")
+            if (*keys, seed) in rows:
+                raise self._refuse(f"line {line} ({described}) repeats a cell", "Delete one of the two lines.")
+            rows[(*keys, seed)] = row
+        return rows
+
+    def has(self, cell: Cell) -> bool:
+        return self._key(cell.keys, cell.seed) in self.rows
+
+    def load(self, cell: Cell) -> dict | None:
+        """The cell's result as the runner stores it, or None when the file has no row for it."""
+        row = self.rows.get(self._key(cell.keys, cell.seed))
+        if row is None:
+            return None
+        s = self.schema
+        return {"id": cell.id, "keys": dict(cell.keys), "seed": cell.seed, "task": cell.task,
+                "value": float(row[s.value]), "valid": _number(row[s.valid]) if s.valid else None,
+                "metric": s.metric, "wall_s": float(row["wall_s"] or 0.0), "commit": row["commit"],
+                "hardware": row["hardware"], "params": json.loads(row["params"] or "{}")}
+
+    def save(self, result: dict) -> None:
+        """Add (or replace) the row of ``result`` and rewrite the file atomically, merged with the
+        rows that another run of the suite (``--only`` another part) wrote since this one read it."""
+        if self._digest is None:
+            raise ValueError(f"{self.path} was opened for reading: give the cells' digests to write it")
+        s, key = self.schema, self._key(result["keys"], result["seed"])
+        valid = result.get("valid")
+        row = {**{c: str(result["keys"][k]) for c, k in s.keys.items()}, "seed": str(result["seed"]),
+               s.value: f"{float(result['value']):.10g}",
+               "wall_s": f"{wall_seconds(result):.3f}",
+               "commit": result.get("commit", ""), "hardware": result.get("hardware", ""),
+               "settings": self._digest[key[:-1]],
+               "params": json.dumps(result.get("params", {}), sort_keys=True, default=str)}
+        if s.valid:
+            row[s.valid] = "" if valid is None else f"{float(valid):.10g}"
+        with file_lock(self._lock):
+            self.rows = {**self._read(), key: row}
+            atomic_write_text(self.path, self.text())
+
+    def text(self) -> str:
+        """The file's CSV: rows in the suite's cell order, then by seed."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.schema.header, lineterminator="\n")
+        w.writeheader()
+        for key in sorted(self.rows, key=lambda k: (self._order.index(k[:-1]), k[-1])):
+            w.writerow(self.rows[key])
+        return buf.getvalue()
+
+
+class ResultStore:
+    """The runner's store: cell files under ``mlruns/bench/`` and, when given, the results file.
+
+    A cell is finished when either holds it; a finished cell missing from the results file (one
+    computed before the file existed) is added to it as it is read back. ``landed()`` is called
+    after each cell saved (the runner rewrites the committed table).
+    """
+
+    def __init__(self, cells: CellStore, book: ResultsFile | None = None,
+                 landed: Callable[[], None] = lambda: None):
+        self.cells, self.book, self.landed = cells, book, landed
+
+    def has(self, cell: Cell) -> bool:
+        return self.cells.has(cell) or (self.book is not None and self.book.has(cell))
+
+    def load(self, cell: Cell) -> dict | None:
+        result = self.cells.load(cell)
+        if self.book is None:
+            return result
+        if result is None:
+            return self.book.load(cell)
+        if not self.book.has(cell):
+            self.book.save(result)
+        return result
+
+    def save(self, result: dict) -> None:
+        self.cells.save(result)
+        if self.book is not None:
+            self.book.save(result)
+            self.landed()

@@ -1,0 +1,116 @@
+"""Where a suite's wall time went: per cell kind, pretraining and tangents, computed or loaded.
+
+A suite run's time T (``time.perf_counter`` from its start to its table) splits as
+
+    (1) T = sum_kinds C_kind + P + O
+
+with C_kind the wall time of the cells of one kind (the suite's method column) computed in this
+run, P the pretraining (``pretraining.pretrain_stack``: layers trained, and layers loaded from
+their cache with the encoding between them) and O the rest (data, tracking, tables). The
+tangents (``tangent_cache.cached_tangents``) run inside the MTC cells: their time is part of
+C_mtc, shown on its own line. A resumed suite also reads cells back from their files; their
+time is what was recorded when they ran (``wall_s``), reported apart from this run's.
+
+The table of committed results (``pipelines.bench.readme``) has only the cells' recorded times:
+:func:`recorded_markdown`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from pipelines.bench.cells import wall_seconds
+from pipelines.stages import tangent_cache
+
+#: the stages a ledger counts, in the order the report lists them
+STAGES = ("pretraining", "tangents")
+
+
+@dataclass
+class Tally:
+    """How many times a stage ran (or was loaded) and the seconds it took."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.seconds += seconds
+
+
+@dataclass
+class Ledger:
+    """The cached stages of one suite run: per stage, computed now and loaded from its cache."""
+
+    computed: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STAGES})
+    loaded: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STAGES})
+
+    def add(self, stage: str, seconds: float, *, loaded: bool, count: int = 1) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+        (self.loaded if loaded else self.computed)[stage].add(seconds, count)
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator["Ledger"]:
+        """Count every ``cached_tangents`` call made inside the block."""
+        def listener(seconds: float, loaded: bool) -> None:
+            self.add("tangents", seconds, loaded=loaded)
+
+        tangent_cache.LISTENERS.append(listener)
+        try:
+            yield self
+        finally:
+            tangent_cache.LISTENERS.remove(listener)
+
+
+def _by_kind(results: list[dict], kind_key: str) -> dict[str, Tally]:
+    kinds: dict[str, Tally] = {}
+    for r in results:
+        kinds.setdefault(str(r["keys"][kind_key]), Tally()).add(wall_seconds(r))
+    return kinds
+
+
+def _s(t: Tally | None) -> tuple[str, str]:
+    return ("-", "-") if t is None or not (t.count or t.seconds) else (str(t.count), f"{t.seconds:.1f}")
+
+
+def run_markdown(results: list[dict], computed_ids: set[str], ledger: Ledger, total: float,
+                 kind_key: str) -> str:
+    """The breakdown of Eq. (1) for one run, under the suite's table.
+
+    ``computed_ids``: the cells computed in this run (the others of ``results`` were read back);
+    ``kind_key``: the cell key that names a cell's kind (``method``, ``model``, ``benchmark``).
+    """
+    now = _by_kind([r for r in results if r["id"] in computed_ids], kind_key)
+    before = _by_kind([r for r in results if r["id"] not in computed_ids], kind_key)
+    cells_now = sum(t.seconds for t in now.values())
+    pre = ledger.computed["pretraining"].seconds + ledger.loaded["pretraining"].seconds
+    other = total - cells_now - pre  # Eq. (1)
+    lines = [f"#### Time: {total:.1f} s in this run", "",
+             "| where | computed in this run | wall s | loaded | wall s |", "|---|---|---|---|---|"]
+    for kind in dict.fromkeys(str(r["keys"][kind_key]) for r in results):  # the suite's order
+        lines.append(f"| cells: {kind} | " + " | ".join([*_s(now.get(kind)), *_s(before.get(kind))]) + " |")
+    for stage, what in (("pretraining", "pretraining (layers)"),
+                        ("tangents", "tangents (inside the cells' time)")):
+        lines.append(f"| {what} | " + " | ".join([*_s(ledger.computed[stage]), *_s(ledger.loaded[stage])]) + " |")
+    lines += [f"| other (data, tracking, tables) | | {other:.1f} | | |",
+              f"| this run | | {total:.1f} | | |", "",
+              "Loaded: cells read back from their result files, with the wall time recorded when they "
+              "ran; layers and tangents read from their caches, with the time that took in this run "
+              "(for layers, with the encoding of the pool between them)."]
+    return "\n".join(lines) + "\n"
+
+
+def recorded_markdown(results: list[dict], kind_key: str) -> str:
+    """The cells' recorded wall time per kind, and the hardware and commits that computed them."""
+    kinds = _by_kind(results, kind_key)
+    total = sum(t.seconds for t in kinds.values())
+    lines = [f"#### Time: {total:.1f} s of cell wall time, as recorded per cell", "",
+             "| cells | count | wall s |", "|---|---|---|"]
+    lines += [f"| {kind} | {t.count} | {t.seconds:.1f} |" for kind, t in kinds.items()]
+    hardware = sorted({r.get("hardware") or "unknown" for r in results})
+    commits = sorted({(r.get("commit") or "unknown")[:12] for r in results})
+    lines += ["", f"Pretraining is not in these times (a stack is shared by the cells). Hardware: "
+                  f"{'; '.join(hardware)}. Commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}."]
+    return "\n".join(lines) + "\n"
