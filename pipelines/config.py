@@ -51,11 +51,16 @@ class DataConfig(Section):
 
 
 class PretrainConfig(Section):
-    """The greedy stack: layers bottom-up, and defaults every layer may override."""
+    """The stack: layers bottom-up, defaults every layer may override, and the schedule: greedy
+    (``pretrain.stack``) or all layers at once (``pretrain.joint``)."""
 
     layers: list[LayerConfig] = Field(default_factory=list)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
+    schedule: Literal["greedy", "joint"] = "greedy"
+
+    #: added after caches existed: out of the digest while at its default, so they are found
+    DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("schedule",)
 
 
 class FinetuneConfig(Section):
@@ -172,10 +177,11 @@ class PipelineConfig(Section):
         for key in DataConfig.DIGEST_WHEN_SET + DataConfig.NOT_DIGESTED:
             if key in DataConfig.NOT_DIGESTED or section.get(key) is None:
                 section.pop(key, None)
-        finetune = data.get("finetune", {})
-        for key in FinetuneConfig.DIGEST_WHEN_CHANGED:
-            if key in finetune and finetune[key] == FinetuneConfig.model_fields[key].default:
-                finetune.pop(key)
+        for name, section_cls in (("pretrain", PretrainConfig), ("finetune", FinetuneConfig)):
+            section = data.get(name, {})
+            for key in section_cls.DIGEST_WHEN_CHANGED:
+                if key in section and section[key] == section_cls.model_fields[key].default:
+                    section.pop(key)
         if sections:
             data = {s: data[s] for s in sections}
         blob = json.dumps(data, sort_keys=True).encode()

@@ -1,4 +1,5 @@
-"""The pretraining stage of a pipeline: build the layers from the config, fit them greedily.
+"""The pretraining stage of a pipeline: build the layers from the config, fit them greedily or
+jointly (``pretrain.schedule``).
 
 Each layer is fitted by its own Lightning Trainer inside a nested MLflow run (metrics per epoch
 through ``MLFlowLogger``, figures as artifacts) and saved to the layer cache
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -18,6 +20,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from pretrain.corruption import corrupt
 from pretrain.layer import Layer
 from pretrain.presets import accepted_keys, make_layer
+from pretrain.joint import JointStack
 from pretrain.stack import GreedyStack, Stack
 from pretrain.whitening import Whitening
 
@@ -110,25 +113,41 @@ def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, c
     nested MLflow run (its kind and digest as params, metrics per epoch, figures), fitted by a
     Trainer for the layer's own ``epochs`` and ``batch_size`` (else ``pretrain``'s), with a
     Lightning checkpoint in the cache to resume an interrupted layer from. A layer that refuses its
-    input is reported with its place in the config. ``log`` (optional) gets one line per layer."""
-    def fit_layer(k: int, layer: Layer, codes: torch.Tensor, val_codes: torch.Tensor | None) -> None:
+    input is reported with its place in the config. ``log`` (optional) gets one line per layer.
+
+    Called with ``epochs=e`` (the joint schedule's round e), it takes the layer to e epochs from
+    its checkpoint and reopens the layer's run after round 1; the checkpoints of a joint stack
+    are named by the whole stack, whose rounds they replay (a killed joint run resumes there)."""
+    runs: dict[int, str] = {}  # layer -> its nested run, reopened in later rounds
+
+    def fit_layer(k: int, layer: Layer, codes: torch.Tensor, val_codes: torch.Tensor | None,
+                  epochs: int | None = None) -> None:
         spec, digest = cfg.pretrain.layers[k], layer_digest(cfg, k)
         name = f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})"
-        if log is not None:
+        full, joint = spec.epochs or cfg.pretrain.epochs, cfg.pretrain.schedule == "joint"
+        epochs = full if epochs is None else epochs
+        if log is not None and (not joint or epochs == 1):
             log(f"pretraining {cfg.data.name} {name}")
-        epochs = spec.epochs or cfg.pretrain.epochs
         title = (f"pretraining layer {k + 1} of {len(cfg.pretrain.layers)} "
                  f"({spec.kind} {layer.n_visible}-{layer.n_hidden})")
-        with progress.stage(title, total=epochs), \
-                tracking.start_run(name, experiment_id=experiment_id, nested=True) as run:
+        ckpt_key = layer_digest(cfg, len(cfg.pretrain.layers) - 1) if joint else digest
+        run_cm = (mlflow.start_run(run_id=runs[k], nested=True) if joint and epochs > 1 and k in runs
+                  else tracking.start_run(name, experiment_id=experiment_id, nested=True))
+        with progress.stage(title, total=epochs), run_cm as run:
+            runs[k] = run.info.run_id
             mlflow.log_params({"kind": spec.kind, "index": k + 1, "digest": digest})
             logger = MLFlowLogger(tracking_uri=uri, run_id=run.info.run_id,
                                   experiment_name=cfg.tracking.experiment)
-            training.fit_layer(layer, codes, val_codes, epochs=epochs,
-                               batch_size=spec.batch_size or cfg.pretrain.batch_size,
-                               seed=cfg.seed * 100 + k, trainer_cfg=cfg.trainer, logger=logger,
-                               ckpt_dir=cache_dir / f"layer{k + 1}-{digest}-ckpt",
-                               where=f"pretrain.layers.{k} (layer {k + 1}, {spec.kind})")
+            with warnings.catch_warnings():
+                if joint:  # each round after the first goes on in the checkpoint folder it left
+                    warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+                training.fit_layer(layer, codes, val_codes, epochs=epochs,
+                                   batch_size=spec.batch_size or cfg.pretrain.batch_size,
+                                   seed=cfg.seed * 100 + k, trainer_cfg=cfg.trainer, logger=logger,
+                                   ckpt_dir=cache_dir / f"layer{k + 1}-{ckpt_key}-ckpt",
+                                   where=f"pretrain.layers.{k} (layer {k + 1}, {spec.kind})")
+            if epochs < full:  # a joint round before the last: figures once, at the end
+                return
             log_layer_figures(layer, codes, k=k, run_id=run.info.run_id, image_shape=image_shape,
                               whitening=_whitening_below(cfg, k, cache_dir, image_shape))
 
@@ -146,12 +165,14 @@ def _layer_lock(cfg: PipelineConfig, path: Path):
 
 def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | None, *,
                    cache_dir: Path, fit_layer) -> tuple[Stack, list[bool]]:
-    """Greedy pretraining with per-layer caching.
+    """Greedy or joint pretraining (``cfg.pretrain.schedule``) with per-layer caching.
 
     ``fit_layer(k, layer, codes, val_codes)`` trains one layer (the pipeline's tracked Trainer).
     Returns the stack and, per layer, whether it was loaded from the cache.
     """
     layers = build_layers(cfg, X.shape[1])
+    if cfg.pretrain.schedule == "joint":
+        return _pretrain_jointly(cfg, layers, X, X_val, cache_dir=cache_dir, fit_layer=fit_layer)
     greedy = GreedyStack(layers)
     loaded = [False] * len(layers)
 
@@ -168,3 +189,27 @@ def pretrain_stack(cfg: PipelineConfig, X: torch.Tensor, X_val: torch.Tensor | N
 
     stack = greedy.fit(X, fit_or_load, X_val)
     return stack, loaded
+
+
+def _pretrain_jointly(cfg: PipelineConfig, layers: list[Layer], X: torch.Tensor,
+                      X_val: torch.Tensor | None, *, cache_dir: Path, fit_layer) -> tuple[Stack, list[bool]]:
+    """The joint schedule (``pretrain.joint``), cached as a whole: every layer loaded when every
+    layer is in the cache, else all trained together (their rounds resumed from the stack's
+    checkpoints) and the missing ones saved. Layer k's file is keyed by layers 1..k, which alone
+    determine its weights, so a deeper joint stack finds it; a shallower one's files do not let
+    a deeper one skip rounds, since layer k + 1 needs the path of layer k's codes."""
+    joint, n = JointStack(layers), len(layers)
+    digests = [layer_digest(cfg, k) for k in range(n)]
+    paths = [layer_path(cache_dir, cfg, k) for k in range(n)]
+    with _layer_lock(cfg, paths[-1]):
+        if all(p.exists() for p in paths):
+            for layer, path, digest in zip(layers, paths, digests):
+                load_layer(layer, path, digest)
+            progress.note(f"all {n} jointly trained layers loaded from the cache ({paths[-1].name})")
+            return joint.stack, [True] * n
+        epochs = [spec.epochs or cfg.pretrain.epochs for spec in cfg.pretrain.layers]
+        stack = joint.fit(X, fit_layer, X_val, epochs=epochs)
+        for layer, path, digest in zip(stack, paths, digests):
+            if not path.exists():
+                save_layer(layer, path, digest)
+    return stack, [False] * n
