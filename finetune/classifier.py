@@ -135,6 +135,11 @@ class Classifier(Module):
         check_labeled(x, y, n_visible=self.encoder.n_visible, n_classes=self.n_classes,
                       who=type(self).__name__)
 
+    def _check_unlabeled(self, x_u: torch.Tensor) -> None:
+        if x_u.ndim != 2 or x_u.shape[1] != self.encoder.n_visible:
+            raise ValueError(f"unlabeled inputs must have shape (B, {self.encoder.n_visible}), "
+                             f"got {tuple(x_u.shape)}")
+
     def supervised_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eqs. (1), (2) (weighted) and (4) for a labeled batch; ``error`` is not differentiable."""
         self._check_labeled(x, y)

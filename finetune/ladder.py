@@ -255,9 +255,7 @@ class Ladder(Classifier):
             xs = [x]
             if unlabeled is not None:
                 x_u = unlabeled[0]
-                if x_u.ndim != 2 or x_u.shape[1] != self.encoder.n_visible:
-                    raise ValueError(f"unlabeled inputs must have shape (B, {self.encoder.n_visible}), "
-                                     f"got {tuple(x_u.shape)}")
+                self._check_unlabeled(x_u)
                 xs.append(x_u)
             x_all = torch.cat(xs)  # (N, n_visible), N = B + B_u
             corrupted = self.encode(x_all, self.hparams.noise)

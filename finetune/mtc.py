@@ -100,9 +100,7 @@ class MTC(Classifier):
             if len(unlabeled) != 2:
                 raise ValueError(f"an unlabeled batch is (x_u, U_u), got {len(unlabeled)} items")
             x_u, U_u = unlabeled
-            if x_u.ndim != 2 or x_u.shape[1] != self.encoder.n_visible:
-                raise ValueError(f"unlabeled inputs must have shape (B, {self.encoder.n_visible}), "
-                                 f"got {tuple(x_u.shape)}")
+            self._check_unlabeled(x_u)
             self._check_tangents(x_u, U_u, "unlabeled")
             penalised.append((x_u, U_u))
         if stage == "train" and self.hparams.beta > 0 and not penalised:

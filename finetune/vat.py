@@ -146,9 +146,7 @@ class VAT(Classifier):
         xs = [x]
         if unlabeled is not None:
             x_u = unlabeled[0]
-            if x_u.ndim != 2 or x_u.shape[1] != self.encoder.n_visible:
-                raise ValueError(f"unlabeled inputs must have shape (B, {self.encoder.n_visible}), "
-                                 f"got {tuple(x_u.shape)}")
+            self._check_unlabeled(x_u)
             xs.append(x_u)
         x_all = torch.cat(xs)  # (B + B_u, n_visible)
         logits = self(x_all)  # (B + B_u, n_classes)

@@ -153,7 +153,14 @@ def start_run(name: str, *, experiment_id: str, nested: bool = False,
     """An MLflow run that ends FAILED on an exception and KILLED on Ctrl-C or SIGTERM, never
     left RUNNING."""
 
-    run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=nested, tags=tags)
+    with ended_by_outcome(mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=nested,
+                                           tags=tags)) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def ended_by_outcome(run: "mlflow.ActiveRun") -> Iterator["mlflow.ActiveRun"]:
+    """The active ``run``, ended FINISHED, FAILED on an exception, KILLED on Ctrl-C or SIGTERM."""
     try:
         yield run
     except (KeyboardInterrupt, Interrupted):

@@ -139,9 +139,6 @@ class AutoEncoder(Layer):
             self.register_parameter("W_prime", None)
         else:
             self.W_prime = nn.Parameter(glorot_uniform(n_visible, n_hidden, visible_unit, g))
-        # corruption / perturbation noise, one stream for training and one for evaluation so
-        # that validating does not shift the training noise; created on the data's device
-        self._generators: dict[str, torch.Generator] = {}
 
     # -- the contract -----------------------------------------------------------------------
     @property
@@ -203,23 +200,16 @@ class AutoEncoder(Layer):
         return 0.5 * ((r - x) ** 2).sum(dim=1)  # Eq. (5)
 
     def _generator(self, device: torch.device, stream: str) -> torch.Generator:
-        g = self._generators.get(stream)
-        if g is None or g.device != device:
-            # seed * 2 (+1): layers seeded s and s + 1 never share a stream
-            g = torch.Generator(device=device).manual_seed(2 * self.hparams.seed + (stream == "eval"))
-            self._generators[stream] = g
-        return g
+        # seed * 2 (+1): layers seeded s and s + 1 never share a stream
+        return self.generator(stream, device, 2 * self.hparams.seed + (stream == "eval"))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.n_visible:
             raise ValueError(f"{self.layer_name} expects inputs of shape (B, {self.n_visible}), "
                              f"got {tuple(x.shape)}")
         if self.hparams.loss == "cross_entropy":
-            lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device-to-host read a batch
-            if lo < 0 or hi > 1:
-                raise ValueError(f"{self.layer_name}: loss='cross_entropy' needs inputs in [0, 1], got "
-                                 f"values in [{lo:.4g}, {hi:.4g}]; rescale the data or "
-                                 f"use loss='mse' with visible_unit='linear'")
+            self.check_unit_interval(x, "loss='cross_entropy'",
+                                     "rescale the data or use loss='mse' with visible_unit='linear'")
 
     def _reconstruction_delta(self, x: torch.Tensor, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Eq. (7) without the 1/B: ``dL/dz`` of Eq. (4) or (5) for the target ``x``, into ``out``."""

@@ -176,8 +176,6 @@ class ConvAutoEncoder(Layer):
             self.register_parameter("W_prime", None)
         else:
             self.W_prime = nn.Parameter(conv_glorot(geom, visible_unit, g))  # (M, C, k_h, k_w)
-        # corruption noise: one stream for training and one for evaluation (as the dense layer)
-        self._generators: dict[str, torch.Generator] = {}
 
     # -- the contract: a convolutional layer's weights are filter banks -------------------------
     @property
@@ -257,23 +255,16 @@ class ConvAutoEncoder(Layer):
         return 0.5 * (activation(self.visible_unit, z) - x) ** 2
 
     def _generator(self, device: torch.device, stream: str) -> torch.Generator:
-        g = self._generators.get(stream)
-        if g is None or g.device != device:
-            # seed * 2 (+1): layers seeded s and s + 1 never share a stream
-            g = torch.Generator(device=device).manual_seed(2 * self.hparams.seed + (stream == "eval"))
-            self._generators[stream] = g
-        return g
+        # seed * 2 (+1): layers seeded s and s + 1 never share a stream
+        return self.generator(stream, device, 2 * self.hparams.seed + (stream == "eval"))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.n_visible:
             raise ValueError(f"{self.layer_name} expects rows of shape (B, {self.n_visible}) "
                              f"(images {self.geom.in_shape} flattened), got {tuple(x.shape)}")
         if self.hparams.loss == "cross_entropy":
-            lo, hi = torch.stack(torch.aminmax(x)).tolist()
-            if lo < 0 or hi > 1:
-                raise ValueError(f"{self.layer_name}: loss='cross_entropy' needs inputs in [0, 1], got "
-                                 f"values in [{lo:.4g}, {hi:.4g}]; rescale the data or "
-                                 f"use loss='mse' with visible_unit='linear'")
+            self.check_unit_interval(x, "loss='cross_entropy'",
+                                     "rescale the data or use loss='mse' with visible_unit='linear'")
 
     def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
         """Eq. (6) for a batch ``x`` (B, n_visible), as weighted terms and their sum ``loss``."""

@@ -53,6 +53,9 @@ class Layer(Module):
         self.layer_name = type(self).__name__
         #: the epoch's sums of Eq. (1): {stage: {"epoch": e, "groups": [[names, sum B_k t_k, sum B_k]]}}
         self._running_sums: dict[str, dict] = {}
+        #: the layer's noise streams by name (corruption, Gibbs chains), created on the data's
+        #: device by ``generator`` and saved in checkpoints
+        self._generators: dict[str, torch.Generator] = {}
 
     # -- the contract ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, n_visible) -> (B, n_hidden)
@@ -88,6 +91,22 @@ class Layer(Module):
     def loss_terms(self, x: torch.Tensor, *, train: bool) -> dict[str, torch.Tensor]:
         """The loss of a batch as named scalar terms; the key ``"loss"`` is what is minimised."""
         raise NotImplementedError
+
+    # -- shared by the kinds -------------------------------------------------------------------
+    def generator(self, stream: str, device: torch.device, seed: int) -> torch.Generator:
+        """The noise stream ``stream`` on ``device``, seeded ``seed`` when it is first drawn
+        there (a separate evaluation stream keeps validation from shifting the training noise)."""
+        g = self._generators.get(stream)
+        if g is None or g.device != device:
+            g = self._generators[stream] = torch.Generator(device=device).manual_seed(seed)
+        return g
+
+    def check_unit_interval(self, x: torch.Tensor, needs: str, fix: str) -> None:
+        """Refuse inputs outside [0, 1] (NaN included) for ``needs``, naming the range and ``fix``."""
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device-to-host read a batch
+        if not (lo >= 0 and hi <= 1):
+            raise ValueError(f"{self.layer_name}: {needs} needs inputs in [0, 1], got values in "
+                             f"[{lo:.4g}, {hi:.4g}]; {fix}")
 
     # -- derived ---------------------------------------------------------------------------
     @property

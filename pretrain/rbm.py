@@ -397,7 +397,6 @@ class RBM(Layer):
             self.register_buffer("offset_v", torch.empty(0))  # the first training batch sets it
             self.register_buffer("offset_h", torch.full((n_hidden,), 0.5))
         self._batch_means: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._generators: dict[str, torch.Generator] = {}
         # one closed-form gradient a step: Lightning's automatic loop (closure, hooks around an
         # autograd pass) would cost a third of a 784-500 update on a CPU core
         self.automatic_optimization = False
@@ -444,23 +443,13 @@ class RBM(Layer):
             raise ValueError(f"{what} is defined for binary visible units; this RBM has visible={self.visible!r}")
 
     # -- training -------------------------------------------------------------------------------
-    def _generator(self, name: str, device: torch.device, offset: int) -> torch.Generator:
-        g = self._generators.get(name)
-        if g is None or g.device != device:
-            g = self._generators[name] = torch.Generator(device=device).manual_seed(self.seed + offset)
-        return g
-
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.hparams.n_visible:
             raise ValueError(f"{self.layer_name}: expected input of shape (B, {self.hparams.n_visible}), "
                              f"got {tuple(x.shape)}")
         if self.visible == "bernoulli":
-            lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device-to-host read a batch
-            if not (lo >= 0 and hi <= 1):  # also catches NaN
-                raise ValueError(
-                    f"{self.layer_name}: a Bernoulli RBM needs inputs in [0, 1], got values in "
-                    f"[{lo:.4g}, {hi:.4g}]; rescale the data to [0, 1], or use "
-                    f"visible='gaussian' with standardized inputs")
+            self.check_unit_interval(x, "a Bernoulli RBM", "rescale the data to [0, 1], or use "
+                                     "visible='gaussian' with standardized inputs")
 
     def step_terms(self, x: torch.Tensor, stage: str, batch_idx: int) -> dict[str, torch.Tensor]:
         train = stage == "train"
@@ -474,7 +463,7 @@ class RBM(Layer):
         units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
         self._check_input(x)
         W, b, c, visible, sigma = self.W.detach(), self.b.detach(), self.c.detach(), self.visible, self.sigma
-        gibbs = self._generator("train" if train else "val", x.device, 1 if train else 2)
+        gibbs = self.generator("train" if train else "val", x.device, self.seed + (1 if train else 2))
         grad = torch.is_grad_enabled() and self.W.requires_grad
         B = x.shape[0]
         with torch.no_grad():

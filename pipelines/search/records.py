@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from optuna.visualization import matplotlib as optuna_plots
 
 from pipelines import tracking
-from pipelines.interrupts import Interrupted
 from pipelines.reporting.tables import fmt
 
 STATE_TAG = "layerwise.state"
@@ -50,17 +49,8 @@ def study_run(experiment_id: str, study: str, *, storage: str, tags: dict[str, s
 def resumed(run_id: str) -> Iterator["mlflow.ActiveRun"]:
     """The study's run made active again for this invocation; ended FINISHED, FAILED on an
     error, KILLED on Ctrl-C or SIGTERM (as ``tracking.start_run``)."""
-    run = mlflow.start_run(run_id=run_id)
-    try:
+    with tracking.ended_by_outcome(mlflow.start_run(run_id=run_id)) as run:
         yield run
-    except (KeyboardInterrupt, Interrupted):
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
 
 
 def trial_tags(study: str, number: int) -> dict[str, str]:
