@@ -14,7 +14,7 @@ from pipelines.bench.cells import Cell, CellStore, run_cells, settings_digest
 from pipelines.bench.context import bench_config
 from pipelines.bench.profiles import PROFILES, get_profile
 from pipelines.bench.runner import run_bench
-from pipelines.bench.suites import speed, variations
+from pipelines.bench.suites import semi_supervised, speed, variations
 from pipelines.bench.summary import summarize
 from pipelines.reporting.tables import mean_std, pivot_markdown, summary_csv, summary_markdown
 
@@ -171,6 +171,27 @@ def test_paper_figures_where_published():
     assert var({"dataset": "convex", "method": "svm"}) is None and var({"dataset": "rect", "method": "mtc"}) is None
     kf = bs.SUITES["knowledge-free"].paper
     assert [kf({"method": m}) for m in ("knn", "nn", "svm", "cae", "mtc")] == [3.09, 1.60, 1.40, 1.04, 0.81]
+
+
+def test_semi_supervised_stacks_build_and_the_joint_one_differs_only_in_its_schedule():
+    """Every stack of the semi-supervised columns builds at the profiles' sizes (the sizes chain:
+    the conv layer's 20 maps of 12x12 feed the CAE), ``cae_joint`` trains ``cae``'s layers jointly,
+    and ``conv`` stands beside the paper's (supervised) CNN."""
+    from pipelines.stages.pretraining import build_layers
+
+    semi = bs.SUITES["semi-supervised"]
+    for p in (PROFILES["tiny"], PROFILES["full"]):
+        for stack in {s for s, _ in semi_supervised.METHODS.values() if s}:
+            cfg = bench_config(p, "mnist", stack, 0)
+            layers = build_layers(cfg, 784)
+            assert layers[-1].n_hidden == p.hidden and len(layers) == len(cfg.pretrain.layers), stack
+    greedy, joint = (bench_config(PROFILES["full"], "mnist", s, 0) for s in ("cae_h-2", "cae_h-2-joint"))
+    assert (greedy.pretrain.schedule, joint.pretrain.schedule) == ("greedy", "joint")
+    assert greedy.pretrain.layers == joint.pretrain.layers and greedy.finetune == joint.finetune
+    assert greedy.digest("pretrain") != joint.digest("pretrain")  # cached apart
+    key = lambda m, L: {"validation": "realistic", "labels": L, "method": m}
+    assert [semi.paper(key("conv", L)) for L in papers.LABELS] == [22.98, 7.68, 6.45, 3.35]
+    assert semi.paper(key("psd", 100)) is None and semi.paper(key("cae_joint", 100)) is None
 
 
 def test_quick_title_states_its_sizes():

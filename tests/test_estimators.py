@@ -1,5 +1,6 @@
 """The scikit-learn interface: pipelines, grid search, exact transforms, accuracy, bad input."""
 import pickle
+import tempfile
 import warnings
 
 import numpy as np
@@ -113,7 +114,40 @@ def test_transform_is_the_stack_code_and_reproducible(digits):
     np.testing.assert_array_equal(est.fit_transform(X_fit), est.transform(X_fit))
 
 
+def _weights(est, k: int) -> dict:
+    return {n: t.clone() for n, t in est.stack_[k].state_dict().items()}
+
+
+def test_joint_schedule_trains_every_layer_on_the_current_codes_below(digits, tmp_path, monkeypatch):
+    """Joint: layer 1 trains exactly as greedily (its input never changes; each round goes on
+    from the checkpoint of the last), layer 2 differs (it saw layer 1's codes of every round);
+    with one epoch both schedules are the same stack. The checkpoints go with the fit."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    X = digits[0][:400]
+    layers, kw = [("cae", 16), ("dae", 8)], dict(batch_size=50, random_state=3)
+    greedy = StackedPretrainer(layers, epochs=3, **kw).fit(X)
+    joint = StackedPretrainer(layers, epochs=3, schedule="joint", **kw).fit(X)
+    for name, w in _weights(greedy, 0).items():
+        assert torch.equal(w, _weights(joint, 0)[name]), name
+    assert all((w - _weights(joint, 1)[n]).abs().max() > 1e-3 for n, w in _weights(greedy, 1).items())
+    assert _rec_error(joint.stack_, X) < _rec_error(StackedPretrainer(layers, epochs=0, **kw).fit(X).stack_, X)
+    one = [StackedPretrainer(layers, epochs=1, schedule=s, **kw).fit(X).transform(X) for s in ("greedy", "joint")]
+    np.testing.assert_array_equal(*one)
+    assert list(tmp_path.iterdir()) == []  # the rounds' checkpoints were removed
+
+
 # -- the classifiers ------------------------------------------------------------------------
+def test_classifier_pretrains_jointly_when_asked(labeled):
+    X_tr, y_tr, X_te, y_te = labeled
+    layers = [("cae", 24), ("cae", 16)]
+    est = StackedMLPClassifier(**{**FAST, "layers": layers}, schedule="joint").fit(X_tr, y_tr)
+    ref = StackedPretrainer(layers, epochs=FAST["pretrain_epochs"], batch_size=32, schedule="joint").fit(X_tr)
+    for k in range(2):
+        for name, w in _weights(ref, k).items():
+            assert torch.equal(w, _weights(est, k)[name]), (k, name)
+    assert est.score(X_te, y_te) > 0.8
+
+
 @pytest.mark.parametrize("name", ["mlp", "mtc"])
 def test_classifier_accuracy_and_probabilities(name, request, labeled):
     clf = request.getfixturevalue(name)
@@ -208,6 +242,8 @@ def test_single_class_is_rejected(digits, cls):
     (StackedPretrainer(layer_params=[{}, {}]), "layer_params"),
     (StackedPretrainer(layer_params=[{"contraction": -1.0}]), "contraction"),
     (StackedPretrainer(random_state=-3), "random_state"),
+    (StackedPretrainer(schedule="layerwise"), "schedule 'layerwise'"),
+    (MTCClassifier(schedule="Joint"), "schedule"),
     (StackedMLPClassifier(epochs=-5), "epochs"),
     (StackedMLPClassifier(pretrain_epochs=-1), "pretrain_epochs"),
     (StackedMLPClassifier(lr=0), "lr"),

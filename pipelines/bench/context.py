@@ -27,10 +27,28 @@ EXPERIMENT = "layerwise-bench"
 STACK_SEED = 0
 
 
+#: stacks trained jointly (``pretrain.joint``); every other stack is trained greedily
+JOINT_STACKS = ("cae_h-2-joint",)
+
+
 def stack_layers(p: Profile, stack: str) -> list[dict]:
-    """The layer specs (``pretrain.layers``) of a named stack at the profile's width."""
+    """The layer specs (``pretrain.layers``) of a named stack at the profile's width.
+
+    ``conv-2``: 20 denoising 5x5 filters max-pooled 2x2 (20 maps of 12x12) under a CAE
+    (``configs/mnist_conv.yaml``); ``psd-1``: PSD with the authors' lambda = alpha = 1
+    (``configs/mnist_psd.yaml``); ``zca-cae``: ZCA whitening (eps 0.1) under a CAE with linear
+    visible units (``configs/mnist_zca_cae.yaml``); ``cae_h-2-joint``: ``cae_h-2``'s layers
+    trained jointly (``JOINT_STACKS``).
+    """
     ae = {"n_hidden": p.hidden, "optimizer": "adam", "lr": 1e-3}
-    table = {"cae_h-2": [{"kind": "cae_h", **ae}] * 2, "cae-1": [{"kind": "cae", **ae}],
+    conv = {"kind": "conv_ae", "n_hidden": 20 * 12 * 12, "in_shape": [1, 28, 28], "maps": 20, "kernel": 5,
+            "pool": 2, "corruption": "masking", "corruption_level": 0.25, "optimizer": "adam", "lr": 1e-3}
+    table = {"cae_h-2": [{"kind": "cae_h", **ae}] * 2, "cae_h-2-joint": [{"kind": "cae_h", **ae}] * 2,
+             "conv-2": [conv, {"kind": "cae", **ae}],
+             "psd-1": [{"kind": "psd", **ae, "code_l1": 1.0, "prediction_weight": 1.0, "ista_steps": 50}],
+             "zca-cae": [{"kind": "whiten", "n_hidden": 784, "whitening": "zca", "epsilon": 0.1},
+                         {"kind": "cae", **ae, "visible_unit": "linear", "loss": "mse"}],
+             "cae-1": [{"kind": "cae", **ae}],
              "cae-2": [{"kind": "cae", **ae}] * 2, "dae-3": [{"kind": "dae", **ae}] * 3,
              # CD-1 at lr 0.1 (Hinton's guide, 2010, sec. 4), for the small batches that
              # bench_config gives a variation pool cut small; centred (pretrain.rbm, Eqs. 14-16),
@@ -60,6 +78,8 @@ def bench_config(p: Profile, data: str, stack: str, seed: int, experiment: str =
     cfg.data.n_valid = MNIST_VALID if data == "mnist" else None  # the protocol's validation rows
     cfg.data.n_test = p.n_test
     cfg.pretrain.layers = [LayerConfig(**d) for d in stack_layers(p, stack)]
+    if stack in JOINT_STACKS:
+        cfg.pretrain.schedule = "joint"
     cfg.pretrain.epochs = p.pretrain_epochs
     if data != "mnist" and p.variation_pool is not None:
         # a pool cut small pretrains in batches that make >= 75 updates per epoch: in the
@@ -130,9 +150,9 @@ class Context:
 
         trained = []
 
-        def timed_fit(*args) -> None:
+        def timed_fit(*args, **kwargs) -> None:  # kwargs: the joint schedule's epochs=e
             t0 = time.perf_counter()
-            fit_layer(*args)
+            fit_layer(*args, **kwargs)
             trained.append(time.perf_counter() - t0)
 
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)

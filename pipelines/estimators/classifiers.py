@@ -65,7 +65,7 @@ class _StackedClassifier(ClassifierMixin, BaseEstimator):
         supervised = p.get("pretraining") == "supervised"  # layers left as initialised here
         self.pretrainer_ = StackedPretrainer(self.layers, epochs=0 if supervised else p["pretrain_epochs"],
                                              batch_size=p["batch_size"], random_state=p["seed"],
-                                             layer_params=self.layer_params).fit(X)
+                                             layer_params=self.layer_params, schedule=self.schedule).fit(X)
         self.stack_ = self.pretrainer_.stack_
 
         idx = np.arange(len(X))
@@ -145,6 +145,7 @@ class StackedMLPClassifier(_StackedClassifier):
     layer_params : None, or one dict per layer of ``make_layer`` overrides, as for
         ``StackedPretrainer`` (e.g. ``{"loss": "mse", "visible_unit": "linear"}`` for inputs
         outside [0, 1]).
+    schedule : ``"greedy"`` or ``"joint"`` unsupervised pretraining, as for ``StackedPretrainer``.
 
     Attributes
     ----------
@@ -161,7 +162,7 @@ class StackedMLPClassifier(_StackedClassifier):
     def __init__(self, layers=(("cae", 100),), *, pretrain_epochs=10, pretraining="unsupervised",
                  freeze_hidden=False, reconstruction=0.0, epochs=50, batch_size=32,
                  lr=0.003, validation_fraction=0.2, patience=20, random_state=0,
-                 layer_params=None):
+                 layer_params=None, schedule="greedy"):
         self.layers = layers
         self.pretrain_epochs = pretrain_epochs
         self.pretraining = pretraining
@@ -174,6 +175,7 @@ class StackedMLPClassifier(_StackedClassifier):
         self.patience = patience
         self.random_state = random_state
         self.layer_params = layer_params
+        self.schedule = schedule
 
     def _check_params(self, n_visible: int) -> dict:
         p = super()._check_params(n_visible)
@@ -196,7 +198,7 @@ class MTCClassifier(_StackedClassifier):
     Parameters
     ----------
     layers, pretrain_epochs, epochs, batch_size, lr, validation_fraction, patience,
-    random_state, layer_params : as for ``StackedMLPClassifier``.
+    random_state, layer_params, schedule : as for ``StackedMLPClassifier``.
     beta : weight of the tangent penalty (>= 0; 0 is ``StackedMLPClassifier``).
     n_tangents : tangents per example, the leading right singular vectors of the pretrained
         stack's Jacobian (``finetune.tangents``), ``1 <= n_tangents <= min(d, n_hidden_L)``.
@@ -218,7 +220,7 @@ class MTCClassifier(_StackedClassifier):
     def __init__(self, layers=(("cae", 100),), *, pretrain_epochs=10, epochs=50, batch_size=32,
                  lr=0.003, beta=1.0, n_tangents=10, tangent_oversample=OVERSAMPLE,
                  tangent_rank_tol=RANK_TOL, validation_fraction=0.2, patience=20, random_state=0,
-                 layer_params=None):
+                 layer_params=None, schedule="greedy"):
         self.layers = layers
         self.pretrain_epochs = pretrain_epochs
         self.epochs = epochs
@@ -232,6 +234,7 @@ class MTCClassifier(_StackedClassifier):
         self.patience = patience
         self.random_state = random_state
         self.layer_params = layer_params
+        self.schedule = schedule
 
     def _check_params(self, n_visible: int) -> dict:
         p = super()._check_params(n_visible)

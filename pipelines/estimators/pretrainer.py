@@ -1,8 +1,12 @@
-"""``StackedPretrainer``: greedy layer-wise pretraining as a scikit-learn transformer, and the
-hyperparameter checks the classifiers share (see ``pipelines.estimators`` for the conventions)."""
+"""``StackedPretrainer``: layer-wise pretraining as a scikit-learn transformer, greedy or joint,
+and the hyperparameter checks the classifiers share (see ``pipelines.estimators`` for the
+conventions)."""
 from __future__ import annotations
 
 import numbers
+import tempfile
+import warnings
+from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
@@ -11,12 +15,17 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from pretrain.checks import check_float, check_int
+from pretrain.checks import check_choice, check_float, check_int
+from pretrain.joint import JointStack
 from pretrain.names import KINDS, OPTIMIZERS
 from pretrain.presets import accepted_keys, make_layer
 from pretrain.stack import GreedyStack
 
 from pipelines.training import fit_layer, quiet_lightning
+
+#: how the layers are trained: each on the final codes of the one below (``pretrain.stack``), or
+#: all together, one epoch a round on the current codes below (``pretrain.joint``)
+SCHEDULES = ("greedy", "joint")
 
 
 # -- validation of hyperparameters (in fit, never in __init__) ----------------------------------
@@ -69,9 +78,23 @@ def _tensor(X: np.ndarray) -> torch.Tensor:
     return torch.tensor(X, dtype=torch.float32)
 
 
+def _fit_jointly(layers: list, X: torch.Tensor, *, epochs: int, batch_size: int, seed: int):
+    """``pretrain.joint``: ``epochs`` rounds; in round e each layer goes on to e epochs from the
+    Lightning checkpoint its previous round left (its optimizer, epoch count and noise streams
+    carried on), in a folder removed when the fit ends."""
+    with tempfile.TemporaryDirectory(prefix="layerwise-joint-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+
+        def fit_to(k, layer, codes, val_codes, *, epochs):
+            fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
+                      ckpt_dir=Path(tmp) / f"layer{k + 1}", where=f"layers[{k}]")
+
+        return JointStack(layers).fit(X, fit_to, epochs=[epochs] * len(layers))
+
+
 # -- the transformer ----------------------------------------------------------------------------
 class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Greedy layer-wise pretraining as a scikit-learn transformer: Eq. (1).
+    """Layer-wise pretraining as a scikit-learn transformer: Eq. (1).
 
     Parameters
     ----------
@@ -85,6 +108,10 @@ class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     random_state : int, None or ``numpy.random.RandomState``; see the module docstring.
     layer_params : None, or one dict per layer of ``make_layer`` overrides (they win over
         ``lr`` and ``optimizer``).
+    schedule : ``"greedy"`` (layer k trained for ``epochs`` on the codes of the trained layer
+        k - 1) or ``"joint"`` (``epochs`` rounds, each one more epoch of every layer bottom-up
+        on the current codes below, ``pretrain.joint``); one layer, or one epoch, trains the same
+        under both.
 
     Attributes
     ----------
@@ -104,7 +131,7 @@ class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     """
 
     def __init__(self, layers=(("cae", 100),), *, epochs=10, batch_size=64, lr=None,
-                 optimizer=None, random_state=0, layer_params=None):
+                 optimizer=None, random_state=0, layer_params=None, schedule="greedy"):
         self.layers = layers
         self.epochs = epochs
         self.batch_size = batch_size
@@ -112,6 +139,7 @@ class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.optimizer = optimizer
         self.random_state = random_state
         self.layer_params = layer_params
+        self.schedule = schedule
 
     def _build_layers(self, n_visible: int, seed: int) -> list:
         specs = _check_layers(self.layers)
@@ -148,15 +176,19 @@ class StackedPretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         epochs = check_int("epochs", self.epochs, 0)
         batch_size = check_int("batch_size", self.batch_size, 1)
+        schedule = check_choice("schedule", self.schedule, SCHEDULES)
         seed = _seed(self.random_state)
-        greedy = GreedyStack(self._build_layers(X.shape[1], seed))
+        layers = self._build_layers(X.shape[1], seed)
         _quiet_seed(seed)
+        if schedule == "joint" and epochs > 0:
+            self.stack_ = _fit_jointly(layers, _tensor(X), epochs=epochs, batch_size=batch_size,
+                                       seed=seed).eval()
+        else:
+            def fit(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
+                fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
+                          where=f"layers[{k}]")
 
-        def fit(k, layer, codes, val_codes):  # as the pipeline's pretraining stage
-            fit_layer(layer, codes, epochs=epochs, batch_size=batch_size, seed=seed * 100 + k,
-                      where=f"layers[{k}]")
-
-        self.stack_ = greedy.fit(_tensor(X), fit).eval()
+            self.stack_ = GreedyStack(layers).fit(_tensor(X), fit).eval()
         self._n_features_out = self.stack_.n_hidden  # for get_feature_names_out
         return self
 

@@ -31,9 +31,10 @@ class Suite:
     markdown: Callable[[list[Summary], list[dict], Profile], str]
     figure: Callable
     title: Callable[[Profile], str]
-    #: methods added after results folders existed: their cells are left out of the folder's
-    #: name, so that a suite's finished cells are found again when a column is added
-    added_methods: tuple[str, ...] = ()
+    #: columns (values of ``kind_key``) added after results folders existed: their cells are
+    #: left out of the folder's name, so that a suite's finished cells are found again when a
+    #: column is added
+    added_columns: tuple[str, ...] = ()
 
     def prepare(self, ctx: Context, cell: Cell) -> None:
         prepare(ctx, cell)
@@ -60,8 +61,8 @@ class Suite:
 
     def settings(self, p: Profile) -> dict:
         """What names the results folder: the profile (not its seed count), the tasks (but those of
-        ``added_methods``), the configs."""
-        cells = [c for c in self.cells(p) if c.seed == 0 and c.task.get("method") not in self.added_methods]
+        ``added_columns``), the configs of their stacks."""
+        cells = [c for c in self.cells(p) if c.seed == 0 and c.keys[self.kind_key] not in self.added_columns]
         stacks = sorted({(c.task["data"], c.task["stack"]) for c in cells if c.task.get("stack")})
         prof = {k: v for k, v in p.as_dict().items() if k != "seeds"}
         return {"suite": self.name, "profile": prof, "tasks": [c.task for c in cells],
@@ -71,6 +72,6 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     m.NAME: Suite(m.NAME, m.KEY_NAMES, m.cells, m.run_cell, m.paper, m.markdown, m.figure, m.title,
-                  getattr(m, "ADDED_METHODS", ()))
+                  getattr(m, "ADDED_COLUMNS", ()))
     for m in (semi_supervised, semi_supervised_modern, variations, knowledge_free, deep_autoencoder,
               speed)}

@@ -14,8 +14,8 @@ from pipelines.reporting.tables import summary_markdown
 
 NAME = "knowledge-free"
 KEY_NAMES = ["method"]
-#: the methods added after the suite's results folders existed (``Suite.added_methods``)
-ADDED_METHODS = ("mlp_greedy_supervised", "mlp_frozen", "mlp_rec")
+#: the columns added after the suite's results folders existed (``Suite.added_columns``)
+ADDED_COLUMNS = ("greedy_sup", "cae_frozen", "cae_rec")
 METHODS = {"knn": (None, "knn"), "svm": (None, "svm"), "nn": ("cae_h-2", "mlp_no_pretraining"),
            "greedy_sup": ("cae_h-2", "mlp_greedy_supervised"), "cae": ("cae_h-2", "mlp"),
            "cae_frozen": ("cae_h-2", "mlp_frozen"), "cae_rec": ("cae_h-2", "mlp_rec"),
