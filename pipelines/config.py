@@ -210,29 +210,41 @@ class PipelineConfig(Section):
 
 # -- loading ---------------------------------------------------------------------------------
 
+def shipped_files(folder: str = "configs") -> dict[str, Path]:
+    """The YAML files shipped in the package folder ``folder`` (``configs``, ``configs/spaces``), by name."""
+    root = resources.files("pipelines").joinpath(*folder.split("/"))
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_shipped(name_or_path: str | Path, *, kind: str, folder: str, wanted: str) -> Path:
+    """A YAML file from a path, or the name of one shipped in ``folder``; a file that exists wins
+    over a shipped name. ``kind`` (``config``, ``space``) and ``wanted`` (what the file must hold)
+    word the errors."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        raise ConfigError(f"{kind} {str(name_or_path)!r} is a folder: give {wanted} or a shipped {kind}'s name")
+    if p.exists():
+        return p
+    shipped = shipped_files(folder)
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    if p.name.endswith(".yaml") and p.stem in shipped and p.parent.name == folder.rsplit("/", 1)[-1]:
+        return shipped[p.stem]  # "pipelines/configs/x.yaml" from outside the source tree
+    raise ConfigError(f"{kind} {str(name_or_path)!r} not found: give {wanted}, or one of the shipped "
+                      f"{kind}s: {', '.join(sorted(shipped))}")
+
+
 def shipped_configs() -> dict[str, Path]:
     """The configs shipped under ``pipelines/configs/``, by name."""
-    root = resources.files("pipelines") / "configs"
-    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+    return shipped_files("configs")
 
 
 def resolve_config_path(name_or_path: str | Path | None) -> Path:
     """A config file from a path, or a shipped config's name (``quickstart``, ``mnist_mtc``)."""
-    if name_or_path is None:
-        name_or_path = "quickstart"
+    name_or_path = "quickstart" if name_or_path is None else name_or_path
     p = Path(name_or_path)
-    if p.is_dir():
-        raise ConfigError(f"config {str(name_or_path)!r} is a folder: give a YAML file in it "
-                          f"(e.g. {p / 'quickstart.yaml'}) or a shipped config's name")
-    if p.exists():
-        return p
-    shipped = shipped_configs()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    if p.name.endswith(".yaml") and p.stem in shipped and p.parent.name == "configs":
-        return shipped[p.stem]  # "pipelines/configs/x.yaml" from outside the source tree
-    raise ConfigError(f"config {str(name_or_path)!r} not found: give a YAML file path or one of the "
-                      f"shipped configs: {', '.join(sorted(shipped))}")
+    return resolve_shipped(name_or_path, kind="config", folder="configs",
+                           wanted=f"a YAML file (e.g. {p / 'quickstart.yaml'})" if p.is_dir() else "a YAML file path")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

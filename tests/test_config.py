@@ -1,4 +1,6 @@
 """Configs: every shipped config parses; errors name the dotted key; overrides apply."""
+from pathlib import Path
+
 import pytest
 
 from pipelines.config import (
@@ -6,6 +8,7 @@ from pipelines.config import (
     PipelineConfig,
     config_from_dict,
     load_config,
+    resolve_config_path,
     shipped_configs,
 )
 
@@ -92,3 +95,25 @@ def test_layer_kwargs_only_set_fields():
     cfg = config_from_dict({"pretrain": {"layers": [{"kind": "cae", "n_hidden": 9,
                                                      "contraction": 0.3, "epochs": 2}]}})
     assert cfg.pretrain.layers[0].layer_kwargs() == {"contraction": 0.3}
+
+
+def test_shipped_files_by_name_or_package_path_and_a_real_file_wins(tmp_path, monkeypatch):
+    """Configs and search spaces are found by one resolver: a shipped name, a path into the
+    package from elsewhere, and a file that exists before either; a folder is refused."""
+    from pipelines.search.space import resolve_space_path, shipped_spaces
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path("mnist_mtc") == shipped_configs()["mnist_mtc"]
+    assert resolve_config_path(None) == shipped_configs()["quickstart"]
+    assert resolve_space_path("elsewhere/configs/spaces/mtc.yaml") == shipped_spaces()["mtc"]
+    with pytest.raises(ConfigError, match="not found"):  # a space's name under the configs' folder
+        resolve_space_path("elsewhere/configs/mtc.yaml")
+    Path("mtc").write_text("objective: x\n")
+    assert resolve_space_path("mtc") == Path("mtc")
+    Path("d").mkdir()
+    with pytest.raises(ConfigError, match="space 'd' is a folder: give a YAML file with 'objective'"):
+        resolve_space_path("d")
+    with pytest.raises(ConfigError, match=r"config 'd' is a folder: give a YAML file \(e.g. d/quickstart.yaml\)"):
+        resolve_config_path("d")
+    with pytest.raises(ConfigError, match="space 'nope' not found: .* shipped spaces: dbn, mtc, sda"):
+        resolve_space_path("nope")

@@ -200,7 +200,7 @@ def test_a_bad_space_is_refused_naming_the_key_before_anything_is_written(tmp_pa
 def test_an_unknown_space_name_is_refused_listing_the_shipped_spaces(tmp_path):
     with pytest.raises(ConfigError) as e:
         tune("quickstart", "mtcc", trials=2, overrides=TINY, root=tmp_path / "mlruns")
-    assert "space file mtcc not found" in str(e.value) and "shipped spaces: dbn, mtc, sda" in str(e.value)
+    assert "space 'mtcc' not found" in str(e.value) and "shipped spaces: dbn, mtc, sda" in str(e.value)
     assert not (tmp_path / "mlruns").exists()
 
 

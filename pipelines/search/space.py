@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.config import FINETUNE_METHODS, ConfigError, config_from_dict, parse_override
+from pipelines.config import (FINETUNE_METHODS, ConfigError, config_from_dict, parse_override, resolve_shipped,
+                              shipped_files)
 
 #: the methods a study can minimise: the fine-tuned classifiers, whose validation error is
 #: known at every epoch (so a pruner can stop a bad trial early)
@@ -200,26 +200,14 @@ def parse_space(doc: Any, raw: dict, source: str = "<space>") -> Space:
 def shipped_spaces() -> dict[str, Path]:
     """The search spaces shipped under ``pipelines/configs/spaces/``, by name (``mtc`` goes with
     the shipped config ``mnist_mtc``, ``sda`` with ``mnist_sda``, ``dbn`` with ``mnist_dbn``)."""
-    root = resources.files("pipelines") / "configs" / "spaces"
-    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+    return shipped_files("configs/spaces")
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
     """A space file from a path, or a shipped space's name (``mtc``, ``sda``, ``dbn``); a file
     that exists wins over a shipped name, as for configs."""
-    p = Path(name_or_path)
-    if p.is_dir():
-        raise ConfigError(f"space {str(name_or_path)!r} is a folder: give a YAML file with 'objective' "
-                          f"and 'space' or a shipped space's name")
-    if p.exists():
-        return p
-    shipped = shipped_spaces()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    if p.name.endswith(".yaml") and p.stem in shipped and p.parent.name == "spaces":
-        return shipped[p.stem]  # "pipelines/configs/spaces/x.yaml" from outside the source tree
-    raise ConfigError(f"space file {p} not found: give a YAML file with 'objective' and 'space', or "
-                      f"one of the shipped spaces: {', '.join(sorted(shipped))}")
+    return resolve_shipped(name_or_path, kind="space", folder="configs/spaces",
+                           wanted="a YAML file with 'objective' and 'space'")
 
 
 def load_space(path: str | Path, raw: dict) -> Space:
