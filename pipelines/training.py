@@ -95,12 +95,15 @@ def fit_layer(layer: L.LightningModule, X, X_val=None, *, epochs: int, batch_siz
 
     ``ckpt_dir``: keep a Lightning ``last.ckpt`` there and resume from it, so that an interrupted
     layer goes on from its last finished epoch. ``where`` (e.g. ``pretrain.layers.1``) prefixes
-    the message of an input the layer refuses. The layer keeps no reference to the Trainer
-    afterwards (it pickles and clones); the Trainer is returned (None for ``epochs == 0``).
+    the message of an input the layer refuses. A layer with ``updates_per_step`` K > 1 (the RBM)
+    gets K batches a training step: the same updates as one a step. The layer keeps no reference
+    to the Trainer afterwards (it pickles and clones); the Trainer is returned (None for
+    ``epochs == 0``).
     """
     if epochs == 0:
         return None
-    dm = ArrayDataModule(X, None, X_val, None, batch_size=min(batch_size, len(X)), seed=seed)
+    dm = ArrayDataModule(X, None, X_val, None, batch_size=min(batch_size, len(X)), seed=seed,
+                         batches_per_step=getattr(layer, "updates_per_step", 1))
     callbacks = list(callbacks)
     if ckpt_dir is not None:
         # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends

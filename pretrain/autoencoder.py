@@ -278,7 +278,8 @@ class AutoEncoder(Layer):
         if hp.higher_order > 0:
             value, g_a, _, g_n = penalties.higher_order_gradient(
                 a, act_grad, curv, A[n_x:].view(C, B, n_hidden), norms, unit, sigma=hp.higher_order_sigma,
-                weight=hp.higher_order / B, out=L[n_x:n_in].view(C, B, n_hidden) if grad else None)
+                weight=hp.higher_order / B, out=L[n_x:n_in].view(C, B, n_hidden) if grad else None,
+                reuse_u=True)  # W eps is read once: its block of A takes the copies' units
             terms["higher_order"] = value
             if grad:
                 delta_pen.add_(g_a)
@@ -297,7 +298,9 @@ class AutoEncoder(Layer):
         if not grad:
             return terms, None
         delta_z = self._reconstruction_delta(x, z, out=R[n_in:]).div_(B)  # Eq. (7)
-        delta_rec = torch.mul(delta_z @ W_dec, derivative(unit, a_tilde, h_tilde), out=L[:B])  # Eq. (8)
+        # s'(a~) is s'(a) when nothing corrupts x (the same block)
+        s_prime = act_grad if act_grad is not None and not clean else derivative(unit, a_tilde, h_tilde)
+        delta_rec = torch.mm(delta_z, W_dec, out=L[:B]).mul_(s_prime)  # Eq. (8)
         if clean:
             L[B:n_x] = delta_pen
         else:

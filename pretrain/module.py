@@ -25,10 +25,18 @@ The non-finite guard comes in two forms with the same outcome (``sync_free_guard
   guard leaves; with momentum, weight decay or Adam the optimizer's own state still moves them,
   by finite amounts. Under DDP the flag is combined across ranks (the gradients are averaged
   over them), with a collective that does not wait on the host.
+
+A module in manual optimization may take several updates per Lightning step
+(``updates_per_step``): its data module then yields a :class:`Block` of K consecutive minibatches
+of the epoch and ``training_step`` runs ``update`` on each in order, with its index in the epoch,
+so that the Trainer's per-step work (hooks, progress, fetching) is paid once per K updates. The
+updates, the noise they draw, the optimizer steps (``global_step`` counts each), the logged epoch
+means and the epoch-end checkpoints are those of K = 1.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import lightning.pytorch as L
 import torch
@@ -66,6 +74,17 @@ def batch_size(batch) -> int:
     return batch_input(batch).shape[0]
 
 
+class Block(NamedTuple):
+    """K consecutive minibatches of an epoch, taken by one training step (``updates_per_step``).
+
+    ``first`` is the index of the first in the epoch, ``last`` whether the block ends the epoch,
+    ``batches`` the minibatches, each as a loader yields it (``x`` or ``(x, y, ...)``)."""
+
+    first: int
+    last: bool
+    batches: tuple
+
+
 class Module(L.LightningModule):
     """Base class of the trained modules: steps, logging, the non-finite guard, the optimizer.
 
@@ -87,6 +106,9 @@ class Module(L.LightningModule):
     #: the sync-free non-finite guard (True), the immediate one (False), or None: sync-free on
     #: an accelerator, immediate on the CPU
     sync_free_guard: bool | None = None
+    #: minibatches a training step takes (as a :class:`Block`) where the data module can give
+    #: them so; more than 1 needs manual optimization (``update`` takes its own optimizer step)
+    updates_per_step: int = 1
 
     def __init__(self, *, lr: float, optimizer: str, momentum: float, weight_decay: float):
         super().__init__()
@@ -113,7 +135,9 @@ class Module(L.LightningModule):
                          prog_bar=name in self.progress_terms, batch_size=size,
                          sync_dist=True)  # under DDP every rank selects on the same numbers
 
-    def _step(self, batch, stage: str, batch_idx: int = 0) -> torch.Tensor:
+    def _step(self, batch, stage: str, batch_idx: int = 0, last: bool | None = None) -> torch.Tensor:
+        """The terms of a batch, checked and logged; ``last``: whether it ends the stage's epoch
+        (None: from ``batch_idx`` and the Trainer's count of batches)."""
         terms = self.batch_terms(batch, stage, batch_idx)
         loss = terms["loss"]
         sync_free = self.uses_sync_free_guard()
@@ -122,7 +146,7 @@ class Module(L.LightningModule):
         elif not torch.isfinite(loss):  # one scalar read: the check that no NaN reaches the weights
             raise self._nonfinite_error(stage, loss.item(), self.current_epoch, self.global_step)
         self.log_terms(stage, terms, batch)
-        if sync_free and self._last_batch(stage, batch_idx):
+        if sync_free and (self._last_batch(stage, batch_idx) if last is None else last):
             self._raise_nonfinite(stage)
         return loss
 
@@ -207,7 +231,20 @@ class Module(L.LightningModule):
         self._raise_nonfinite("test")
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", batch_idx)
+        if not isinstance(batch, Block):
+            return self.update(batch, batch_idx)
+        if self.automatic_optimization:
+            raise ValueError(f"{self.describe()}: a training step of several minibatches (a Block) needs "
+                             "manual optimization; give this module's data module batches_per_step=1")
+        n = len(batch.batches)
+        for j, b in enumerate(batch.batches):  # in the epoch's order, as K steps of one batch would
+            self.update(b, batch.first + j, last=batch.last and j == n - 1)
+        return None
+
+    def update(self, batch, batch_idx: int, last: bool | None = None):
+        """One update on one minibatch, the ``batch_idx``-th of the epoch (``last``: see ``_step``).
+        Automatic optimization returns the loss for Lightning's step; a manual module steps here."""
+        return self._step(batch, "train", batch_idx, last)
 
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "val", batch_idx)

@@ -217,7 +217,7 @@ def contraction_gradient(act_grad: torch.Tensor, act_curv: torch.Tensor, norms: 
 
 def higher_order_gradient(a: torch.Tensor, act_grad: torch.Tensor, act_curv: torch.Tensor,
                           u: torch.Tensor, norms: torch.Tensor, unit: str, *, sigma: float,
-                          weight: float = 1.0, out: torch.Tensor | None = None
+                          weight: float = 1.0, out: torch.Tensor | None = None, reuse_u: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``weight * T_3`` (Eq. 3 summed over the batch, with the copies' draws at hand) and its
     gradients, Eq. (7).
@@ -230,16 +230,23 @@ def higher_order_gradient(a: torch.Tensor, act_grad: torch.Tensor, act_curv: tor
     norms : (n_hidden,) ``||W_j||^2``; unit : the hidden unit; sigma : the std of the perturbation (> 0).
     weight : the factor of the total (gamma / B for a batch mean).
     out : (C, B, n_hidden) where to write ``d value/du`` (default: a new tensor).
+    reuse_u : overwrite ``u`` with the copies' pre-activations and units (sigmoid units): two
+        (C, B, n_hidden) temporaries fewer, for a caller that needs ``u`` no more.
 
     Returns
     -------
     ``(value, d value/da (B, n_hidden), d value/du (C, B, n_hidden), d value/dn (n_hidden,))``.
     """
     C = u.shape[0]
-    a_tilde = torch.add(a, u, alpha=sigma)  # (C, B, n_hidden)
-    h_tilde = activation(unit, a_tilde)
-    d_tilde = derivative(unit, a_tilde, h_tilde)  # s'(a~)
-    curv_tilde = second_derivative(unit, a_tilde, h_tilde, d_tilde)  # s''(a~)
+    if reuse_u and unit == "sigmoid":  # s' and s'' read h~ alone: a~, h~, then s''(a~) over u
+        h_tilde = torch.add(a, u, alpha=sigma, out=u).sigmoid_()
+        d_tilde = derivative(unit, h_tilde, h_tilde)  # s'(a~)
+        curv_tilde = torch.addcmul(d_tilde, d_tilde, h_tilde, value=-2.0, out=h_tilde)  # s''(a~) = s'(1 - 2h~)
+    else:
+        a_tilde = torch.add(a, u, alpha=sigma)  # (C, B, n_hidden)
+        h_tilde = activation(unit, a_tilde)
+        d_tilde = derivative(unit, a_tilde, h_tilde)  # s'(a~)
+        curv_tilde = second_derivative(unit, a_tilde, h_tilde, d_tilde)  # s''(a~)
     diff = torch.sub(act_grad, d_tilde, out=d_tilde)  # (C, B, n_hidden): s'(a) - s'(a~), d~ no longer needed
     rows = diff.view(-1, diff.shape[-1])  # (C B, n_hidden)
     q = torch.linalg.vecdot(rows, rows, dim=0)  # (n_hidden,): sum_{c,b} diff^2

@@ -243,3 +243,18 @@ def test_a_gpu_speed_run_without_a_gpu_is_refused_before_anything_runs(tmp_path)
     with pytest.raises(ValueError, match="no CUDA GPU"):
         run_bench("speed", profile="tiny", root=tmp_path, accelerator="gpu", log=lambda m: None)
     assert not (tmp_path / "bench").exists()  # no folder, no store, no cell
+
+
+def test_higher_order_gradient_written_over_u_equals_the_one_with_temporaries():
+    g = torch.Generator().manual_seed(0)
+    a, u = 2 * torch.randn(5, 7, generator=g), torch.randn(3, 5, 7, generator=g)
+    h = torch.sigmoid(a)
+    d = derivative("sigmoid", a, h)
+    curv, norms = second_derivative("sigmoid", a, h, d), torch.rand(7, generator=g) + 0.5
+    fresh = P.higher_order_gradient(a, d, curv, u, norms, "sigmoid", sigma=0.3, weight=0.7)
+    u_reused = u.clone()
+    reused = P.higher_order_gradient(a, d, curv, u_reused, norms, "sigmoid", sigma=0.3, weight=0.7, reuse_u=True)
+    for x, y in zip(fresh, reused):
+        assert torch.equal(x, y)
+    assert not torch.equal(u_reused, u)  # written over, as documented
+    assert fresh[1].abs().max() > 1e-3 and fresh[2].abs().max() > 1e-3

@@ -1,15 +1,7 @@
 """In-memory arrays as a LightningDataModule whose batches are slices, not per-sample items.
 
-The data is held as one tensor (``X``, and ``y`` when labeled). Each epoch draws one
-permutation ``pi = randperm(n)`` from a ``torch.Generator`` seeded by (seed, epoch); batch
-``b`` is rows ``pi[b B : (b + 1) B]`` gathered in one indexing call. No ``__getitem__`` per
-example, no collate. The epoch number comes from the Trainer (``trainer.current_epoch``), so
-a run resumed at epoch e sees exactly the permutation an uninterrupted run saw at epoch e.
-
-Under DDP (``trainer.world_size > 1``) rank r takes the strided shard ``pi[r::world_size]`` of
-the padded permutation: like ``DistributedSampler``, the permutation is first extended with its
-own head to a multiple of ``world_size`` (or cut to one with ``drop_last``), so every rank has
-the same number of batches and the shards together cover every example.
+The data is held as one tensor (``X``, and ``y`` when labeled); ``pipelines.data.loaders`` cuts
+it into batches (one seeded permutation an epoch, a DDP rank's shard, blocks of batches).
 
 On an accelerator the arrays can stay on the device for a whole fit (``resident``): the module
 moves them once, when the Trainer sets it up, to ``trainer.strategy.root_device``, and each
@@ -22,24 +14,16 @@ elsewhere auto stays on the host), leaving the rest to the weights, activations 
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
-
 import lightning.pytorch as L
 import numpy as np
 import torch
 
-from pretrain.checks import check_positive
+from pipelines.data.loaders import PairedLoader, SliceLoader, check_count
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: the largest share of an accelerator's free memory the arrays take with ``resident="auto"``
 RESIDENT_SHARE = 0.5
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for (seed, epoch): nearby pairs give unrelated streams."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -85,153 +69,6 @@ def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
     return t.to(dtype).contiguous()
 
 
-class SliceLoader:
-    """Iterable of batches that are slices of a per-epoch permutation of one tensor.
-
-    Parameters
-    ----------
-    X : (n, d) tensor.
-    y : (n,) tensor or None; batches are ``x`` alone when None, else ``(x, y)``.
-    extra : tensors aligned with X (n, ...), appended to each batch: ``(x, y, *extra)`` (e.g. the
-        tangents of each example for the MTC).
-    batch_size : rows per batch (the last batch may be smaller unless ``drop_last``).
-    shuffle : permute each epoch; else the natural order.
-    drop_last : drop the last incomplete batch (and, across ranks, cut instead of pad).
-    seed : the permutation of epoch e is ``randperm(n)`` from a generator seeded by (seed, e).
-    epoch : the epoch when ``epoch_fn`` is None; ``set_epoch`` changes it.
-    epoch_fn : called at the start of each pass to read the epoch (e.g. from a Trainer).
-    rank, world_size : this process's shard, ``pi[rank::world_size]`` of the padded permutation.
-    """
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor | None = None, *, batch_size: int = 100,
-                 shuffle: bool = True, drop_last: bool = False, seed: int = 0, epoch: int = 0,
-                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1,
-                 extra: tuple[torch.Tensor, ...] = ()):
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if int(world_size) != world_size or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
-        if y is not None and len(y) != len(X):
-            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-        for i, e in enumerate(extra):
-            if len(e) != len(X):
-                raise ValueError(f"X has {len(X)} rows but extra tensor {i} has {len(e)}")
-        self.X, self.y, self.extra = X, y, tuple(extra)
-        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
-        self.seed, self._epoch, self.epoch_fn = int(seed), int(epoch), epoch_fn
-        self.rank, self.world_size = int(rank), int(world_size)
-
-    # -- which rows ----------------------------------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return int(self.epoch_fn()) if self.epoch_fn is not None else self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch used when no ``epoch_fn`` is given."""
-        self._epoch = int(epoch)
-
-    @property
-    def num_rows(self) -> int:
-        """Rows this rank visits per epoch (padded or cut to a multiple of world_size)."""
-        n = len(self.X)
-        if self.world_size == 1:
-            return n
-        return n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
-
-    def indices(self, epoch: int | None = None) -> torch.Tensor:
-        """Row indices of this rank for ``epoch`` (default: the current one), in batch order."""
-        n = len(self.X)
-        epoch = self.epoch if epoch is None else int(epoch)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        if self.world_size > 1:
-            total = self.num_rows * self.world_size
-            if total > n:  # pad with the permutation's own head, as DistributedSampler does
-                order = torch.cat([order, order[:total - n]])
-            order = order[:total][self.rank::self.world_size]
-        return order
-
-    def __len__(self) -> int:
-        rows = self.num_rows
-        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
-
-    def rows_on_device(self, idx: torch.Tensor) -> torch.Tensor:
-        """The epoch's row indices (CPU) on the device of the data: one host-to-device copy per
-        epoch when the data is resident on an accelerator, none on the CPU."""
-        return idx.to(self.X.device)
-
-    def __iter__(self) -> Iterator:
-        return self._batches()
-
-    def _batches(self) -> Iterator:
-        # a generator: the epoch is read at the first next(), after the Trainer has advanced it
-        contiguous = not self.shuffle and self.world_size == 1
-        idx = None if contiguous else self.rows_on_device(self.indices())
-        B = self.batch_size
-        tensors = (self.X,) + (() if self.y is None else (self.y,)) + self.extra
-        for b in range(len(self)):
-            if contiguous:  # views, no copy
-                sl = slice(b * B, (b + 1) * B)
-                parts = tuple(t[sl] for t in tensors)
-            else:
-                rows = idx[b * B:(b + 1) * B]  # a view of the index, on the data's device
-                parts = tuple(t.index_select(0, rows) for t in tensors)  # one gather per tensor
-            yield parts[0] if len(parts) == 1 else parts
-
-
-class PairedLoader:
-    """Labeled batches, each paired with a batch drawn from an unlabeled pool.
-
-    Yields ``{"labeled": <labeled batch>, "unlabeled": (x_u, *extra_u)}``; an epoch is one pass
-    over the labeled loader. In epoch e the unlabeled rows are the head of a permutation of the
-    pool drawn from a generator seeded by (seed, e) (cycled when the pool is smaller than the
-    epoch needs), so every epoch sees a fresh sample of the pool and a resumed run sees what an
-    uninterrupted run saw. Under DDP each rank takes its strided share of those rows.
-    """
-
-    def __init__(self, labeled: SliceLoader, unlabeled: tuple[torch.Tensor, ...], *,
-                 batch_size: int, seed: int = 0):
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"unlabeled batch_size must be a positive integer, got {batch_size!r}")
-        n = len(unlabeled[0])
-        if n == 0 or any(len(t) != n for t in unlabeled):
-            raise ValueError(f"unlabeled tensors must be non-empty and aligned, got lengths "
-                             f"{[len(t) for t in unlabeled]}")
-        self.labeled, self.unlabeled = labeled, tuple(unlabeled)
-        self.batch_size, self.seed = int(batch_size), int(seed)
-
-    def __len__(self) -> int:
-        return len(self.labeled)
-
-    def unlabeled_indices(self, epoch: int) -> torch.Tensor:
-        n = len(self.unlabeled[0])
-        world, rank = self.labeled.world_size, self.labeled.rank
-        need = len(self) * self.batch_size * world
-        g = torch.Generator().manual_seed(_epoch_seed(self.seed + 7919, epoch))  # apart from labeled
-        order = torch.randperm(n, generator=g)
-        if need > n:
-            order = order.repeat(math.ceil(need / n))
-        return order[:need][rank::world]
-
-    def rows_on_device(self, idx: torch.Tensor) -> torch.Tensor:
-        """The epoch's pool rows (CPU) on the device of the pool, once per epoch."""
-        return idx.to(self.unlabeled[0].device)
-
-    def __iter__(self) -> Iterator:
-        return self._batches()
-
-    def _batches(self) -> Iterator:
-        epoch = self.labeled.epoch
-        idx = self.rows_on_device(self.unlabeled_indices(epoch))
-        B = self.batch_size
-        for b, lab in enumerate(self.labeled):
-            rows = idx[b * B:(b + 1) * B]
-            yield {"labeled": lab, "unlabeled": tuple(t.index_select(0, rows) for t in self.unlabeled)}
-
-
 def _flat(arrays) -> list[torch.Tensor]:
     """The tensors among ``arrays`` (tensors, tuples of tensors, None)."""
     return [t for a in arrays for t in (a if isinstance(a, tuple) else (a,)) if t is not None]
@@ -242,12 +79,6 @@ def _to(a, device: torch.device):
     if isinstance(a, tuple):
         return tuple(t.to(device) for t in a)
     return None if a is None else a.to(device)
-
-
-def _check_batch_size(name: str, value) -> None:
-    check_positive(name, value)
-    if int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -274,18 +105,24 @@ class ArrayDataModule(L.LightningDataModule):
         (True), on the host (False), or "auto" (the default): on the device when it is not the
         CPU and the arrays take at most ``RESIDENT_SHARE`` of its free memory. The batches are
         the same either way; ``resident_device`` tells where they were held.
+    batches_per_step : K; above 1 each training step gets a ``pretrain.module.Block`` of K
+        consecutive batches (for a module whose ``updates_per_step`` is K; unpaired data only).
     """
 
     def __init__(self, X_train, y_train=None, X_val=None, y_val=None, *, batch_size: int = 100,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  dtype: torch.dtype | str = torch.float32, train_extra=(), unlabeled=None,
                  unlabeled_batch_size: int = 100, val_batch_size: int | None = None,
-                 resident: bool | str = "auto"):
+                 resident: bool | str = "auto", batches_per_step: int = 1):
         super().__init__()
-        _check_batch_size("batch_size", batch_size)
+        check_count("batch_size", batch_size)
+        check_count("batches_per_step", batches_per_step)
+        if batches_per_step > 1 and unlabeled is not None:
+            raise ValueError(f"batches_per_step={batches_per_step} is for unpaired training data; "
+                             "with an unlabeled pool use batches_per_step=1")
         check_resident(resident)
         if val_batch_size is not None:
-            _check_batch_size("val_batch_size", val_batch_size)
+            check_count("val_batch_size", val_batch_size)
         dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -308,7 +145,7 @@ class ArrayDataModule(L.LightningDataModule):
             for i, u in enumerate(unlabeled))
         self.unlabeled_batch_size = int(unlabeled_batch_size)
         self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
-        self.resident = resident
+        self.resident, self.batches_per_step = resident, int(batches_per_step)
         #: the arrays on the device for the fit (``setup``), None while they are on the host
         self._on_device: dict | None = None
         self.save_hyperparameters(ignore=["X_train", "y_train", "X_val", "y_val", "train_extra",
@@ -376,7 +213,7 @@ class ArrayDataModule(L.LightningDataModule):
         labeled = SliceLoader(a["X_train"], a["y_train"], batch_size=self.batch_size,
                               shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
                               epoch_fn=self._epoch, rank=rank, world_size=world,
-                              extra=a["train_extra"])
+                              extra=a["train_extra"], batches_per_step=self.batches_per_step)
         if a["unlabeled"] is None:
             return labeled
         return PairedLoader(labeled, a["unlabeled"], batch_size=self.unlabeled_batch_size,

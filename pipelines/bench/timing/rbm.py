@@ -3,7 +3,9 @@
 Four measurements on the same images (float32, bytes / 255, in file order), by one clock
 (``timing.matmul.device_clock``: CPU time on the CPU, synchronized wall time on a GPU):
 
-(a) ``pretrain.rbm.RBM`` through a Lightning Trainer (no logger, no checkpoints); the layer logs
+(a) ``pretrain.rbm.RBM`` through a Lightning Trainer (no logger, no checkpoints), its batches
+    from ``ArrayDataModule`` in file order, ``RBM.updates_per_step`` of them a training step
+    (the same updates as one a step, as ``fit_layer`` trains it); the layer logs
     its terms once per epoch and computes the monitoring-only reconstruction error on every
     ``RBM.monitor_every``-th batch;
 (b) the same update as a raw PyTorch loop (:func:`train_raw`): Eq. (17) of ``pretrain.rbm``
@@ -32,6 +34,7 @@ from sklearn.neural_network import BernoulliRBM
 from threadpoolctl import threadpool_limits
 
 from pipelines.bench.timing.matmul import bench_device, clock_name, device_clock, epoch_timer, flops, products_seconds
+from pipelines.data.datamodule import ArrayDataModule
 from pipelines.data.mnist import load_mnist
 from pipelines.training import make_trainer, quiet_lightning
 from pretrain.rbm import RBM, pseudo_likelihood
@@ -46,33 +49,17 @@ def update_products(B: int = BATCH, n_visible: int = 784, n_hidden: int = N_HIDD
     return [up, down, up, outer, outer]
 
 
-class _Slices(torch.utils.data.Sampler):
-    """Contiguous batches as slices: a batch is a view of the data tensor, no per-sample Python."""
-
-    def __init__(self, n: int, batch_size: int):
-        self.n, self.batch_size = n, batch_size
-
-    def __iter__(self):
-        return (slice(i, min(i + self.batch_size, self.n)) for i in range(0, self.n, self.batch_size))
-
-    def __len__(self):
-        return -(-self.n // self.batch_size)
-
-
-def loader(X: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
-    """Batches of ``X`` in file order, on ``X``'s device (a GPU copy is made once, not per batch)."""
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=None,
-                                       sampler=_Slices(len(X), batch_size))
-
-
 def train_lightning(X: torch.Tensor, epochs: int, seed: int, device: torch.device = torch.device("cpu")):
-    """Through a Trainer on the batches of :func:`train_raw`, in file order. Returns (model,
+    """Through a Trainer on the batches of :func:`train_raw`, in file order, from the data module
+    the pipelines use (``ArrayDataModule``: on a GPU the data stays there; the RBM's
+    ``updates_per_step`` batches a training step, as ``fit_layer`` gives them). Returns (model,
     seconds per epoch by the device's clock)."""
     rbm = RBM(X.shape[1], N_HIDDEN, k=1, lr=LR, seed=seed)
     timer = epoch_timer()
     trainer = make_trainer(max_epochs=epochs, callbacks=[timer], deterministic=False,
                            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
-    trainer.fit(rbm, loader(X.to(device), BATCH))
+    trainer.fit(rbm, datamodule=ArrayDataModule(X, batch_size=BATCH, shuffle=False,
+                                                batches_per_step=rbm.updates_per_step))
     return rbm, timer.seconds(device) / epochs
 
 
