@@ -83,6 +83,10 @@ class FinetuneConfig(Section):
     tangent_oversample: int = Field(OVERSAMPLE, ge=0)       # m = k + this many Krylov vectors
     tangent_rank_tol: float = Field(RANK_TOL, ge=0, lt=1)  # share of ||W_1||_F^2 left out of the search
     unlabeled_batch: int = Field(64, ge=1)    # pool examples per step for mtc_all, vat, ladder
+    # what an epoch of mtc_all, vat and ladder passes over once: the labeled set (a fresh sample of
+    # the pool beside it) or the pool (the labeled batches cycled beside it), as the Ladder's and
+    # VAT's papers count epochs
+    epoch_over: Literal["labeled", "pool"] = "labeled"
     deep_autoencoder_epochs: int = Field(20, ge=1)
     # virtual adversarial training (finetune.vat), on the labeled batch and the unlabeled pool
     vat_alpha: float = Field(1.0, ge=0)             # weight of the VAT penalty, Eq. (6)
@@ -98,7 +102,7 @@ class FinetuneConfig(Section):
     #: so that the stage results and bench folders named before them are found again
     DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = (
         "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy",
-        "ladder_noise", "ladder_denoise", "supervised_epochs")
+        "ladder_noise", "ladder_denoise", "supervised_epochs", "epoch_over")
 
     @field_validator("ladder_denoise")
     @classmethod

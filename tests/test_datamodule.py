@@ -218,6 +218,47 @@ def test_paired_loader_cycles_a_small_pool():
     assert sorted(set(rows.tolist())) == [0.0, 1.0, 2.0, 3.0] and len(rows) == 16
 
 
+def _pool_epoch(e, *, n_lab=10, n_pool=100, B=4, B_u=10, rank=0, world=1):
+    X = torch.arange(n_lab, dtype=torch.float32)[:, None]
+    pool = 1000 + torch.arange(n_pool, dtype=torch.float32)[:, None]
+    lab = SliceLoader(X, torch.arange(n_lab), batch_size=B, seed=3, epoch=e, rank=rank, world_size=world)
+    return PairedLoader(lab, (pool,), batch_size=B_u, seed=3, epoch_over="pool")
+
+
+def test_a_pool_epoch_passes_over_the_pool_once_and_cycles_the_labels():
+    """S = ceil(100 / 10) = 10 steps; the 10 labels in batches of 4 make 3 batches a pass, so
+    R = 4 passes an epoch, cut at 10 batches: three whole permutations of the labels, then the
+    first batch of the fourth; pass r of epoch e is the labeled loader's epoch 4 e + r."""
+    loader = _pool_epoch(2)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 10
+    pool_rows = torch.cat([b["unlabeled"][0][:, 0] for b in batches])
+    assert sorted(pool_rows.tolist()) == [1000.0 + i for i in range(100)]  # every pool row once
+    lab = [b["labeled"][0][:, 0] for b in batches]
+    for r in range(3):
+        assert sorted(torch.cat(lab[3 * r:3 * r + 3]).tolist()) == [float(i) for i in range(10)]
+        expect = [x for x, _ in loader.labeled.batches(2 * 4 + r)]
+        assert all(torch.equal(a, b[:, 0]) for a, b in zip(lab[3 * r:3 * r + 3], expect))
+    assert torch.equal(lab[9], next(loader.labeled.batches(2 * 4 + 3))[0][:, 0])
+    assert [len(x) for x in lab] == [4, 4, 2] * 3 + [4]
+    again = [b["labeled"][0] for b in _pool_epoch(2)]  # a resumed epoch sees the same batches
+    assert all(torch.equal(a[:, None], b) for a, b in zip(lab, again))
+    assert not torch.equal(torch.cat(lab), torch.cat([b["labeled"][0][:, 0] for b in _pool_epoch(3)]))
+
+
+def test_a_pool_epoch_smaller_than_the_labels_is_cut_short_and_shards_under_ddp():
+    short = list(_pool_epoch(0, n_lab=40, n_pool=20, B=4, B_u=10))  # S = 2 < 10 labeled batches
+    assert len(short) == 2 and [len(b["labeled"][0]) for b in short] == [4, 4]
+    ranks = [_pool_epoch(1, n_pool=95, B_u=10, rank=r, world=2) for r in range(2)]
+    assert [len(r) for r in ranks] == [5, 5]  # ceil(95 / (10 * 2))
+    rows = torch.cat([b["unlabeled"][0][:, 0] for r in ranks for b in r])
+    assert set(rows.tolist()) == {1000.0 + i for i in range(95)} and len(rows) == 100  # padded
+    with pytest.raises(ValueError, match="epoch_over must be one of labeled, pool, got 'unlabeled'"):
+        PairedLoader(SliceLoader(torch.rand(4, 1)), (torch.rand(4, 1),), batch_size=2, epoch_over="unlabeled")
+    with pytest.raises(ValueError, match="epoch_over must be one of labeled, pool"):
+        ArrayDataModule(torch.rand(4, 1), torch.zeros(4), epoch_over="all")
+
+
 def test_bench_batching_times_one_epoch_of_each_loader():
     X, y = _data(1000)
     results = bench_batching(X.numpy(), 100, y=y.numpy(), repeats=1)

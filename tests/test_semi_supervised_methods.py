@@ -1,8 +1,11 @@
 """VAT and the Ladder network as methods of the pipeline, on the quickstart's digits split (50
 labels) with a small stack: both learn (far below chance), VAT with the unlabeled pool is not
 worse than the MLP alone, and each logs its own terms."""
+import math
+
 import mlflow
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from pipelines.config import ConfigError, load_config
 from pipelines.run import run_pipeline
@@ -62,3 +65,33 @@ def test_new_settings_at_their_defaults_leave_the_digest_as_it_was():
     assert cfg.digest() != before
     cfg.finetune.vat_epsilon, cfg.finetune.ladder_denoise = 2.0, [1.0, 1.0, 0.1, 0.1]
     assert cfg.digest() != before
+
+
+class _Steps(Callback):
+    """What each fine-tuning Trainer ran: its method's loader, epochs and optimizer steps."""
+
+    def __init__(self):
+        self.fits = []
+
+    def on_train_end(self, trainer, pl_module):
+        self.fits.append((trainer.train_dataloader, trainer.current_epoch, trainer.global_step))
+
+
+@pytest.mark.parametrize("epoch_over", ["labeled", "pool"])
+def test_an_epoch_passes_over_the_labels_or_over_the_pool(tmp_path, epoch_over):
+    """``finetune.epoch_over``: with 50 labels in batches of 25 an epoch is 2 steps over the
+    labels, or ceil(pool / 64) steps over the pool with the labeled batches cycled."""
+    steps = _Steps()
+    cfg = load_config("quickstart", ["pretrain.epochs=1", "pretrain.layers.0.n_hidden=32",
+                                     "pretrain.layers.1.n_hidden=16", "finetune.epochs=3",
+                                     "finetune.patience=10", "finetune.methods=[vat]", "baselines.methods=[]",
+                                     f"finetune.epoch_over={epoch_over}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
+    try:
+        run_pipeline(cfg, root=tmp_path / "mlruns", callbacks=[steps])
+    finally:
+        mlflow.set_tracking_uri(None)
+    (loader, epochs, global_step), = steps.fits
+    n_pool, n_lab = len(loader.unlabeled[0]), loader.labeled.num_rows
+    per_epoch = math.ceil(n_lab / 25) if epoch_over == "labeled" else math.ceil(n_pool / 64)
+    assert (n_lab, epochs, len(loader), global_step) == (50, 3, per_epoch, 3 * per_epoch)
+    assert per_epoch > 10 if epoch_over == "pool" else per_epoch == 2

@@ -18,7 +18,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 
-from pipelines.data.loaders import PairedLoader, SliceLoader, check_count
+from pipelines.data.loaders import EPOCH_OVER, PairedLoader, SliceLoader, check_count
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -98,6 +98,8 @@ class ArrayDataModule(L.LightningDataModule):
     unlabeled : tensors ``(X_u, *extra_u)`` of an unlabeled pool: each training batch becomes
         ``{"labeled": ..., "unlabeled": ...}`` (see :class:`PairedLoader`).
     unlabeled_batch_size : pool rows paired with each labeled batch.
+    epoch_over : what an epoch passes over once with an unlabeled pool: ``"labeled"`` (the
+        labeled rows) or ``"pool"`` (the pool, the labeled batches cycled; see :class:`PairedLoader`).
     val_batch_size : rows per validation batch (default: ``batch_size``). Validation computes no
         gradients, so a larger batch changes no result and only saves per-step overhead, which
         dominates an epoch when small training batches meet a large validation set.
@@ -113,7 +115,7 @@ class ArrayDataModule(L.LightningDataModule):
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  dtype: torch.dtype | str = torch.float32, train_extra=(), unlabeled=None,
                  unlabeled_batch_size: int = 100, val_batch_size: int | None = None,
-                 resident: bool | str = "auto", batches_per_step: int = 1):
+                 resident: bool | str = "auto", batches_per_step: int = 1, epoch_over: str = "labeled"):
         super().__init__()
         check_count("batch_size", batch_size)
         check_count("batches_per_step", batches_per_step)
@@ -144,6 +146,9 @@ class ArrayDataModule(L.LightningDataModule):
             self._inputs(u, dtype, "unlabeled[0]") if i == 0 else _as_tensor(u, dtype, f"unlabeled[{i}]")
             for i, u in enumerate(unlabeled))
         self.unlabeled_batch_size = int(unlabeled_batch_size)
+        if epoch_over not in EPOCH_OVER:
+            raise ValueError(f"epoch_over must be one of {', '.join(EPOCH_OVER)}, got {epoch_over!r}")
+        self.epoch_over = epoch_over
         self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
         self.resident, self.batches_per_step = resident, int(batches_per_step)
         #: the arrays on the device for the fit (``setup``), None while they are on the host
@@ -217,7 +222,7 @@ class ArrayDataModule(L.LightningDataModule):
         if a["unlabeled"] is None:
             return labeled
         return PairedLoader(labeled, a["unlabeled"], batch_size=self.unlabeled_batch_size,
-                            seed=self.seed)
+                            seed=self.seed, epoch_over=self.epoch_over)
 
     def val_dataloader(self) -> SliceLoader | list:
         a = self._arrays()

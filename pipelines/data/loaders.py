@@ -28,6 +28,10 @@ from pretrain.checks import check_positive
 from pretrain.module import Block
 
 
+#: what an epoch of ``PairedLoader`` passes over once
+EPOCH_OVER = ("labeled", "pool")
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for (seed, epoch): nearby pairs give unrelated streams."""
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -131,10 +135,15 @@ class SliceLoader:
     def __iter__(self) -> Iterator:
         return self._batches()
 
-    def _batches(self) -> Iterator:
+    def batches(self, epoch: int) -> Iterator:
+        """The batches of ``epoch``'s permutation, whatever the current epoch (a pool epoch of
+        ``PairedLoader`` cycles through several)."""
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int | None = None) -> Iterator:
         # a generator: the epoch is read at the first next(), after the Trainer has advanced it
         contiguous = not self.shuffle and self.world_size == 1
-        idx = None if contiguous else self.rows_on_device(self.indices())
+        idx = None if contiguous else self.rows_on_device(self.indices(epoch))
         B, K, n = self.batch_size, self.batches_per_step, self.num_batches
         tensors = (self.X,) + (() if self.y is None else (self.y,)) + self.extra
         for first in range(0, n, K):
@@ -155,26 +164,39 @@ class SliceLoader:
 class PairedLoader:
     """Labeled batches, each paired with a batch drawn from an unlabeled pool.
 
-    Yields ``{"labeled": <labeled batch>, "unlabeled": (x_u, *extra_u)}``; an epoch is one pass
-    over the labeled loader. In epoch e the unlabeled rows are the head of a permutation of the
-    pool drawn from a generator seeded by (seed, e) (cycled when the pool is smaller than the
-    epoch needs), so every epoch sees a fresh sample of the pool and a resumed run sees what an
-    uninterrupted run saw. Under DDP each rank takes its strided share of those rows.
+    Yields ``{"labeled": <labeled batch>, "unlabeled": (x_u, *extra_u)}``. In epoch e the
+    unlabeled rows are the head of a permutation of the pool drawn from a generator seeded by
+    (seed, e) (cycled when the pool is smaller than the epoch needs), so a resumed run sees what
+    an uninterrupted run saw. Under DDP each rank takes its strided share of those rows.
+
+    ``epoch_over`` says what an epoch passes over once:
+
+    - ``"labeled"``: the labeled loader, S = len(labeled) steps, beside a fresh sample of S B_u
+      pool rows;
+    - ``"pool"``: the pool, S = ceil(n_u / (B_u world_size)) steps, the labeled loader cycled
+      beside it: with R = ceil(S / len(labeled)) passes an epoch, pass r of epoch e takes the
+      labeled permutation of epoch e R + r (cut short when S < len(labeled)), as the Ladder's and
+      VAT's papers count epochs with few labels.
     """
 
     def __init__(self, labeled: SliceLoader, unlabeled: tuple[torch.Tensor, ...], *,
-                 batch_size: int, seed: int = 0):
+                 batch_size: int, seed: int = 0, epoch_over: str = "labeled"):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"unlabeled batch_size must be a positive integer, got {batch_size!r}")
+        if epoch_over not in EPOCH_OVER:
+            raise ValueError(f"epoch_over must be one of {', '.join(EPOCH_OVER)}, got {epoch_over!r}")
         n = len(unlabeled[0])
         if n == 0 or any(len(t) != n for t in unlabeled):
             raise ValueError(f"unlabeled tensors must be non-empty and aligned, got lengths "
                              f"{[len(t) for t in unlabeled]}")
         self.labeled, self.unlabeled = labeled, tuple(unlabeled)
-        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.batch_size, self.seed, self.epoch_over = int(batch_size), int(seed), epoch_over
 
     def __len__(self) -> int:
-        return len(self.labeled)
+        """S, the steps of an epoch."""
+        if self.epoch_over == "labeled":
+            return len(self.labeled)
+        return math.ceil(len(self.unlabeled[0]) / (self.batch_size * self.labeled.world_size))
 
     def unlabeled_indices(self, epoch: int) -> torch.Tensor:
         n = len(self.unlabeled[0])
@@ -193,10 +215,22 @@ class PairedLoader:
     def __iter__(self) -> Iterator:
         return self._batches()
 
+    def labeled_batches(self, epoch: int) -> Iterator:
+        """The S labeled batches of ``epoch``: one pass, or R passes cycled (``epoch_over``)."""
+        if self.epoch_over == "labeled":
+            yield from self.labeled.batches(epoch)
+            return
+        S = len(self)
+        R = math.ceil(S / len(self.labeled))
+        for b, lab in enumerate(lab for r in range(R) for lab in self.labeled.batches(epoch * R + r)):
+            if b == S:
+                return
+            yield lab
+
     def _batches(self) -> Iterator:
         epoch = self.labeled.epoch
         idx = self.rows_on_device(self.unlabeled_indices(epoch))
         B = self.batch_size
-        for b, lab in enumerate(self.labeled):
+        for b, lab in enumerate(self.labeled_batches(epoch)):
             rows = idx[b * B:(b + 1) * B]
             yield {"labeled": lab, "unlabeled": tuple(t.index_select(0, rows) for t in self.unlabeled)}

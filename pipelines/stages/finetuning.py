@@ -236,7 +236,8 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             dm = ArrayDataModule(split.X_lab, split.y_lab, split.X_valid, split.y_valid,
                                  batch_size=min(ft.batch_size, len(split.y_lab)), seed=cfg.seed,
                                  train_extra=train_extra, unlabeled=unlabeled,
-                                 unlabeled_batch_size=ft.unlabeled_batch, val_batch_size=VAL_BATCH)
+                                 unlabeled_batch_size=ft.unlabeled_batch, val_batch_size=VAL_BATCH,
+                                 epoch_over=ft.epoch_over)
             keep = fit_selected(module, dm, trainer_cfg=cfg.trainer, epochs=ft.epochs,
                                 patience=ft.patience, y_valid=split.y_valid, n_classes=n_classes,
                                 logger=logger, callbacks=callbacks)

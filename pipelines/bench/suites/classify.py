@@ -30,7 +30,8 @@ def _valid_labels(ctx: Context, data: str, cap: int | None) -> int | None:
 
 
 def classify(ctx: Context, cell: Cell) -> dict:
-    """A classification cell: a scikit-learn baseline or a fine-tuned network; % test error."""
+    """A classification cell: a scikit-learn baseline or a fine-tuned network; % test error.
+    A task's ``finetune`` dict overrides those keys of the stack's config for this cell alone."""
     t, p = cell.task, ctx.profile
     data, method = t["data"], t["method"]
     split = ctx.split(data, labels=t["labels"], seed=cell.seed,
@@ -41,7 +42,10 @@ def classify(ctx: Context, cell: Cell) -> dict:
                            split.y_test, random_state=cell.seed, **grid)
         return {"value": 100 * res.test_error, "valid": 100 * res.valid_error, "params": res.params}
     stack = None if method.endswith("_no_pretraining") else ctx.stack(data, t["stack"])
-    row = fit_classifier(ctx.config(data, t["stack"], cell.seed), split, stack=stack, method=method,
+    cfg = ctx.config(data, t["stack"], cell.seed)
+    if t.get("finetune"):
+        cfg.finetune = type(cfg.finetune).model_validate({**cfg.finetune.model_dump(), **t["finetune"]})
+    row = fit_classifier(cfg, split, stack=stack, method=method,
                          uri=ctx.uri, experiment_id=ctx.experiment_id, cache_dir=ctx.cache_dir(data),
                          image_shape=ctx.dataset(data).image_shape)
     return {"value": row.test, "valid": row.valid, "params": row.params}

@@ -5,8 +5,9 @@ The cells are those of ``semi_supervised`` (the same L, label draws, validation 
 stack and pool), with the columns: ``nn`` (an MLP without pretraining), ``cae`` (the MLP on
 the CAE+H stack), ``mtc_all`` (the MTC, penalty on labeled + unlabeled), ``ladder`` and
 ``vat`` from fresh weights of the same shape, ``ladder_pretrained`` and ``vat_pretrained``
-from the stack's weights. VAT and the Ladder use the whole pool as unlabeled data. A suite of
-its own, so that the semi-supervised suite's results folders keep their names.
+from the stack's weights. VAT and the Ladder use the whole pool as unlabeled data, and an epoch
+of theirs is one pass over it (``finetune.epoch_over: pool``), as their papers count epochs. A
+suite of its own, so that the semi-supervised suite's results folders keep their names.
 """
 from __future__ import annotations
 
@@ -29,11 +30,18 @@ METHODS = {"nn": ("cae_h-2", "mlp_no_pretraining"), "cae": ("cae_h-2", "mlp"),
 COLUMN = {"nn": "NN", "cae": "CAE", "mtc_all": "MTC", "ladder": "Ladder", "ladder_pretrained": "Ladder",
           "vat": "VAT", "vat_pretrained": "VAT"}
 
+#: the columns whose epochs pass over the pool, the labeled batches cycled beside it
+POOL_EPOCHS = ("ladder", "ladder_pretrained", "vat", "vat_pretrained")
+
 run_cell = classify
 
 
 def cells(p: Profile) -> list[Cell]:
-    return semi_supervised.cells(p, METHODS)
+    out = semi_supervised.cells(p, METHODS)
+    for c in out:
+        if c.keys["method"] in POOL_EPOCHS:
+            c.task["finetune"] = {"epoch_over": "pool"}
+    return out
 
 
 def paper(keys: dict) -> float | None:
