@@ -124,13 +124,21 @@ def open_store(uri: str | None, *, root: str | Path = DEFAULT_ROOT,
     return uri, setup(uri, experiment)
 
 
-def git_commit() -> str:
-    """The commit of the layerwise source tree, or "unknown" outside a git checkout."""
-    here = Path(__file__).resolve().parent
+#: the source tree whose edits make a commit "-dirty" (results and caches written beside it do not)
+SOURCE_PATHS = ("pretrain", "finetune", "pipelines", "pyproject.toml")
+
+
+def git_commit(root: str | Path | None = None) -> str:
+    """The commit of the layerwise source tree (``root``: its checkout, default this package's),
+    with ``-dirty`` when ``SOURCE_PATHS`` differ from it, or "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS],
+                                 cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if changed.returncode == 0 and changed.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -79,3 +79,24 @@ def test_cli_help_imports_no_heavy_library():
             "print(heavy); assert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def test_git_commit_is_marked_dirty_by_source_edits_only(tmp_path):
+    """A result computed from edited source says so; results and caches written into the
+    checkout (untracked or not) leave the commit clean; outside a checkout it is "unknown"."""
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    assert tracking.git_commit(tmp_path) == "unknown"
+    git("init", "-q")
+    for path in ("pretrain/layer.py", "results/cells.csv"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text("a\n")
+    git("add", "."), git("commit", "-qm", "first")
+    sha = git("rev-parse", "HEAD")
+    assert tracking.git_commit(tmp_path) == sha
+    (tmp_path / "results" / "cells.csv").write_text("b\n")  # a results file written by a run
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "new.py").write_text("x\n")  # untracked source: not yet part of any commit
+    assert tracking.git_commit(tmp_path) == sha
+    (tmp_path / "pretrain" / "layer.py").write_text("b\n")
+    assert tracking.git_commit(tmp_path) == f"{sha}-dirty"
