@@ -1,24 +1,33 @@
 """Sampling from trained stacks: the contractive autoencoder's chain and block Gibbs in RBMs.
 
-Contractive auto-encoder sampling (Rifai, Bengio, Dauphin & Vincent 2012). The chain lives on
-the top code ``h`` of a stack whose top layer has encoder ``f(x) = s(W x + b)`` and decoder g:
+Contractive auto-encoder sampling (Rifai, Bengio, Dauphin & Vincent 2012, Algorithm 1). The
+chain lives on the input x of a stack's top layer, whose encoder is ``f(x) = s(W x + b)`` (times
+a per-unit gain where the layer has one) and whose decoder is g:
 
-    (1) x_t     = g(h_t)                              the top layer's input (its reconstruction)
+    (1) h_t     = f(x_t)                             encode
     (2) J_t     = df/dx (x_t) = diag(s'(W x_t + b)) W                    (n_hidden, n_visible)
-    (3) eps_t   = J_t z,   z ~ N(0, sigma^2 I_{n_visible})    so  eps_t ~ N(0, sigma^2 J_t J_t^T)
-    (4) h_{t+1} = f(x_t) + eps_t = f(g(h_t)) + eps_t
+    (3) eps_t   ~ N(0, sigma^2 I_{n_hidden})          isotropic noise in code space
+    (4) h~_t    = h_t + J_t J_t^T eps_t               so  h~_t - h_t ~ N(0, sigma^2 (J_t J_t^T)^2)
+    (5) x_{t+1} = g(h~_t)                             decode
 
-The noise moves the code along the directions the encoder is sensitive to, which the
-contraction penalty keeps few: the tangent directions of the data manifold. Eq. (3) is
-matrix-free: ``J z = s'(a) * (W z)``, one matmul, no (n_hidden, n_visible) matrix per chain.
-Each state is decoded down the whole stack to a visible sample, ``r_t = g_1(...g_L(h_t))``.
+Eq. (4) is, to first order, the code of the input step ``x_t + J_t^T eps_t``: a move along the
+right singular vectors v_i of J_t with weights s_i, which the code sees along u_i with weights
+s_i^2. The contraction penalty keeps few s_i large, those of the data manifold's tangent plane,
+so the chain steps along the manifold and the reconstruction g pulls it back onto it. Eq. (4)
+is matrix-free, with ``d = s'(a)`` (B, n_hidden):
+
+    (6) J J^T eps = d * ((d * eps) W W^T)         J^T eps = (d * eps) W: two matmuls
+
+In a stack the chain runs on the top layer (x is the code of the layers below) and each state
+is decoded down the rest of the stack to a visible sample, ``r_t = g_1(...g_{L-1}(x_t))``, as
+Bengio, Mesnil, Dauphin & Rifai (2013) sample a 2-layer CAE in its first layer's code space.
 
 Block Gibbs sampling of an RBM (``pretrain.rbm`` Eqs. 3, 4, 7, 8): ``h ~ P(h|v)``, then
 ``v ~ p(v|h)``. A deep belief net's sample (Hinton, Osindero & Teh 2006) runs the Gibbs chain in
 the top RBM, whose visible layer is the code of the layers below, then propagates down:
 
-    (5) v_L ~ Gibbs chain of the top RBM;   h_{L-1} = P(v_L = 1 | h_L)  (the mean, not a draw)
-    (6) r   = g_1(... g_{L-1}(h_{L-1}))     each g_k the mean P(v|h) of layer k
+    (7) v_L ~ Gibbs chain of the top RBM;   h_{L-1} = P(v_L = 1 | h_L)  (the mean, not a draw)
+    (8) r   = g_1(... g_{L-1}(h_{L-1}))     each g_k the mean P(v|h) of layer k
 
 All randomness comes from the ``torch.Generator`` passed in; the same generator state gives
 the same chains.
@@ -56,81 +65,99 @@ def _layers(stack) -> list[Layer]:
 
 
 def decode_down(layers: Sequence[Layer], h: torch.Tensor) -> torch.Tensor:
-    """Eq. (6): decode a code of the top of ``layers`` to the bottom, means at every layer."""
+    """Eq. (8): decode a code of the top of ``layers`` to the bottom, means at every layer."""
     for layer in reversed(list(layers)):
         h = layer.decode(h)
     return h
 
 
 # -- the contractive chain ------------------------------------------------------------------------
-def jacobian_noise(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, hidden_unit: str,
-                   sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """Eq. (3): ``J z`` with ``J = df/dx(x)`` and ``z ~ N(0, sigma^2 I)``, matrix-free.
+def jacobian_gain(layer: Layer, x: torch.Tensor) -> torch.Tensor:
+    """Eq. (2)'s diagonal ``d = s'(W x + b)`` (times the layer's gain, if any): (B, n_hidden)."""
+    a = F.linear(x, layer.encoder_weight, layer.encoder_bias)  # (B, n_hidden)
+    d = derivative(layer.hidden_unit, a, activation(layer.hidden_unit, a))
+    scale = layer.encoder_scale
+    return d if scale is None else d * scale
+
+
+def jjt_noise(d: torch.Tensor, W: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Eq. (6): ``J J^T eps`` for ``J = diag(d) W``, per row, without forming J.
 
     Parameters
     ----------
-    x : (B, n_visible) points at which the encoder's Jacobian is taken.
-    W : (n_hidden, n_visible); b : (n_hidden,); hidden_unit : the encoder's unit.
-    sigma : standard deviation of z.
-    generator : draws z.
+    d : (B, n_hidden) the diagonal of Eq. (2); W : (n_hidden, n_visible).
+    eps : (B, n_hidden) code-space vectors.
 
     Returns
     -------
-    (B, n_hidden) noise with covariance ``sigma^2 J(x) J(x)^T`` per row.
+    (B, n_hidden).
     """
+    step = (d * eps) @ W  # (B, n_visible): J^T eps, the input-space move
+    return d * (step @ W.T)  # (B, n_hidden): J (J^T eps)
+
+
+def cae_step(layer: Layer, x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Eqs. (1)-(5): one step ``x <- g(f(x) + J J^T eps)`` of the chain on ``layer``'s input.
+
+    Parameters
+    ----------
+    layer : the layer whose input space the chain lives in.
+    x : (B, n_visible) the current states.
+    sigma : standard deviation of eps, Eq. (3) (0 gives the deterministic x <- g(f(x))).
+    generator : draws eps.
+
+    Returns
+    -------
+    (B, n_visible) the next states.
+    """
+    return layer.decode(perturbed_code(layer, x, sigma, generator))  # Eq. (5)
+
+
+def perturbed_code(layer: Layer, x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """Eqs. (1)-(4): ``h~ = f(x) + J(x) J(x)^T eps``, eps ~ N(0, sigma^2 I); (B, n_hidden)."""
     check_positive("sigma", sigma, allow_zero=True)
-    a = F.linear(x, W, b)  # (B, n_hidden)
-    ds = derivative(hidden_unit, a, activation(hidden_unit, a))  # (B, n_hidden): s'(a), Eq. (2)
-    z = sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # (B, n_visible)
-    return ds * (z @ W.T)  # Eq. (3): diag(s'(a)) W z
-
-
-def cae_step(layer: Layer, h: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """Eqs. (1)-(4): one step ``h <- f(g(h)) + J z`` of the chain on ``layer``'s code; (B, n_hidden)."""
-    x = layer.decode(h)  # Eq. (1): (B, n_visible)
-    eps = jacobian_noise(x, layer.encoder_weight, layer.encoder_bias, layer.hidden_unit, sigma,
-                         generator)  # Eqs. (2)-(3): (B, n_hidden)
-    return layer.encode(x) + eps  # Eq. (4)
+    h = layer.encode(x)  # Eq. (1): (B, n_hidden)
+    d = jacobian_gain(layer, x)  # Eq. (2)
+    eps = sigma * torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)  # Eq. (3)
+    return h + jjt_noise(d, layer.encoder_weight, eps)  # Eq. (4)
 
 
 @torch.no_grad()
 def sample_cae(stack, x0: torch.Tensor, *, n_steps: int, sigma: float,
-               generator: torch.Generator, thin: int = 1, space: str = "visible") -> torch.Tensor:
-    """Run the contractive chain, Eqs. (1)-(4), on the top code of a stack.
+               generator: torch.Generator, thin: int = 1) -> torch.Tensor:
+    """Run the contractive chain, Eqs. (1)-(5), on the top layer of a stack; decode down.
 
     Parameters
     ----------
     stack : a ``pretrain.stack.Stack`` (or a list of layers, bottom-up) whose top layer has an
         encoder ``s(W x + b)`` (any autoencoder; an RBM works too).
-    x0 : (n_chains, n_visible) inputs of the stack that start the chains (encoded to h_0).
-    n_steps : states kept per chain.
-    sigma : the noise scale of Eq. (3) (0 gives the deterministic iteration h <- f(g(h))).
+    x0 : (n_chains, n_visible) inputs of the stack that start the chains (encoded up to the
+        top layer's input, x_0).
+    n_steps : states kept per chain (x_thin, x_2 thin, ...; x_0 is not kept).
+    sigma : the noise scale of Eq. (3).
     generator : the only source of randomness.
     thin : chain steps between kept states (1 keeps every step).
-    space : ``"visible"`` decodes every kept state down the stack, Eq. (6); ``"code"`` keeps h.
 
     Returns
     -------
-    (n_chains, n_steps, n_visible) samples, or (n_chains, n_steps, n_hidden) codes.
+    (n_chains, n_steps, n_visible) samples in the stack's input space.
 
     References
     ----------
-    Rifai, Bengio, Dauphin & Vincent, ICML 2012.
+    Rifai, Bengio, Dauphin & Vincent, ICML 2012, Algorithm 1.
     """
     _check_steps(n_steps, thin)
     check_positive("sigma", sigma, allow_zero=True)
-    if space not in ("visible", "code"):
-        raise ValueError(f"space must be 'visible' or 'code', got {space!r}")
     layers = _layers(stack)
-    top = layers[-1]
-    h = x0
-    for layer in layers:
-        h = layer.encode(h)  # (n_chains, n_hidden_top)
+    top, below = layers[-1], layers[:-1]
+    x = x0
+    for layer in below:
+        x = layer.encode(x)  # (n_chains, n_visible of the top layer): x_0
     kept = []
     for _ in range(n_steps):
         for _ in range(thin):
-            h = cae_step(top, h, sigma, generator)
-        kept.append(decode_down(layers, h) if space == "visible" else h)
+            x = cae_step(top, x, sigma, generator)
+        kept.append(decode_down(below, x))  # r_t = g_1(...g_{L-1}(x_t))
     return torch.stack(kept, dim=1)
 
 
@@ -179,7 +206,7 @@ def rbm_chain(layer, v0: torch.Tensor, *, n_steps: int, generator: torch.Generat
 @torch.no_grad()
 def sample_dbn(stack, x0: torch.Tensor, *, n_steps: int, generator: torch.Generator,
                thin: int = 1) -> torch.Tensor:
-    """A deep belief net's samples, Eqs. (5)-(6): Gibbs in the top RBM, then means down the stack.
+    """A deep belief net's samples, Eqs. (7)-(8): Gibbs in the top RBM, then means down the stack.
 
     Parameters
     ----------
@@ -202,7 +229,7 @@ def sample_dbn(stack, x0: torch.Tensor, *, n_steps: int, generator: torch.Genera
     for layer in layers[:-1]:
         v = layer.encode(v)  # (n_chains, n_visible of the top RBM)
     top_means = rbm_chain(layers[-1], v, n_steps=n_steps, generator=generator, thin=thin,
-                          means=True)  # (n_chains, n_steps, n_top): Eq. (5)
+                          means=True)  # (n_chains, n_steps, n_top): Eq. (7)
     flat = top_means.reshape(-1, top_means.shape[-1])
-    out = decode_down(layers[:-1], flat)  # Eq. (6)
+    out = decode_down(layers[:-1], flat)  # Eq. (8)
     return out.reshape(top_means.shape[0], n_steps, -1)

@@ -1,4 +1,5 @@
-"""Samplers: the CAE chain's Jacobian-shaped noise (empirical covariance, rank), its determinism;
+"""Samplers: the CAE chain's noise J J^T eps (against autograd's Jacobian; its covariance and rank),
+the chain's determinism;
 block Gibbs against the exact distribution of a 6-visible RBM; a DBN's samples against an exact
 expectation by enumeration."""
 import math
@@ -9,11 +10,14 @@ import torch
 from pretrain import rbm
 from pretrain.autoencoder import AutoEncoder
 from pretrain.rbm import RBM
+from pretrain.psd import PSD
 from pretrain.sampling import (
     cae_step,
     decode_down,
     gibbs_chain,
-    jacobian_noise,
+    jacobian_gain,
+    jjt_noise,
+    perturbed_code,
     sample_cae,
     sample_dbn,
 )
@@ -41,60 +45,95 @@ def _rbm(n_visible, n_hidden, seed, scale=1.0) -> RBM:
     return layer
 
 
+def _encoder(layer):
+    return lambda v: layer.encode(v)
+
+
 @pytest.mark.parametrize("unit", ["sigmoid", "tanh"])
-def test_jacobian_noise_has_covariance_sigma2_JJt_and_the_rank_of_J(unit):
-    """eps = J z, z ~ N(0, sigma^2 I): Cov(eps) = sigma^2 J J^T. With 5 hidden and 3 visible
-    units J J^T has rank 3, so isotropic noise in the code space (a classic mistake) fails."""
-    W, b = _randn(5, 3, seed=0), _randn(5, seed=1)
-    x = _randn(1, 3, seed=2)
+def test_jjt_noise_equals_J_J_transpose_eps_with_J_by_autograd(unit):
+    """Eq. (6), matrix-free, against the explicit Jacobian of the encoder: exact to rounding."""
+    layer = AutoEncoder(7, 5, hidden_unit=unit, seed=0).double()
+    x = torch.rand(4, 7, generator=_gen(1), dtype=torch.float64)
+    eps = _randn(4, 5, seed=2)
+    got = jjt_noise(jacobian_gain(layer, x), layer.encoder_weight, eps)  # (4, 5)
+    for i in range(4):
+        J = torch.autograd.functional.jacobian(_encoder(layer), x[i:i + 1])[0, :, 0, :]  # (5, 7)
+        torch.testing.assert_close(got[i], J @ J.T @ eps[i], rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_gain_includes_the_layers_code_scale():
+    """A layer with h = g * s(W x + b) (PSD's predictor) has J = diag(g s'(a)) W."""
+    layer = PSD(6, 4, seed=0).double()
+    with torch.no_grad():
+        layer.encoder_scale.copy_(torch.tensor([0.5, 2.0, 1.5, 3.0], dtype=torch.float64))
+    x = torch.rand(1, 6, generator=_gen(1), dtype=torch.float64)
+    J = torch.autograd.functional.jacobian(_encoder(layer), x)[0, :, 0, :]  # (4, 6)
+    eps = _randn(1, 4, seed=3)
+    torch.testing.assert_close(jjt_noise(jacobian_gain(layer, x), layer.encoder_weight, eps)[0],
+                               J @ J.T @ eps[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("unit", ["sigmoid", "tanh"])
+def test_code_noise_has_covariance_sigma2_JJt_squared_and_the_rank_of_J(unit):
+    """h~ - f(x) = J J^T eps, eps ~ N(0, sigma^2 I): Cov = sigma^2 (J J^T)^2, weights s_i^2 along
+    the left singular vectors. With 5 hidden and 3 visible units it has rank 3, so isotropic noise
+    in code space fails; the covariance sigma^2 J J^T of the noise J z (weights s_i) fails too."""
+    layer = AutoEncoder(3, 5, hidden_unit=unit, seed=0).double()
+    x = torch.rand(1, 3, generator=_gen(2), dtype=torch.float64)
     sigma, N = 0.7, 200_000
-    eps = jacobian_noise(x.expand(N, 3), W, b, unit, sigma, _gen(3))  # (N, 5)
-    f = (lambda v: torch.sigmoid(v @ W.T + b)) if unit == "sigmoid" else (lambda v: torch.tanh(v @ W.T + b))
-    J = torch.autograd.functional.jacobian(f, x)[0, :, 0, :]  # (5, 3) by autograd
-    C = sigma**2 * J @ J.T
-    C_hat = eps.T @ eps / N  # the mean is known to be 0
+    with torch.no_grad():
+        noise = perturbed_code(layer, x.expand(N, 3), sigma, _gen(3)) - layer.encode(x)  # (N, 5)
+    J = torch.autograd.functional.jacobian(_encoder(layer), x)[0, :, 0, :]  # (5, 3) by autograd
+    JJt = J @ J.T
+    C = sigma**2 * JJt @ JJt
+    C_hat = noise.T @ noise / N  # the mean is known to be 0
     # each entry of a Gaussian sample covariance has std sqrt((C_ii C_jj + C_ij^2) / N):
     # allow 5 of them (a false alarm over 25 entries has probability < 1e-5)
     tol = 5 * torch.sqrt((torch.outer(C.diagonal(), C.diagonal()) + C**2) / N)
     assert ((C_hat - C).abs() <= tol).all(), (C_hat - C).abs() / tol
-    assert eps.mean(0).abs().max() < 5 * C.diagonal().max().sqrt() / math.sqrt(N)
+    assert not ((C_hat - sigma**2 * JJt).abs() <= tol).all()  # the s_i-weighted noise is refused
+    assert noise.mean(0).abs().max() < 5 * C.diagonal().max().sqrt() / math.sqrt(N)
     eig = torch.linalg.eigvalsh(C_hat)  # ascending
     assert eig[:2].abs().max() < 1e-12 * eig[-1]  # the noise lies in the 3-D column space of J
-    assert eig[2] > 1e-4 * eig[-1]
+    assert eig[2] > 1e-6 * eig[-1]
 
 
-def test_cae_step_without_noise_is_encode_of_decode_and_noise_scales_with_sigma():
+def test_cae_step_without_noise_is_decode_of_encode_and_the_code_noise_scales_with_sigma():
     ae = AutoEncoder(6, 4, seed=0).double()
-    h = torch.rand(8, 4, generator=_gen(1), dtype=torch.float64)
-    torch.testing.assert_close(cae_step(ae, h, 0.0, _gen(2)), ae.encode(ae.decode(h)), rtol=0, atol=0)
-    d1 = cae_step(ae, h, 0.1, _gen(2)) - ae.encode(ae.decode(h))
-    d2 = cae_step(ae, h, 0.2, _gen(2)) - ae.encode(ae.decode(h))
-    torch.testing.assert_close(d2, 2 * d1)  # same z, twice the sigma: J z is linear in z
+    x = torch.rand(8, 6, generator=_gen(1), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(cae_step(ae, x, 0.0, _gen(2)), ae.decode(ae.encode(x)), rtol=0, atol=0)
+        d1 = perturbed_code(ae, x, 0.1, _gen(2)) - ae.encode(x)
+        d2 = perturbed_code(ae, x, 0.2, _gen(2)) - ae.encode(x)
+        torch.testing.assert_close(d2, 2 * d1)  # same eps, twice the sigma: J J^T eps is linear in eps
+        torch.testing.assert_close(cae_step(ae, x, 0.1, _gen(2)), ae.decode(ae.encode(x) + d1))  # Eq. (5)
 
 
 def test_cae_chain_is_deterministic_per_seed_stays_in_range_and_decodes_down_the_stack():
     stack = Stack([AutoEncoder(10, 6, seed=0), AutoEncoder(6, 3, seed=1)]).double()
     x0 = torch.rand(4, 10, generator=_gen(0), dtype=torch.float64)
-    with torch.no_grad():
-        a = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(7))
-        b = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(7))
-        c = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(8))
-        codes = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(7), space="code")
-    assert a.shape == (4, 30, 10) and codes.shape == (4, 30, 3)
+    a = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(7))
+    b = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(7))
+    c = sample_cae(stack, x0, n_steps=30, sigma=0.5, generator=_gen(8))
+    assert a.shape == (4, 30, 10)
     assert torch.equal(a, b) and not torch.allclose(a, c)
-    assert torch.isfinite(codes).all() and 0.0 <= a.min() and a.max() <= 1.0  # sigmoid decoders
-    # the codes stay near the sigmoid's range: the noise J z has std <= sigma ||W||_2 / 4 per unit
-    bound = 0.5 * torch.linalg.matrix_norm(stack[1].W, 2) / 4
-    assert -6 * bound < codes.min() and codes.max() < 1 + 6 * bound
-    torch.testing.assert_close(a, decode_down(list(stack), codes))
-    # the chain moves: consecutive states differ, and sigma = 0 is the deterministic iteration
+    assert 0.0 <= a.min() and a.max() <= 1.0  # sigmoid decoders
+    # the chain moves: consecutive states differ
     assert (a[:, 1:] - a[:, :-1]).abs().mean() > 1e-3
+    # the chain lives on the top layer's input, x_t, each state decoded by the layers below;
+    # sigma = 0 is the deterministic iteration x <- g_2(f_2(x)) there
     with torch.no_grad():
-        det = sample_cae(stack, x0, n_steps=3, sigma=0.0, generator=_gen(0), space="code")
-        h = stack.encode(x0)
+        det = sample_cae(stack, x0, n_steps=3, sigma=0.0, generator=_gen(0), thin=2)
+        x = stack[0].encode(x0)
         for t in range(3):
-            h = stack[1].encode(stack[1].decode(h))
-            torch.testing.assert_close(det[:, t], h)
+            for _ in range(2):
+                x = stack[1].decode(stack[1].encode(x))
+            torch.testing.assert_close(det[:, t], decode_down(list(stack)[:1], x))
+        # the noisy chain, replayed step by step with the same generator, Eqs. (1)-(5)
+        g, x = _gen(7), stack[0].encode(x0)
+        for t in range(30):
+            x = cae_step(stack[1], x, 0.5, g)
+            torch.testing.assert_close(a[:, t], stack[0].decode(x))
 
 
 def test_gibbs_chain_matches_the_exact_distribution_of_a_6_visible_rbm():
@@ -153,7 +192,5 @@ def test_bad_arguments_are_refused():
         sample_cae([ae], x0, n_steps=0, sigma=0.1, generator=_gen(0))
     with pytest.raises(ValueError, match="sigma"):
         sample_cae([ae], x0, n_steps=1, sigma=-1.0, generator=_gen(0))
-    with pytest.raises(ValueError, match="space"):
-        sample_cae([ae], x0, n_steps=1, sigma=0.1, generator=_gen(0), space="pixels")
     with pytest.raises(ValueError, match="not an RBM"):
         sample_dbn([ae], x0, n_steps=1, generator=_gen(0))

@@ -43,11 +43,12 @@ def draw_samples(stack, X_start, *, n_samples: int, n_chains: int = 100, burn_in
 
     ``n_chains`` chains start at rows of ``X_start`` drawn by ``seed``; each runs ``burn_in``
     discarded states, then enough kept states (every ``thin``-th step) for ``n_samples`` in all.
-    ``noise`` is the std of z in the contractive chain (``pretrain.sampling`` Eq. 3); 0.3 was the
-    best of {0.1, 0.2, 0.3, 0.5, 1} by validation Parzen log-likelihood for the quickstart's
-    digits stack (0.1 mixes slowly, 1 leaves the manifold), and of {0.1, ..., 2} x burn-in
-    {10, 100} for a 784-1000-1000 CAE+H stack on MNIST, whose chains fade to blank images over
-    a hundred steps (even at noise 0: its reconstruction map loses ink).
+    ``noise`` is the std of the code-space noise eps of the contractive chain (``pretrain.sampling``
+    Eqs. 3-4: the step is ``J J^T eps``). On a 784-500-200 CAE stack on MNIST (15 epochs a layer)
+    validation chose noise 0.1 and burn-in 1 of {0, 0.03, 0.1, 0.3, 1, 3} x {1, 10, 100}, 0.3
+    a close second (``results/sampling/mnist-parzen.md``); that stack's chains fade over a
+    hundred steps even at noise 0 (its reconstruction map loses ink), so choose both on
+    validation (``sample_run``) rather than trust a default.
 
     Returns
     -------
