@@ -18,7 +18,7 @@ def test_patterns_pick_cells_by_id():
     assert all(c.startswith("paper-") and "-mtc_all-" in c for c in chosen)
     both = select_cells(cells, ["paper-L100-*", "*-L3000-svm-s1"])
     methods = len(SUITES["semi-supervised"].cells(get_profile("full", 1))) // (2 * 4)  # per setting and L
-    assert methods == 9  # svm knn nn greedy_sup cae cae_frozen cae_rec mtc mtc_all
+    assert methods == 13  # svm knn nn greedy_sup cae cae_frozen cae_rec mtc mtc_all cae_joint conv psd zca_cae
     assert sum(map(both, cells)) == methods * 2 + 2
     assert all(select_cells(cells, [])(c) for c in cells)
 
