@@ -342,7 +342,7 @@ BENCH_SUITES = {
 def _bench_command(suite: str, summary: str) -> None:
     @bench.command(suite, help=f"{summary} Resumes from the cells it finished.")
     @click.option("--profile", type=click.Choice(["tiny", "quick", "full"]), default="quick",
-                  show_default=True, help="Sizes and epochs: quick (~20 min on 2 cores), full (the papers').")
+                  show_default=True, help="Sizes and epochs: quick (minutes a column on 2 cores), full (the papers').")
     @click.option("--seeds", type=int, default=None, help="Seeds per cell (default: the profile's).")
     @click.option("--data-dir", default=None, help="Where to look for the MNIST files first.")
     @click.option("--root", default="mlruns", show_default=True,

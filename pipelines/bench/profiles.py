@@ -1,7 +1,8 @@
 """Benchmark profiles: the sizes, epochs and grids of a suite run, as data.
 
-A profile is never a code path: ``tiny`` (seconds per cell, for tests), ``quick`` (each of the
-semi-supervised and variations suites within about 20 minutes on 2 cores), ``full`` (the
+A profile is never a code path: ``tiny`` (seconds per cell, for tests), ``quick`` (a few minutes a
+column on 2 cores: the semi-supervised suite's 13 columns took about an hour of cell time on a
+busy machine, ``results/semi-supervised-quick``), ``full`` (the
 papers' sizes: 1000-unit layers, the 50000-image pool, the full test set, 5 seeds).
 """
 from __future__ import annotations
