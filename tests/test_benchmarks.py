@@ -139,6 +139,7 @@ def test_markdown_csv_and_pivot():
     assert csv_rows[0] == ["labels", "method", "metric", "mean", "std", "seeds", "paper", "difference"]
     assert csv_rows[1][:2] == ["100", "mtc"] and float(csv_rows[1][3]) == 13.0
     assert float(csv_rows[1][7]) == pytest.approx(0.97) and csv_rows[2][6] == ""
+    assert pivot_markdown([], "labels", "method", title="selection") == "#### selection\n\nNo finished cells yet.\n"
     piv = pivot_markdown(sums, "labels", "method").splitlines()
     assert piv[0] == "| labels | mtc | knn |"
     assert piv[2] == "| 100 | 13.00 ± 1.00 (12.03) | 14.00 ± 1.00 (-) |"

@@ -123,11 +123,14 @@ def summary_markdown(summaries: Sequence[Summarized], key_names: list[str], *, t
 def pivot_markdown(summaries: Sequence[Summarized], row_key: str, col_key: str, *, title: str | None = None,
                    digits: int = 2) -> str:
     """A compact view: one row per ``row_key`` value, one column per ``col_key`` value, each
-    entry ``ours (paper)``; ``-`` where a group is missing or the paper has no figure."""
+    entry ``ours (paper)``; ``-`` where a group is missing or the paper has no figure; a line
+    saying so where no group is finished."""
     rows = list(dict.fromkeys(s.keys[row_key] for s in summaries))
     cols = list(dict.fromkeys(s.keys[col_key] for s in summaries))
     at = {(s.keys[row_key], s.keys[col_key]): s for s in summaries}
     lines = [f"#### {title}", ""] if title else []
+    if not summaries:
+        return "\n".join([*lines, "No finished cells yet."]) + "\n"
     lines += ["| " + " | ".join([row_key, *map(str, cols)]) + " |", "|" + "---|" * (len(cols) + 1)]
     for r in rows:
         entries = []
