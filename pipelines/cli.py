@@ -84,7 +84,7 @@ def run(config: str | None, overrides: tuple[str, ...], data_dir: str | None, do
 @main.command()
 @click.argument("config")
 @click.option("--space", "space", required=True, metavar="SPACE",
-              help="A shipped space (mtc, sda, dbn) or a YAML file: 'objective' (a fine-tuning method) "
+              help="A shipped space (mtc, sda, dbn, ladder, vat) or a YAML file: 'objective' (a fine-tuning method) "
                    "and 'space' (dotted key: range).")
 @click.option("--trials", type=int, required=True, help="Finished trials the study should hold.")
 @click.option("--study", default=None, help="Study name (default: CONFIG's name and SPACE's stem).")

@@ -16,8 +16,8 @@ by validating the config at each end of each range and at each choice: a bad ran
 its dotted key before any trial runs.
 
 A space is a path or the name of a space shipped under ``pipelines/configs/spaces/`` (``mtc``,
-``sda``, ``dbn``: the benchmarks' methods, with the ranges their papers searched), resolved the
-way ``pipelines.config.resolve_config_path`` resolves a shipped config's name.
+``sda``, ``dbn``, ``ladder``, ``vat``: the benchmarks' methods, with the ranges their papers
+searched), resolved by ``pipelines.config.resolve_shipped`` as a shipped config's name is.
 """
 from __future__ import annotations
 
@@ -199,13 +199,14 @@ def parse_space(doc: Any, raw: dict, source: str = "<space>") -> Space:
 
 def shipped_spaces() -> dict[str, Path]:
     """The search spaces shipped under ``pipelines/configs/spaces/``, by name (``mtc`` goes with
-    the shipped config ``mnist_mtc``, ``sda`` with ``mnist_sda``, ``dbn`` with ``mnist_dbn``)."""
+    the shipped config ``mnist_mtc``, ``sda`` with ``mnist_sda``, ``dbn`` with ``mnist_dbn``,
+    ``ladder`` with ``mnist_ladder``, ``vat`` with ``mnist_vat``)."""
     return shipped_files("configs/spaces")
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
-    """A space file from a path, or a shipped space's name (``mtc``, ``sda``, ``dbn``); a file
-    that exists wins over a shipped name, as for configs."""
+    """A space file from a path, or a shipped space's name (``mtc``, ``sda``, ``dbn``, ``ladder``,
+    ``vat``); a file that exists wins over a shipped name, as for configs."""
     return resolve_shipped(name_or_path, kind="space", folder="configs/spaces",
                            wanted="a YAML file with 'objective' and 'space'")
 
