@@ -69,7 +69,8 @@ def markdown(summaries, results, p: Profile) -> str:
              "penalty on labeled + unlabeled; ladder, vat = Ladder network, VAT from fresh weights of the "
              "stack's shape; *_pretrained = the same from the stack's weights. The Ladder's and VAT's papers "
              "stand beside both of their columns; whether pretraining helps is *_pretrained against the "
-             "column without.",
+             "column without. The Ladder's and VAT's epochs pass once over the pool, the labeled batches "
+             "cycled beside it (finetune.epoch_over: pool), as their papers count epochs.",
              f"Published (permutation-invariant MNIST): {published}; their networks are larger "
              "(Ladder: 784-1000-500-250-250-250-10) and trained longer than a profile's.",
              "One stack (seed 0) is shared by every label count and seed; seeds draw the labels, the same "
