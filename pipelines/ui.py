@@ -61,7 +61,7 @@ def _answers(url: str) -> bool:
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM stops as Ctrl-C does
+    raise KeyboardInterrupt  # SIGINT and SIGTERM stop as Ctrl-C does
 
 
 def _group_alive(pgid: int) -> bool:
@@ -110,7 +110,8 @@ def serve(cmd: list[str], url: str, *, announce: Callable[[], None],
     answers. Returns the server's exit code (0 when stopped by a signal); every process of it
     is stopped on the way out. Raises RuntimeError when it exits or times out before answering.
     """
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # both signals stop it, even where SIGINT came ignored (a job started in the background)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     proc = subprocess.Popen(cmd, start_new_session=os.name == "posix")
     try:
         deadline = time.monotonic() + ready_timeout
@@ -128,7 +129,8 @@ def serve(cmd: list[str], url: str, *, announce: Callable[[], None],
         return 0
     finally:
         stop(proc)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_ui(host: str, port: int, uri: str | None, *, workers: int = 1,
