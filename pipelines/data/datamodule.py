@@ -18,7 +18,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 
-from pipelines.data.loaders import EPOCH_OVER, PairedLoader, SliceLoader, check_count
+from pipelines.data.loaders import PairedLoader, SliceLoader, check_count, check_epoch_over
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -146,9 +146,7 @@ class ArrayDataModule(L.LightningDataModule):
             self._inputs(u, dtype, "unlabeled[0]") if i == 0 else _as_tensor(u, dtype, f"unlabeled[{i}]")
             for i, u in enumerate(unlabeled))
         self.unlabeled_batch_size = int(unlabeled_batch_size)
-        if epoch_over not in EPOCH_OVER:
-            raise ValueError(f"epoch_over must be one of {', '.join(EPOCH_OVER)}, got {epoch_over!r}")
-        self.epoch_over = epoch_over
+        self.epoch_over = check_epoch_over(epoch_over)
         self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
         self.resident, self.batches_per_step = resident, int(batches_per_step)
         #: the arrays on the device for the fit (``setup``), None while they are on the host

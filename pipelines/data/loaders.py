@@ -44,6 +44,12 @@ def check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
+def check_epoch_over(value) -> str:
+    """``value`` if it is one of ``EPOCH_OVER``; the ValueError naming the choices otherwise."""
+    if value not in EPOCH_OVER:
+        raise ValueError(f"epoch_over must be one of {', '.join(EPOCH_OVER)}, got {value!r}")
+    return value
+
 
 class SliceLoader:
     """Iterable of batches that are slices of a per-epoch permutation of one tensor.
@@ -183,8 +189,7 @@ class PairedLoader:
                  batch_size: int, seed: int = 0, epoch_over: str = "labeled"):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"unlabeled batch_size must be a positive integer, got {batch_size!r}")
-        if epoch_over not in EPOCH_OVER:
-            raise ValueError(f"epoch_over must be one of {', '.join(EPOCH_OVER)}, got {epoch_over!r}")
+        check_epoch_over(epoch_over)
         n = len(unlabeled[0])
         if n == 0 or any(len(t) != n for t in unlabeled):
             raise ValueError(f"unlabeled tensors must be non-empty and aligned, got lengths "
