@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from pretrain.checks import check_choice
-from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, PADDINGS, UNITS, WHITENINGS
+from pretrain.names import CORRUPTIONS, KINDS, LOSSES, OPTIMIZERS, PADDINGS, RBM_HIDDEN, UNITS, WHITENINGS
 
 
 class Section(BaseModel):
@@ -54,6 +54,7 @@ class LayerConfig(Section):
     k: int | None = Field(None, ge=1)
     persistent: bool | None = None
     sigma: float | None = Field(None, gt=0)
+    hidden: Literal[RBM_HIDDEN] | None = None     # binary or Gaussian (linear) hidden units (pretrain.rbm)
     centred: bool | None = None                  # centred gradient (pretrain.rbm, Eqs. 14-16)
     centring_rate: float | None = Field(None, gt=0, le=1)
     # whitening (pretrain.whitening)
@@ -74,7 +75,7 @@ class LayerConfig(Section):
 
     #: fields added after layer caches existed: left out of the digest while unset, so that the
     #: stacks cached before them are found again (a field set to any value is in the digest)
-    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("centred", "centring_rate", "whitening", "epsilon",
+    DIGEST_WHEN_SET: ClassVar[tuple[str, ...]] = ("hidden", "centred", "centring_rate", "whitening", "epsilon",
                                                   "code_l1", "prediction_weight", "ista_steps", "ista_tol",
                                                   "maps", "kernel", "padding", "pool", "in_shape")
 

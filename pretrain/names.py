@@ -5,6 +5,8 @@ without importing it."""
 KINDS = ("ae", "dae", "cae", "cae_h", "sparse", "rbm", "grbm", "conv_ae", "whiten", "psd")
 #: units s of ``pretrain.units``
 UNITS = ("sigmoid", "tanh", "relu", "linear")
+#: an RBM's hidden units (``pretrain.rbm``): binary, or linear with unit-variance Gaussian noise
+RBM_HIDDEN = ("bernoulli", "gaussian")
 #: reconstruction losses of ``pretrain.autoencoder``
 LOSSES = ("cross_entropy", "mse")
 #: corruption processes of ``pretrain.corruption``

@@ -49,6 +49,17 @@ so an update costs five products of B x n_visible x n_hidden: the up pass of the
 and up passes of each Gibbs step (k = 1), and the weight gradient of both halves in one
 (n_hidden x 2B) x (2B x n_visible) product.
 
+Gaussian hidden units (linear, unit variance: the 30-unit code layer of Hinton & Salakhutdinov
+2006), binary visible units, ``a = W v + b``:
+
+    (18) E(v, h) = -c.v + ||h - b||^2 / 2 - h.W v,   h real
+    (19) F(v)    = -c.v - sum_j (a_j^2 - b_j^2) / 2 - (n_hidden / 2) log(2 pi)
+    (20) p(h | v) = Normal(a, I), so E[h | v] = a; P(v_i = 1 | h) is Eq. (4) with real h
+
+Eq. (17) holds with h_0, h_k the means of Eq. (20): dF/dW_j = -a_j v, and dF/db_j = -(a_j - b_j),
+whose b_j cancels between the two means of Eq. (13). Exact ``log Z`` enumerates v (Eq. 9, first
+form, with F from Eq. 19). A Gaussian-Gaussian RBM is normalisable only for small W and is refused.
+
 Centring (Montavon and Mueller 2012; Melchior, Fischer and Wiskott 2016), binary units: the same
 model written with offsets mu (visible) and lambda (hidden),
 
@@ -91,13 +102,37 @@ import torch.nn.functional as F
 from pretrain.checks import check_bool, check_choice, check_int, check_positive, check_probability
 from pretrain.layer import Layer
 from pretrain.module import fused_sgd
+from pretrain.names import RBM_HIDDEN
 
 VISIBLE = ("bernoulli", "gaussian")
+HIDDEN = RBM_HIDDEN
 MAX_ENUMERATED_UNITS = 20
 
 
 def _check_visible(visible: str) -> str:
     return check_choice("visible", visible, VISIBLE)
+
+
+def _check_hidden(hidden: str, visible: str = "bernoulli") -> str:
+    check_choice("hidden", hidden, HIDDEN)
+    if hidden == "gaussian" and visible != "bernoulli":
+        raise ValueError("hidden='gaussian' needs binary (visible='bernoulli') units: a Gaussian-Gaussian "
+                         "RBM has a normalisable density only for small weights; use one Gaussian layer")
+    return hidden
+
+
+def _hidden_term(a: torch.Tensor, b: torch.Tensor, hidden: str) -> torch.Tensor:
+    """The hidden part of -F(v), summed over the last axis of ``a = W v~ + b`` (..., n_hidden):
+    ``sum_j softplus(a_j)`` (Eq. 2/6) or Eq. (19)'s ``sum_j (a_j^2 - b_j^2) / 2 + (n / 2) log(2 pi)``."""
+    if hidden == "bernoulli":
+        return F.softplus(a).sum(-1)  # log(1 + e^a) without overflow for large a
+    n_hidden = a.shape[-1]
+    return 0.5 * (a * a - b * b).sum(-1) + 0.5 * n_hidden * math.log(2 * math.pi)  # Eq. (19)
+
+
+def _hidden_mean(a: torch.Tensor, hidden: str) -> torch.Tensor:
+    """E[h | v] from the pre-activation: sigmoid(a) (Eq. 3/7) or a itself (Eq. 20)."""
+    return torch.sigmoid(a) if hidden == "bernoulli" else a
 
 
 def _scaled(v: torch.Tensor, visible: str, sigma: float) -> torch.Tensor:
@@ -112,42 +147,47 @@ def _visible_term(v: torch.Tensor, c: torch.Tensor, visible: str, sigma: float) 
     return 0.5 * ((v - c) ** 2).sum(1) / sigma**2
 
 
-def _free_energy_from(v, a, c, visible, sigma):
-    """Eq. (2)/(6) from the hidden pre-activation ``a = W v~ + b`` (B, n_hidden) already at hand."""
-    # softplus(a) = log(1 + e^a) without overflow for large a
-    return _visible_term(v, c, visible, sigma) - F.softplus(a).sum(1)
+def _free_energy_from(v, a, b, c, visible, sigma, hidden="bernoulli"):
+    """Eq. (2)/(6)/(19) from the hidden pre-activation ``a = W v~ + b`` (B, n_hidden) already at hand."""
+    return _visible_term(v, c, visible, sigma) - _hidden_term(a, b, hidden)
 
 
 def free_energy(v: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-                visible: str = "bernoulli", sigma: float = 1.0) -> torch.Tensor:
-    """Free energy ``F(v)`` of each row, Eq. (2) (binary) or Eq. (6) (Gaussian visible).
+                visible: str = "bernoulli", sigma: float = 1.0, hidden: str = "bernoulli") -> torch.Tensor:
+    """Free energy ``F(v)`` of each row, Eq. (2) (binary), Eq. (6) (Gaussian visible) or Eq. (19)
+    (Gaussian hidden).
 
     Parameters
     ----------
     v : (B, n_visible) visible vectors.
     W : (n_hidden, n_visible) weights; b : (n_hidden,) hidden bias; c : (n_visible,) visible bias.
     visible : ``"bernoulli"`` or ``"gaussian"``; sigma : the Gaussian units' standard deviation.
+    hidden : ``"bernoulli"`` or ``"gaussian"`` (linear, unit variance; binary visible units only).
 
     Returns
     -------
     (B,) free energies.
     """
+    _check_hidden(hidden, visible)
     a = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden)
-    return _free_energy_from(v, a, c, visible, sigma)  # Eq. (2)/(6)
+    return _free_energy_from(v, a, b, c, visible, sigma, hidden)  # Eq. (2)/(6)/(19)
 
 
 def energy(v: torch.Tensor, h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-           visible: str = "bernoulli", sigma: float = 1.0) -> torch.Tensor:
-    """Joint energy ``E(v, h)`` of each row pair, Eq. (1) or Eq. (5); shape (B,)."""
+           visible: str = "bernoulli", sigma: float = 1.0, hidden: str = "bernoulli") -> torch.Tensor:
+    """Joint energy ``E(v, h)`` of each row pair, Eq. (1), (5) or (18); shape (B,)."""
     interaction = (F.linear(_scaled(v, visible, sigma), W) * h).sum(1)  # h.W v (/ sigma)
+    if _check_hidden(hidden, visible) == "gaussian":
+        return -(v @ c) + 0.5 * ((h - b) ** 2).sum(1) - interaction  # Eq. (18)
     return _visible_term(v, c, visible, sigma) - h @ b - interaction  # Eq. (1)/(5)
 
 
 # -- conditionals and Gibbs sampling (names after lisa-lab's rbm.py) ------------------------------
-def propup(v, W, b, visible="bernoulli", sigma=1.0):
-    """Hidden pre-activation and mean P(h=1|v), Eq. (3)/(7): ``(a, sigmoid(a))``, each (B, n_hidden)."""
+def propup(v, W, b, visible="bernoulli", sigma=1.0, hidden="bernoulli"):
+    """Hidden pre-activation and mean E[h|v], Eq. (3)/(7)/(20): ``(a, sigmoid(a))`` (binary hidden
+    units) or ``(a, a)`` (Gaussian), each (B, n_hidden)."""
     a = F.linear(_scaled(v, visible, sigma), W, b)  # (B, n_hidden)
-    return a, torch.sigmoid(a)  # Eq. (3)/(7)
+    return a, _hidden_mean(a, hidden)  # Eq. (3)/(7)/(20)
 
 
 def propdown(h, W, c, visible="bernoulli", sigma=1.0):
@@ -167,15 +207,23 @@ def _bernoulli(p: torch.Tensor, generator) -> torch.Tensor:
     return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype).lt_(p)
 
 
-def sample_h_given_v(v, W, b, *, generator, visible="bernoulli", sigma=1.0):
-    """One draw of h ~ P(h|v), Eq. (3)/(7), from the seeded ``torch.Generator`` ``generator``.
+def _sample_hidden(mean: torch.Tensor, hidden: str, generator) -> torch.Tensor:
+    """h ~ P(h|v) from its mean: Bernoulli (Eq. 3/7) or Normal(mean, 1) (Eq. 20)."""
+    if hidden == "bernoulli":
+        return _bernoulli(mean, generator)
+    return torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype).add_(mean)
+
+
+def sample_h_given_v(v, W, b, *, generator, visible="bernoulli", sigma=1.0, hidden="bernoulli"):
+    """One draw of h ~ P(h|v), Eq. (3)/(7)/(20), from the seeded ``torch.Generator`` ``generator``.
 
     Returns
     -------
-    ``(a, mean, h)``: pre-activation, P(h=1|v) and a binary sample, each (B, n_hidden).
+    ``(a, mean, h)``: pre-activation, E[h|v] and a sample (binary, or real for Gaussian hidden
+    units), each (B, n_hidden).
     """
-    a, mean = propup(v, W, b, visible, sigma)
-    return a, mean, _bernoulli(mean, generator)
+    a, mean = propup(v, W, b, visible, sigma, hidden)
+    return a, mean, _sample_hidden(mean, hidden, generator)
 
 
 def sample_v_given_h(h, W, c, *, generator, visible="bernoulli", sigma=1.0):
@@ -192,9 +240,9 @@ def sample_v_given_h(h, W, c, *, generator, visible="bernoulli", sigma=1.0):
     return a, mean, mean + sigma * noise
 
 
-def gibbs_step(v, W, b, c, *, generator, visible="bernoulli", sigma=1.0):
+def gibbs_step(v, W, b, c, *, generator, visible="bernoulli", sigma=1.0, hidden="bernoulli"):
     """One Gibbs step v -> h ~ P(h|v) -> v' ~ p(v|h) (lisa-lab's ``gibbs_vhv``); returns v' (B, n_visible)."""
-    _, _, h = sample_h_given_v(v, W, b, generator=generator, visible=visible, sigma=sigma)
+    _, _, h = sample_h_given_v(v, W, b, generator=generator, visible=visible, sigma=sigma, hidden=hidden)
     return sample_v_given_h(h, W, c, generator=generator, visible=visible, sigma=sigma)[2]
 
 
@@ -207,11 +255,12 @@ def _all_states(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def log_partition(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-                  visible: str = "bernoulli", sigma: float = 1.0) -> torch.Tensor:
+                  visible: str = "bernoulli", sigma: float = 1.0, hidden: str = "bernoulli") -> torch.Tensor:
     """Exact ``log Z`` of a tiny RBM, Eq. (9), by enumerating the smaller layer.
 
     Binary visible units enumerate min(n_visible, n_hidden) units; Gaussian visible units
-    integrate v out analytically and enumerate the hidden layer. More than 20 enumerated units
+    integrate v out analytically and enumerate the hidden layer; Gaussian hidden units are
+    integrated out (Eq. 19) and the visible layer enumerated. More than 20 enumerated units
     (a million states) is refused.
 
     Returns
@@ -219,7 +268,8 @@ def log_partition(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
     0-dim tensor ``log Z``.
     """
     n_hidden, n_visible = W.shape
-    enumerate_h = _check_visible(visible) == "gaussian" or n_hidden <= n_visible
+    gaussian_h = _check_hidden(hidden, _check_visible(visible)) == "gaussian"
+    enumerate_h = not gaussian_h and (visible == "gaussian" or n_hidden <= n_visible)
     n = n_hidden if enumerate_h else n_visible
     if n > MAX_ENUMERATED_UNITS:
         layer = "hidden" if enumerate_h else "visible"
@@ -228,7 +278,7 @@ def log_partition(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
             f"{MAX_ENUMERATED_UNITS} units (n_visible={n_visible}, n_hidden={n_hidden}). "
             f"Exact likelihoods are for tiny models only; use pseudo_likelihood instead.")
     if not enumerate_h:
-        return torch.logsumexp(-free_energy(_all_states(n, W), W, b, c), 0)  # Eq. (9)
+        return torch.logsumexp(-free_energy(_all_states(n, W), W, b, c, hidden=hidden), 0)  # Eq. (9)
     h = _all_states(n, W)  # (2^n, n_hidden)
     u = h @ W  # (2^n, n_visible): W^T h
     if visible == "bernoulli":
@@ -237,17 +287,17 @@ def log_partition(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
     return torch.logsumexp(h @ b + u @ c / sigma + 0.5 * (u * u).sum(1), 0) + log_gauss  # Eq. (9)
 
 
-def log_likelihood(v, W, b, c, visible="bernoulli", sigma=1.0, log_z=None) -> torch.Tensor:
+def log_likelihood(v, W, b, c, visible="bernoulli", sigma=1.0, log_z=None, hidden="bernoulli") -> torch.Tensor:
     """Exact ``log p(v)`` of each row, Eq. (10), for tiny models; (B,).
 
     ``log_z`` (from :func:`log_partition`) may be passed to avoid enumerating again.
     """
     if log_z is None:
-        log_z = log_partition(W, b, c, visible, sigma)
-    return -free_energy(v, W, b, c, visible, sigma) - log_z  # Eq. (10)
+        log_z = log_partition(W, b, c, visible, sigma, hidden)
+    return -free_energy(v, W, b, c, visible, sigma, hidden) - log_z  # Eq. (10)
 
 
-def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2**21):
+def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2**21, hidden="bernoulli"):
     """Log pseudo-likelihood of binary visible vectors, Eq. (11) exact or Eq. (12) stochastic.
 
     Parameters
@@ -260,6 +310,7 @@ def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2
     chunk_elements : the exact sum builds (rows, n_visible, n_hidden) pre-activations in
         chunks of at most this many elements (8 MB in float32 by default: small enough to be
         reused by the allocator instead of mapped afresh for each chunk).
+    hidden : ``"bernoulli"`` or ``"gaussian"`` hidden units (F from Eq. 2 or Eq. 19).
 
     Returns
     -------
@@ -270,17 +321,18 @@ def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2
     Besag 1975; Marlin et al., Inductive principles for RBM learning, AISTATS 2010.
     """
     B, n_visible = v.shape
+    _check_hidden(hidden)
     a = F.linear(v, W, b)  # (B, n_hidden)
-    fe = _free_energy_from(v, a, c, "bernoulli", 1.0)  # (B,)
+    fe = _free_energy_from(v, a, b, c, "bernoulli", 1.0, hidden)  # (B,)
     d = 1.0 - 2.0 * v  # (B, n_visible): change of each bit when flipped
     if n_flips is None:
         out = []
         rows = max(1, chunk_elements // (n_visible * W.shape[0]))
         for s in range(0, B, rows):
-            # flipping bit i adds d_i to v_i: F(v~i) = -c.v - d_i c_i - sum_j softplus(a_j + d_i W_ji)
+            # flipping bit i adds d_i to v_i: F(v~i) = -c.v - d_i c_i - hidden term(a + d_i W_:i)
             a_flip = a[s:s + rows, None, :] + d[s:s + rows, :, None] * W.T  # (b, n_visible, n_hidden)
             fe_flip = (-(v[s:s + rows] @ c)[:, None] - d[s:s + rows] * c
-                       - F.softplus(a_flip).sum(2))  # (b, n_visible)
+                       - _hidden_term(a_flip, b, hidden))  # (b, n_visible)
             out.append(F.logsigmoid(fe_flip - fe[s:s + rows, None]).sum(1))  # Eq. (11)
         return torch.cat(out)
     if generator is None:
@@ -290,7 +342,7 @@ def pseudo_likelihood(v, W, b, c, generator=None, n_flips=None, chunk_elements=2
     i = torch.randint(n_visible, (B, int(n_flips)), generator=generator, device=v.device)  # (B, m)
     d_i = d.gather(1, i)  # (B, m)
     a_flip = a[:, None, :] + d_i[:, :, None] * W.T[i]  # (B, m, n_hidden)
-    fe_flip = -(v @ c)[:, None] - d_i * c[i] - F.softplus(a_flip).sum(2)  # (B, m)
+    fe_flip = -(v @ c)[:, None] - d_i * c[i] - _hidden_term(a_flip, b, hidden)  # (B, m)
     return n_visible * F.logsigmoid(fe_flip - fe[:, None]).mean(1)  # Eq. (12)
 
 
@@ -328,7 +380,7 @@ class _ContrastiveDivergence(torch.autograd.Function):
 class RBM(Layer):
     """A restricted Boltzmann machine trained by CD-k or PCD-k, keeping the layer contract.
 
-    ``encode(v) = P(h=1|v)`` (Eq. 3/7) and ``decode(h)`` = P(v=1|h) or the Gaussian mean
+    ``encode(v) = E[h|v]`` (Eq. 3/7/20) and ``decode(h)`` = P(v=1|h) or the Gaussian mean
     (Eq. 4/8); the weights are tied (decoder weight W^T). Training minimises Eq. (13) with the
     gradient of Eq. (17), in Lightning's manual optimization (``training_step`` takes the step);
     SGD with momentum and weight decay follows Hinton's guide (2010): W ~ N(0, 0.01^2), zero
@@ -339,6 +391,10 @@ class RBM(Layer):
     ----------
     n_visible, n_hidden : layer sizes (>= 1).
     visible : ``"bernoulli"`` (inputs in [0, 1]) or ``"gaussian"`` (inputs standardized).
+    hidden : ``"bernoulli"`` (binary, ``hidden_unit`` sigmoid) or ``"gaussian"`` (linear units
+        with unit-variance noise, Eqs. 18-20, ``hidden_unit`` linear: a real-valued code, with
+        binary visible units only; Hinton & Salakhutdinov train it at a learning rate 100 times
+        smaller, 0.001).
     k : Gibbs steps per update (>= 1).
     persistent : False for CD-k (chains start at the data), True for PCD-k (Tieleman 2008):
         visible chains kept in the buffer ``chains`` (so checkpointed), (batch size, n_visible),
@@ -346,8 +402,8 @@ class RBM(Layer):
         batch uses and advances the first rows. Validation never advances them.
     lr, momentum, weight_decay : SGD settings; ``final_momentum``, ``momentum_switch_epoch``.
     sigma : standard deviation of Gaussian visible units (ignored for binary units).
-    centred : train by the centred gradient, Eqs. (14)-(16) (binary visible units only: a
-        Gaussian RBM's standardized inputs are centred already). The offsets are the buffers
+    centred : train by the centred gradient, Eqs. (14)-(16) (binary units only: a Gaussian
+        RBM's standardized inputs are centred already). The offsets are the buffers
         ``offset_v`` and ``offset_h``, checkpointed with the weights.
     centring_rate : nu, the offsets' running-mean rate, in (0, 1].
     seed : seeds the weight init; the Gibbs chains use ``seed + 1``, validation's
@@ -355,10 +411,10 @@ class RBM(Layer):
 
     References
     ----------
-    Hinton 2002; Tieleman 2008; Hinton 2010 (practical guide); lisa-lab DeepLearningTutorials rbm.py.
+    Hinton 2002; Tieleman 2008; Hinton 2010 (practical guide); lisa-lab DeepLearningTutorials rbm.py;
+    Hinton & Salakhutdinov, Reducing the dimensionality of data with neural networks, Science 2006.
     """
 
-    hidden_unit = "sigmoid"
     #: a Trainer's training steps compute the monitoring-only ``rec`` (one more down pass: a
     #: sixth matmul beside the five of a CD-1 update) on batches 0, m, 2m, ... of each epoch only;
     #: ``train/rec`` is its mean over those batches. Validation and ``loss_terms`` always compute it.
@@ -368,28 +424,31 @@ class RBM(Layer):
     #: beside 5 ms for a 784-500 CD-1 update) paid once per block
     updates_per_step = 10
 
-    def __init__(self, n_visible: int, n_hidden: int, *, visible: str = "bernoulli", k: int = 1,
+    def __init__(self, n_visible: int, n_hidden: int, *, visible: str = "bernoulli",
+                 hidden: str = "bernoulli", k: int = 1,
                  persistent: bool = False, lr: float = 0.1, momentum: float = 0.5,
                  weight_decay: float = 2e-4, sigma: float = 1.0, final_momentum: float = 0.9,
                  momentum_switch_epoch: int = 5, centred: bool = False, centring_rate: float = 0.01,
                  seed: int = 0):
         super().__init__(lr=lr, optimizer="sgd", momentum=momentum, weight_decay=weight_decay)
         n_visible, n_hidden = check_int("n_visible", n_visible, 1), check_int("n_hidden", n_hidden, 1)
-        _check_visible(visible)
+        _check_hidden(hidden, _check_visible(visible))
         k = check_int("k", k, 1)
         check_positive("sigma", sigma)
         check_probability("final_momentum", final_momentum)
         momentum_switch_epoch = check_int("momentum_switch_epoch", momentum_switch_epoch, 0)
         seed = check_int("seed", seed, 0)
         check_bool("centred", centred)
-        if centred and visible != "bernoulli":
-            raise ValueError("centred=True needs binary (visible='bernoulli') units: a Gaussian RBM's "
-                             "standardized inputs are centred already; drop centred or use visible='bernoulli'")
+        if centred and (visible != "bernoulli" or hidden != "bernoulli"):
+            raise ValueError("centred=True needs binary units (visible='bernoulli', hidden='bernoulli'): "
+                             "a Gaussian layer is centred already; drop centred or use binary units")
         check_probability("centring_rate", centring_rate)
         if centring_rate == 0:
             raise ValueError("centring_rate must be in (0, 1], got 0 (the offsets would never move)")
         self.save_hyperparameters()
         self.visible_unit = "sigmoid" if visible == "bernoulli" else "linear"
+        self.hidden_unit = "sigmoid" if hidden == "bernoulli" else "linear"  # E[h|v] of Eq. (3)/(20)
+        self.hidden = hidden
         self.visible, self.k, self.persistent, self.sigma, self.seed = visible, k, persistent, sigma, seed
         init = torch.Generator().manual_seed(seed)
         self.W = torch.nn.Parameter(0.01 * torch.randn(n_hidden, n_visible, generator=init))
@@ -406,8 +465,8 @@ class RBM(Layer):
         self.automatic_optimization = False
 
     # -- the contract ---------------------------------------------------------------------------
-    def encode(self, x):  # (B, n_visible) -> (B, n_hidden), Eq. (3)/(7)
-        return propup(x, self.W, self.b, self.visible, self.sigma)[1]
+    def encode(self, x):  # (B, n_visible) -> (B, n_hidden), Eq. (3)/(7)/(20)
+        return propup(x, self.W, self.b, self.visible, self.sigma, self.hidden)[1]
 
     def decode(self, h):  # (B, n_hidden) -> (B, n_visible), Eq. (4)/(8)
         return propdown(h, self.W, self.c, self.visible, self.sigma)[1]
@@ -429,18 +488,18 @@ class RBM(Layer):
         return self.c
 
     # -- energies of this model -----------------------------------------------------------------
-    def free_energy(self, v):  # (B,), Eq. (2)/(6)
-        return free_energy(v, self.W, self.b, self.c, self.visible, self.sigma)
+    def free_energy(self, v):  # (B,), Eq. (2)/(6)/(19)
+        return free_energy(v, self.W, self.b, self.c, self.visible, self.sigma, self.hidden)
 
     def pseudo_likelihood(self, v, generator=None, n_flips=None):  # (B,), Eq. (11)/(12)
         self._require_bernoulli("pseudo_likelihood")
-        return pseudo_likelihood(v, self.W, self.b, self.c, generator, n_flips)
+        return pseudo_likelihood(v, self.W, self.b, self.c, generator, n_flips, hidden=self.hidden)
 
     def log_partition(self):  # Eq. (9)
-        return log_partition(self.W, self.b, self.c, self.visible, self.sigma)
+        return log_partition(self.W, self.b, self.c, self.visible, self.sigma, self.hidden)
 
     def log_likelihood(self, v, log_z=None):  # (B,), Eq. (10)
-        return log_likelihood(v, self.W, self.b, self.c, self.visible, self.sigma, log_z)
+        return log_likelihood(v, self.W, self.b, self.c, self.visible, self.sigma, log_z, self.hidden)
 
     def _require_bernoulli(self, what):
         if self.visible != "bernoulli":
@@ -467,23 +526,24 @@ class RBM(Layer):
         units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
         self._check_input(x)
         W, b, c, visible, sigma = self.W.detach(), self.b.detach(), self.c.detach(), self.visible, self.sigma
+        hidden = self.hidden
         gibbs = self.generator("train" if train else "val", x.device, self.seed + (1 if train else 2))
         grad = torch.is_grad_enabled() and self.W.requires_grad
         B = x.shape[0]
         with torch.no_grad():
             x_scaled = _scaled(x, visible, sigma)
             a0 = F.linear(x_scaled, W, b)  # (B, n_hidden), kept for F(v) below
-            h0_mean = torch.sigmoid(a0)  # Eq. (3)/(7)
+            h0_mean = _hidden_mean(a0, hidden)  # Eq. (3)/(7)/(20)
             if train and self.persistent:
                 if self.chains.shape[0] < B:  # first batch (or a larger one): chains from the data
                     self.chains = x.detach().clone()
                 v = self.chains[:B]
-                h = sample_h_given_v(v, W, b, generator=gibbs, visible=visible, sigma=sigma)[2]
+                h = sample_h_given_v(v, W, b, generator=gibbs, visible=visible, sigma=sigma, hidden=hidden)[2]
             else:
-                h = _bernoulli(h0_mean, gibbs)  # CD: the chain starts at the data, reuse a0
+                h = _sample_hidden(h0_mean, hidden, gibbs)  # CD: the chain starts at the data, reuse a0
             for step in range(self.k):
                 if step > 0:
-                    h = sample_h_given_v(v, W, b, generator=gibbs, visible=visible, sigma=sigma)[2]
+                    h = sample_h_given_v(v, W, b, generator=gibbs, visible=visible, sigma=sigma, hidden=hidden)[2]
                 v = sample_v_given_h(h, W, c, generator=gibbs, visible=visible, sigma=sigma)[2]
             if train and self.persistent:
                 self.chains[:B] = v
@@ -492,11 +552,11 @@ class RBM(Layer):
             u = torch.cat([x, v])  # (2B, n_visible): the data over the chain end v_k, a constant
             u_scaled = _scaled(u, visible, sigma)
             ak = F.linear(u_scaled[B:], W, b)  # (B, n_hidden)
-            # Eq. (13) from Eq. (2)/(6): mean F(v_0) - mean F(v_k)
-            loss = (_free_energy_from(x, a0, c, visible, sigma).mean()
-                    - _free_energy_from(v, ak, c, visible, sigma).mean())
+            # Eq. (13) from Eq. (2)/(6)/(19): mean F(v_0) - mean F(v_k)
+            loss = (_free_energy_from(x, a0, b, c, visible, sigma, hidden).mean()
+                    - _free_energy_from(v, ak, b, c, visible, sigma, hidden).mean())
         if grad:
-            loss = _ContrastiveDivergence.apply(loss, h0_mean, torch.sigmoid(ak), u, u_scaled, sigma,
+            loss = _ContrastiveDivergence.apply(loss, h0_mean, _hidden_mean(ak, hidden), u, u_scaled, sigma,
                                                 self.W, self.b, self.c)
         terms = {"loss": loss}
         if monitor:

@@ -165,7 +165,7 @@ def sample_cae(stack, x0: torch.Tensor, *, n_steps: int, sigma: float,
 @torch.no_grad()
 def gibbs_chain(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, v0: torch.Tensor, *, n_steps: int,
                 generator: torch.Generator, thin: int = 1, visible: str = "bernoulli",
-                sigma: float = 1.0, means: bool = False) -> torch.Tensor:
+                sigma: float = 1.0, means: bool = False, hidden: str = "bernoulli") -> torch.Tensor:
     """Block Gibbs sampling of an RBM, ``v -> h ~ P(h|v) -> v ~ p(v|h)`` (``pretrain.rbm``).
 
     Parameters
@@ -175,6 +175,7 @@ def gibbs_chain(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, v0: torch.Ten
     n_steps : states kept per chain; thin : Gibbs steps between kept states.
     generator : the only source of randomness.
     visible, sigma : the RBM's visible units (``"bernoulli"`` or ``"gaussian"``) and their std.
+    hidden : the RBM's hidden units (``"bernoulli"`` or ``"gaussian"``).
     means : keep, for each state, the mean ``E[v | h]`` of the last half-step instead of the
         sampled v (smoother images; the chain itself still runs on samples).
 
@@ -187,7 +188,7 @@ def gibbs_chain(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, v0: torch.Ten
     kept = []
     for _ in range(n_steps):
         for _ in range(thin):
-            h = R.sample_h_given_v(v, W, b, generator=generator, visible=visible, sigma=sigma)[2]
+            h = R.sample_h_given_v(v, W, b, generator=generator, visible=visible, sigma=sigma, hidden=hidden)[2]
             _, mean, v = R.sample_v_given_h(h, W, c, generator=generator, visible=visible, sigma=sigma)
         kept.append(mean if means else v)
     return torch.stack(kept, dim=1)
@@ -200,7 +201,7 @@ def rbm_chain(layer, v0: torch.Tensor, *, n_steps: int, generator: torch.Generat
         raise ValueError(f"{getattr(layer, 'layer_name', type(layer).__name__)} is not an RBM: Gibbs "
                          f"sampling needs an RBM layer (use sample_cae for autoencoders)")
     return gibbs_chain(layer.W, layer.b, layer.c, v0, n_steps=n_steps, generator=generator, thin=thin,
-                       visible=layer.visible, sigma=layer.sigma, means=means)
+                       visible=layer.visible, sigma=layer.sigma, means=means, hidden=layer.hidden)
 
 
 @torch.no_grad()

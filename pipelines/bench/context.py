@@ -54,8 +54,10 @@ def stack_layers(p: Profile, stack: str) -> list[dict]:
              # bench_config gives a variation pool cut small; centred (pretrain.rbm, Eqs. 14-16),
              # because a bright random background (mnist-bg-rand) puts the mean pixel far from 1/2
              "rbm-3": [{"kind": "rbm", "n_hidden": p.hidden, "lr": 0.1, "centred": True}] * 3,
-             "rbm-ae": [{"kind": "rbm", "n_hidden": n, "lr": 0.01 if i == len(p.autoencoder_sizes) - 1 else 0.05}
-                        for i, n in enumerate(p.autoencoder_sizes)]}
+             # Hinton & Salakhutdinov 2006: the code layer's RBM has linear (Gaussian) hidden units,
+             # trained at a learning rate 100 times smaller than the logistic layers' 0.1
+             "rbm-ae": [{"kind": "rbm", "n_hidden": n, "lr": 0.05} for n in p.autoencoder_sizes[:-1]]
+             + [{"kind": "rbm", "n_hidden": p.autoencoder_sizes[-1], "hidden": "gaussian", "lr": 0.001}]}
     if stack not in table:
         raise ValueError(f"unknown stack {stack!r}: choose one of {', '.join(table)}")
     return [dict(d) for d in table[stack]]

@@ -65,8 +65,9 @@ def markdown(summaries, results, p: Profile) -> str:
     return summary_markdown(summaries, KEY_NAMES, title=title, notes=[
         "rbm-pretrained: a stack of RBMs unrolled and fine-tuned on reconstruction; no-pretraining: the same "
         "network from Glorot weights; pca: PCA with as many components as the code, fitted on the pool.",
-        "Paper: Hinton & Salakhutdinov 2006 (784-1000-500-250-30 with a linear code layer, the full "
-        "training set); our code units are logistic."])
+        "Paper: Hinton & Salakhutdinov 2006 (784-1000-500-250-30, the full training set of 60000 "
+        "images; here the 50000-image pool). Both have a linear code layer: the top RBM's hidden "
+        "units are Gaussian (pretrain.rbm, Eqs. 18-20)."])
 
 
 def figure(summaries, results, p: Profile):

@@ -2,7 +2,8 @@
 knowledge-free MNIST table (``pipelines.bench.papers``): k-NN, SVM, an MLP without pretraining
 (``nn``), the same MLP after greedy layer-wise supervised pretraining (``greedy_sup``), the MLP
 on a CAE+H stack (``cae``; hidden layers frozen, ``cae_frozen``; with the reconstruction term,
-``cae_rec``) and the MTC on it."""
+``cae_rec``) and the MTC on it; and the deep belief net (``dbn``: the MLP on a stack of three
+RBMs, ``rbm-3``)."""
 from __future__ import annotations
 
 from pipelines.bench.cells import Cell
@@ -15,11 +16,11 @@ from pipelines.reporting.tables import summary_markdown
 NAME = "knowledge-free"
 KEY_NAMES = ["method"]
 #: the columns added after the suite's results folders existed (``Suite.added_columns``)
-ADDED_COLUMNS = ("greedy_sup", "cae_frozen", "cae_rec")
+ADDED_COLUMNS = ("greedy_sup", "cae_frozen", "cae_rec", "dbn")
 METHODS = {"knn": (None, "knn"), "svm": (None, "svm"), "nn": ("cae_h-2", "mlp_no_pretraining"),
            "greedy_sup": ("cae_h-2", "mlp_greedy_supervised"), "cae": ("cae_h-2", "mlp"),
            "cae_frozen": ("cae_h-2", "mlp_frozen"), "cae_rec": ("cae_h-2", "mlp_rec"),
-           "mtc": ("cae_h-2", "mtc")}
+           "mtc": ("cae_h-2", "mtc"), "dbn": ("rbm-3", "mlp")}
 
 run_cell = classify
 
@@ -41,7 +42,8 @@ def markdown(summaries, results, p: Profile) -> str:
     return summary_markdown(summaries, KEY_NAMES, title=title, notes=[
         "nn = MLP without pretraining, greedy_sup = the same MLP after greedy layer-wise supervised "
         "pretraining, cae = MLP on the CAE+H stack (cae_frozen: hidden layers frozen; cae_rec: plus "
-        "the reconstruction term), mtc = MTC on it; greedy_sup, cae_frozen and cae_rec have no "
+        "the reconstruction term), mtc = MTC on it; dbn = the MLP on a stack of three RBMs "
+        "(rbm-3, centred CD-1); greedy_sup, cae_frozen and cae_rec have no "
         "figure in that table.",
         f"Paper only, for context: {context}."])
 
