@@ -60,7 +60,8 @@ PROFILES: dict[str, Profile] = {
                     labels=(100, 600, 1000, 3000), hidden=1000, pretrain_epochs=50, finetune_epochs=200,
                     patience=40, n_tangents=15, svm_C=C_GRID, svm_gamma=GAMMA_FACTORS,
                     variations=VARIATION_SETS, variation_pool=None, variation_valid=None,
-                    autoencoder_sizes=(1000, 500, 250, 30), autoencoder_epochs=50, speed_rows=60000),
+                    # 200 fine-tuning epochs of the deep autoencoder: Hinton & Salakhutdinov's
+                    autoencoder_sizes=(1000, 500, 250, 30), autoencoder_epochs=200, speed_rows=60000),
 }
 
 
