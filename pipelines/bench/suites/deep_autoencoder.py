@@ -1,6 +1,7 @@
 """``layerwise bench deep-autoencoder``: an RBM-pretrained autoencoder fine-tuned on
 reconstruction, the same network without pretraining, and PCA with as many components as the
-code; the value is the test squared error per image, beside Hinton & Salakhutdinov 2006
+code, and logistic PCA (``finetune.logistic_pca``) with as many; the value is the test squared
+error per image, beside Hinton & Salakhutdinov 2006
 (``pipelines.bench.papers``). Each cell keeps a few reconstructions and the codes' first two
 principal components for the figure."""
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
+from finetune.logistic_pca import LogisticPCA
 from pipelines.bench.cells import Cell
 from pipelines.bench.context import Context
 from pipelines.bench.papers import AUTOENCODER_PAPER
@@ -20,7 +22,7 @@ from pipelines.stages.finetuning import fit_autoencoder_module
 
 NAME = "deep-autoencoder"
 KEY_NAMES = ["model"]
-MODELS = ("rbm-pretrained", "no-pretraining", "pca")
+MODELS = ("rbm-pretrained", "no-pretraining", "pca", "logistic-pca")
 N_SHOW, N_CODES = 10, 1000  # test images shown reconstructed; test images whose codes are drawn
 
 
@@ -34,9 +36,10 @@ def run_cell(ctx: Context, cell: Cell) -> dict:
     split = ctx.split("mnist", labels=None, seed=cell.seed)
     X_test = split.X_test
     n_code = ctx.profile.autoencoder_sizes[-1]
-    if cell.task["method"] == "pca":
-        pca = PCA(n_components=n_code, random_state=cell.seed).fit(split.X_pool)
-        rec, codes = pca.inverse_transform(pca.transform(X_test)), pca.transform(X_test[:N_CODES])
+    if cell.task["method"] in ("pca", "logistic-pca"):
+        model = (PCA if cell.task["method"] == "pca" else LogisticPCA)(n_code, random_state=cell.seed)
+        z = model.fit(split.X_pool).transform(X_test)  # logistic PCA: each code fitted, Eq. (5) there
+        rec, codes = model.inverse_transform(z), z[:N_CODES]
     else:
         cfg = ctx.config("mnist", "rbm-ae", cell.seed)
         module, _ = fit_autoencoder_module(cfg, split, ctx.stack("mnist", "rbm-ae"), uri=ctx.uri,
@@ -64,7 +67,9 @@ def markdown(summaries, results, p: Profile) -> str:
              f"({describe(p, 'pool', 'n_test', 'ae', 'pretrain', 'ae_epochs')})")
     return summary_markdown(summaries, KEY_NAMES, title=title, notes=[
         "rbm-pretrained: a stack of RBMs unrolled and fine-tuned on reconstruction; no-pretraining: the same "
-        "network from Glorot weights; pca: PCA with as many components as the code, fitted on the pool.",
+        "network from Glorot weights; pca: PCA with as many components as the code, fitted on the pool; "
+        "logistic-pca: logistic PCA with as many (Collins et al. 2001; Schein et al. 2003), each test "
+        "code fitted to its image.",
         "Paper: Hinton & Salakhutdinov 2006 (784-1000-500-250-30, the full training set of 60000 "
         "images; here the 50000-image pool). Both have a linear code layer: the top RBM's hidden "
         "units are Gaussian (pretrain.rbm, Eqs. 18-20)."])
