@@ -285,13 +285,15 @@ def fit_autoencoder_module(cfg, split, stack, *, uri: str, run_id: str,
                            pretrained: bool = True) -> tuple[DeepAutoencoder, int]:
     """Fine-tune the unrolled deep autoencoder on ``split.X_pool`` for the config's
     ``deep_autoencoder_epochs``, logging its curves to MLflow run ``run_id``; from the stack's
-    weights (``pretrained``) or from fresh ones of the same shape drawn from the config's seed.
+    weights (``pretrained``) or from fresh ones of the same shape drawn from the config's seed,
+    with the fine-tuning optimizer of every network (``finetune.lr``, ``optimizer``, ``weight_decay``).
 
     Returns the module with the weights of its best validation epoch (squared error per
     image), in eval mode, and that epoch.
     """
     ft = cfg.finetune
-    module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, pretrained=pretrained, seed=cfg.seed)
+    module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay,
+                             pretrained=pretrained, seed=cfg.seed)
     logger = MLFlowLogger(tracking_uri=uri, run_id=run_id, experiment_name=cfg.tracking.experiment)
     dm = ArrayDataModule(split.X_pool, None, split.X_valid, None, batch_size=ft.batch_size,
                          seed=cfg.seed)
