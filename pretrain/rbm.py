@@ -105,7 +105,6 @@ from pretrain.module import fused_sgd
 from pretrain.names import RBM_HIDDEN
 
 VISIBLE = ("bernoulli", "gaussian")
-HIDDEN = RBM_HIDDEN
 MAX_ENUMERATED_UNITS = 20
 
 
@@ -114,7 +113,7 @@ def _check_visible(visible: str) -> str:
 
 
 def _check_hidden(hidden: str, visible: str = "bernoulli") -> str:
-    check_choice("hidden", hidden, HIDDEN)
+    check_choice("hidden", hidden, RBM_HIDDEN)
     if hidden == "gaussian" and visible != "bernoulli":
         raise ValueError("hidden='gaussian' needs binary (visible='bernoulli') units: a Gaussian-Gaussian "
                          "RBM has a normalisable density only for small weights; use one Gaussian layer")
