@@ -95,8 +95,9 @@ def test_results_folder_named_by_profile_sizes_not_seed_count():
     ("variations", "quick", "0f050096a944"), ("knowledge-free", "tiny", "4318b4efd1a5"),
     ("knowledge-free", "quick", "31c8050278e6"),
     # renamed when the code layer's RBM got linear (Gaussian) hidden units, as the paper's, and
-    # logistic PCA joined (no results of the earlier folders were committed)
-    ("deep-autoencoder", "tiny", "c6b3bfea4d58"), ("deep-autoencoder", "quick", "f65e83e636bc"),
+    # logistic PCA joined, then when fine-tuning got a weight decay (the full profile's cells were
+    # computed again)
+    ("deep-autoencoder", "tiny", "38540c49e641"), ("deep-autoencoder", "quick", "296e78dbdadd"),
     ("speed", "tiny", "26e41f35af23"),
     ("speed", "quick", "a3a4ea39fd23"),
     # added with the suite (issue 18), renamed when its Ladder and VAT cells came to count epochs
