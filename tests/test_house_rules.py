@@ -138,7 +138,7 @@ def _local_imports(path: Path) -> list[str]:
 def test_imports_are_at_the_top_of_modules():
     # the cli imports lazily on purpose: `layerwise --help` must not load torch or MLflow
     lazy = [hit for package in PACKAGES for path, name in _modules(package)
-            if name != "pipelines.cli" for hit in _local_imports(path)]
+            if name.split(".")[:2] != ["pipelines", "cli"] for hit in _local_imports(path)]
     assert lazy == []
 
 

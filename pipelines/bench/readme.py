@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipelines.bench.profiles import get_profile
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile
+from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
 from pipelines.bench.summary import summarize
 from pipelines.bench.timing_report import recorded_markdown
@@ -41,7 +42,8 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def results_table(suite: str, profile: str, book: ResultsFile) -> str:
-    """The committed table of one suite and profile, from its results file's rows."""
+    """The committed table of one suite and profile, from its results file's rows (and the
+    values selected on validation, ``selected.csv`` beside it, when there is one)."""
     spec = SUITES[suite]
     seeds = 1 + max((int(row["seed"]) for row in book.rows.values()), default=0)
     prof = get_profile(profile, seeds)
@@ -53,7 +55,8 @@ def results_table(suite: str, profile: str, book: ResultsFile) -> str:
     markdown = spec.markdown(summaries, results, prof)
     if len(results) < len(cells):
         markdown = f"**Partial: {len(results)} of {len(cells)} cells finished.**\n\n" + markdown
-    return markdown + "\n" + recorded_markdown(results, spec.kind_key)
+    chosen = SelectionFile(book.path.with_name(SELECTED), SCHEMAS[suite]).markdown()
+    return markdown + "\n" + (chosen + "\n" if chosen else "") + recorded_markdown(results, spec.kind_key)
 
 
 def open_results(directory: Path) -> tuple[str, str, ResultsFile]:

@@ -13,6 +13,8 @@ With ``results``, the finished cells are also kept in the suite's results file
 (``<results>/<suite>-<profile>/cells.csv``, ``pipelines.bench.results``), with its table
 (``table.md``, ``pipelines.bench.readme``) beside it, both rewritten as each cell lands; a cell
 with a row there is not computed again, so a suite resumes from committed results on any machine.
+The hyperparameters selected on validation for a group of cells (``selected.csv`` there,
+``pipelines.bench.selected``, written by ``pipelines.selection``) are applied to every seed of it.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ import torch
 
 from pipelines import tracking
 from pipelines.bench.cells import Cell, CellStore, run_cells, select_cells, settings_digest
-from pipelines.bench.context import EXPERIMENT, Context
+from pipelines.bench.context import EXPERIMENT, Context, bench_config
 from pipelines.bench.hardware import hardware
 from pipelines.bench.profiles import Profile, get_profile
 from pipelines.bench.readme import results_table
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile, ResultStore, results_dir
+from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
 from pipelines.bench.summary import Summary, summarize
 from pipelines.bench.timing.matmul import bench_device
@@ -103,8 +106,11 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
         directory = root / "bench" / f"{suite}-{prof.name}-{bench_device(accelerator).type}-{digest}"
     book = None
     if results is not None and suite in SCHEMAS:
-        book = ResultsFile(results_dir(results, suite, prof.name) / FILE, SCHEMAS[suite], cells,
-                           spec.cell_digests(prof, cells))
+        folder = results_dir(results, suite, prof.name)
+        cells = SelectionFile(folder / SELECTED, SCHEMAS[suite]).apply(
+            cells, spec.cell_digests(prof, cells),
+            lambda c: bench_config(prof, c.task["data"], c.task["stack"], c.seed).finetune.model_dump())
+        book = ResultsFile(folder / FILE, SCHEMAS[suite], cells, spec.cell_digests(prof, cells))
 
     def landed() -> None:  # the committed table follows each cell that lands
         atomic_write_text(book.path.with_name(TABLE), results_table(suite, prof.name, book))

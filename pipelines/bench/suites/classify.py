@@ -29,9 +29,11 @@ def _valid_labels(ctx: Context, data: str, cap: int | None) -> int | None:
     return max(1, min(cap // ds.n_classes, rarest)) * ds.n_classes
 
 
-def classify(ctx: Context, cell: Cell) -> dict:
+def classify(ctx: Context, cell: Cell, *, evaluate_test: bool = True, callbacks=()) -> dict:
     """A classification cell: a scikit-learn baseline or a fine-tuned network; % test error.
-    A task's ``finetune`` dict overrides those keys of the stack's config for this cell alone."""
+    A task's ``finetune`` dict overrides those keys of the stack's config for this cell alone.
+    ``evaluate_test=False`` (a selection's trial): a network's test set is not read, ``value``
+    is None; ``callbacks``: extra Lightning callbacks of its Trainer."""
     t, p = cell.task, ctx.profile
     data, method = t["data"], t["method"]
     split = ctx.split(data, labels=t["labels"], seed=cell.seed,
@@ -47,5 +49,6 @@ def classify(ctx: Context, cell: Cell) -> dict:
         cfg.finetune = type(cfg.finetune).model_validate({**cfg.finetune.model_dump(), **t["finetune"]})
     row = fit_classifier(cfg, split, stack=stack, method=method,
                          uri=ctx.uri, experiment_id=ctx.experiment_id, cache_dir=ctx.cache_dir(data),
-                         image_shape=ctx.dataset(data).image_shape)
+                         image_shape=ctx.dataset(data).image_shape, evaluate_test=evaluate_test,
+                         callbacks=callbacks)
     return {"value": row.test, "valid": row.valid, "params": row.params}

@@ -1,15 +1,14 @@
 """The ``layerwise`` command line. Heavy libraries are imported inside the commands, so that
-``layerwise --help`` answers at once."""
+``layerwise --help`` answers at once; the ``bench`` and ``analyze`` groups have their own modules."""
 from __future__ import annotations
 
 import sys
 
 import click
 
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+from pipelines.cli.analyze import analyze
+from pipelines.cli.bench import bench
+from pipelines.cli.errors import fail as _fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -253,140 +252,5 @@ def cache_clear(root: str, older_than: str | None, kinds: tuple[str, ...], dry_r
                + (f": {detail}" if detail else f" (nothing under {root} matched)"))
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks: the papers' tables, and speed against this machine's own matmul rate."""
-
-
-@main.group()
-def analyze() -> None:
-    """What a trained autoencoder knows: vector fields, samples, Jacobian spectra."""
-
-
-@analyze.command("vector-field")
-@click.option("--out", "out_dir", default="analysis", show_default=True, help="Folder for the figures.")
-@click.option("--run-id", default=None, help="Also log the figures and numbers to this MLflow run.")
-@click.option("--uri", default=None, help="Tracking store (default: $MLFLOW_TRACKING_URI or ./mlruns).")
-@click.option("--data", type=click.Choice(["circle", "spiral"]), default="circle", show_default=True)
-@click.option("--hidden-unit", type=click.Choice(["sigmoid", "tanh"]), default="tanh", show_default=True)
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-def analyze_vector_field(out_dir, run_id, uri, data, hidden_unit, epochs, seed) -> None:
-    """Train a DAE and a CAE on 2-D toy data; plot r(x) - x and the potential."""
-    from pipelines.analysis.vector_field import vector_field_analysis
-
-    res = vector_field_analysis(out_dir, data=data, hidden_unit=hidden_unit, epochs=epochs, seed=seed,
-                                run_id=run_id, uri=uri)
-    for kind in ("dae", "cae"):
-        m = res[kind]
-        click.echo(f"{kind}: 50 steps of x <- r(x) take the mean distance to the curve from "
-                   f"{m['distance_start']:.3f} to {m['distance_end']:.3f}; potential on the data "
-                   f"{m['potential_data']:.3f}, far from it {m['potential_far']:.3f}")
-    click.echo("wrote " + ", ".join(res["files"]))
-
-
-@analyze.command("sample")
-@click.option("--run-id", required=True, help="Parent run id of a pipeline run.")
-@click.option("--uri", default=None, help="Tracking store (default: $MLFLOW_TRACKING_URI or ./mlruns).")
-@click.option("--root", default=None, help="Folder holding cache/ (default: beside the store).")
-@click.option("--n-samples", default=10000, show_default=True)
-@click.option("--chains", "n_chains", default=100, show_default=True)
-@click.option("--burn-in", "burn_in", type=int, multiple=True, default=(10,), show_default=True,
-              help="Chain steps dropped before sampling; repeat to choose on the validation set.")
-@click.option("--noise", type=float, multiple=True, default=(0.3,), show_default=True,
-              help="Std of the CAE chain's noise; repeat to choose on the validation set.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", "out_dir", default=None, help="Also write the figures here.")
-def analyze_sample(run_id, uri, root, n_samples, n_chains, burn_in, noise, seed, out_dir) -> None:
-    """Sample a run's stack; log the chains and the Parzen log-likelihood to the run."""
-    from pipelines.analysis.sampling import sample_run
-
-    try:
-        res = sample_run(run_id, uri=uri, root=root, n_samples=n_samples, n_chains=n_chains,
-                         burn_in=list(burn_in), noise=list(noise), seed=seed, out_dir=out_dir)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        _fail(str(e))
-    click.echo(res["markdown"])
-
-
-@analyze.command("spectrum")
-@click.option("--run-id", required=True, help="Parent run id of a pipeline run.")
-@click.option("--uri", default=None, help="Tracking store (default: $MLFLOW_TRACKING_URI or ./mlruns).")
-@click.option("--root", default=None, help="Folder holding cache/ (default: beside the store).")
-@click.option("--examples", "n_examples", default=1000, show_default=True)
-@click.option("--out", "out_dir", default=None, help="Also write the figures here.")
-def analyze_spectrum(run_id, uri, root, n_examples, out_dir) -> None:
-    """Singular values of the top code's Jacobian over test examples; tangent images."""
-    from pipelines.analysis.spectrum import spectrum_run
-
-    try:
-        res = spectrum_run(run_id, uri=uri, root=root, n_examples=n_examples, out_dir=out_dir)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        _fail(str(e))
-    click.echo(f"{res['n_examples']} examples: top singular value {res['top_singular_value']:.3g}, "
-               f"{res['above_10pct']} above 10% of it, {res['above_1pct']} above 1%, "
-               f"participation ratio {res['participation_ratio']:.2f}")
-
-
-BENCH_SUITES = {
-    "semi-supervised": "MNIST with 100-3000 labels: SVM, k-NN, NN, CAE, MTC beside the MTC paper.",
-    "semi-supervised-modern": "The same splits: Ladder and VAT, fresh and pretrained, beside their "
-                              "papers and our MTC.",
-    "variations": "The Larochelle variation sets (regenerated): SVM, DAE-3, RBM-3, CAE-1, CAE-2, MTC.",
-    "knowledge-free": "MNIST with all labels: k-NN, SVM, NN, CAE, MTC beside the MTC paper.",
-    "deep-autoencoder": "784-1000-500-250-30 RBM-pretrained autoencoder, without pretraining, and PCA.",
-    "speed": "The speed benchmarks in one table, beside references measured in the same run.",
-}
-
-
-def _bench_command(suite: str, summary: str) -> None:
-    @bench.command(suite, help=f"{summary} Resumes from the cells it finished.")
-    @click.option("--profile", type=click.Choice(["tiny", "quick", "full"]), default="quick",
-                  show_default=True, help="Sizes and epochs: quick (minutes a column on 2 cores), full (the papers').")
-    @click.option("--seeds", type=int, default=None, help="Seeds per cell (default: the profile's).")
-    @click.option("--data-dir", default=None, help="Where to look for the MNIST files first.")
-    @click.option("--root", default="mlruns", show_default=True,
-                  help="Folder for cell results and caches (bench/ inside it).")
-    @click.option("--threads", type=int, default=None,
-                  help="torch threads (default: torch's); 1 is faster on a busy machine.")
-    @click.option("--accelerator", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
-                  show_default=True, help="Lightning's accelerator flag for every network.")
-    @click.option("--only", multiple=True, metavar="PATTERN",
-                  help="Compute only the cells whose id matches (shell-style, repeatable), "
-                       "e.g. 'paper-*-mtc_all-*'; the table shows the finished ones.")
-    @click.option("--results", default="results", show_default=True, help="Folder of the committed "
-                  "results (<suite>-<profile>/cells.csv, table.md) to resume from and update; '' for none.")
-    def command(profile: str, seeds: int | None, data_dir: str | None, root: str,
-                threads: int | None, accelerator: str, only: tuple[str, ...], results: str) -> None:
-        from pipelines.bench.runner import run_bench
-
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(max(1, threads))
-        from pipelines import progress
-        from pipelines.interrupts import Interrupted, signals_raise
-
-        try:
-            with progress.configure(progress.mode_for(False)), signals_raise():
-                res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
-                                log=progress.note, accelerator=accelerator,
-                                only=only, results=results or None)
-        except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError) as e:
-            _fail(str(e))
-        except Interrupted as e:
-            click.echo(f"error: {e}; the runs are marked KILLED. Run the same command again to "
-                       f"resume from the finished cells.", err=True)
-            sys.exit(e.exit_code)
-        click.echo(res.markdown)
-        figure = f", figure {res.figure_path}" if res.figure_path else ""
-        kept = f"; results file and table in {res.results_dir}" if res.results_dir else ""
-        click.echo(f"tables in {res.directory}{figure}{kept}; MLflow run {res.run_id} in {res.tracking_uri}")
-
-
-for _suite, _summary in BENCH_SUITES.items():
-    _bench_command(_suite, _summary)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+main.add_command(bench)
+main.add_command(analyze)
