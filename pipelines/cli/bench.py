@@ -47,8 +47,10 @@ def _bench_command(suite: str, summary: str) -> None:
                   "on validation per label count (--space, --trials) into <suite>-<profile>/selected.csv.")
     @click.option("--space", default=None, help="With --select: a space name or file (its finetune.* keys).")
     @click.option("--trials", type=int, default=20, show_default=True, help="With --select: trials per group.")
+    @click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True,
+                  help="With --select: stop a trial whose validation error lags the median's.")
     def command(profile: str, seeds: int | None, data_dir: str | None, root: str, threads: int | None,
-                accelerator: str, only: tuple[str, ...], results: str, method, space, trials) -> None:
+                accelerator: str, only: tuple[str, ...], results: str, method, space, trials, pruner) -> None:
         from pipelines.bench.runner import run_bench
 
         if threads is not None:
@@ -61,8 +63,8 @@ def _bench_command(suite: str, summary: str) -> None:
         try:
             with progress.configure(progress.mode_for(False)), signals_raise():
                 if method is not None:
-                    return _select(suite, method, space, trials, profile, data_dir, root, results,
-                                   only, accelerator)
+                    return _select(suite, method, space, trials, pruner, profile, data_dir, root,
+                                   results, only, accelerator)
                 res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
                                 log=progress.note, accelerator=accelerator,
                                 only=only, results=results or None)
@@ -78,14 +80,14 @@ def _bench_command(suite: str, summary: str) -> None:
         click.echo(f"tables in {res.directory}{figure}{kept}; MLflow run {res.run_id} in {res.tracking_uri}")
 
 
-def _select(suite, method, space, trials, profile, data_dir, root, results, only, accelerator) -> None:
+def _select(suite, method, space, trials, pruner, profile, data_dir, root, results, only, accelerator) -> None:
     from pipelines import progress
     from pipelines.selection import select
 
     if space is None or not results:
         fail("--select needs --space (a space name or file) and a --results folder")
-    for s in select(suite, method, space, trials=trials, profile=profile, data_dir=data_dir, root=root,
-                    results=results, only=only, accelerator=accelerator, log=progress.note):
+    for s in select(suite, method, space, trials=trials, pruner=pruner, profile=profile, data_dir=data_dir,
+                    root=root, results=results, only=only, accelerator=accelerator, log=progress.note):
         click.echo(f"{s.group}: {s.values}, valid error {s.valid_error:.2f}% ({s.trials} trials)")
     click.echo(f"selected values in {Path(results) / f'{suite}-{profile}' / 'selected.csv'}; "
                f"'layerwise bench {suite} --profile {profile}' fine-tunes with them")

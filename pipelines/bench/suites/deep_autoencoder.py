@@ -27,7 +27,10 @@ N_SHOW, N_CODES = 10, 1000  # test images shown reconstructed; test images whose
 
 
 def cells(p: Profile) -> list[Cell]:
-    return [Cell(f"{m}-s{s}", {"model": m}, s, {"data": "mnist", "stack": "rbm-ae", "method": m})
+    """One cell per model and seed; the PCA cells name no stack, so that their settings (and
+    their committed rows) do not change with the autoencoder's config."""
+    return [Cell(f"{m}-s{s}", {"model": m}, s,
+                 {"data": "mnist", "method": m, **({} if "pca" in m else {"stack": "rbm-ae"})})
             for m in MODELS for s in range(p.seeds)]
 
 
