@@ -37,12 +37,12 @@ from pipelines.bench.suites import SUITES
 from pipelines.bench.suites.classify import classify
 from pipelines.config import ConfigError
 from pipelines.interrupts import Interrupted
-from pipelines.search.records import STATE_TAG, trial_tags
+from pipelines.search import records
 from pipelines.search.space import Space, check_space, load_space
 from pipelines.search.study import (FINISHED, SAMPLERS, count, dead_trials, default_storage,
                                     fail_trial, make_pruner, make_sampler, open_storage,
                                     own_running_trials, where_am_i)
-from pipelines.search.trial import ReportToTrial
+from pipelines.search.trial import trial_run
 from pipelines.training import quiet_lightning
 
 BASELINES = ("svm", "knn")  # these choose their own C, gamma, k on the cell's validation set
@@ -87,7 +87,8 @@ def _groups(suite: str, prof: Profile, method: str, only: Sequence[str]) -> list
 def _study(url: str, name: str, sampler: str, pruner: str, attrs: dict):
     """The group's study and its storage, created or loaded; one started with another cell or
     space is refused."""
-    storage = open_storage(url)
+    storage = open_storage(url, stale_trial_callback=lambda s, t: records.fail_trial_run(
+        t.user_attrs.get("mlflow_run_id"), "its process stopped beating"))
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                 load_if_exists=True, sampler=make_sampler(sampler, 0),
                                 pruner=make_pruner(pruner))
@@ -100,6 +101,7 @@ def _study(url: str, name: str, sampler: str, pruner: str, attrs: dict):
                               f"to select afresh, or run the code that started it")
     for t in dead_trials(study):
         fail_trial(storage, study, t.number)
+        records.fail_trial_run(t.user_attrs.get("mlflow_run_id"), "its process died")
     return study, storage
 
 
@@ -194,20 +196,11 @@ def _objective(ctx: Context, cell: Cell, space: Space, base: dict, study_name: s
         values = space.suggest(trial)
         task = {**cell.task, "finetune": {**cell.task.get("finetune", {}), **as_finetune(values, base)}}
         t0 = time.perf_counter()
-        with tracking.start_run(f"{group_id(cell)} trial {trial.number}", experiment_id=experiment_id,
-                                nested=True, tags=trial_tags(study_name, trial.number)) as run:
-            mlflow.log_params(values)
-            report = ReportToTrial(trial, run.info.run_id)
-            try:
-                res = classify(ctx, Cell(cell.id, cell.keys, cell.seed, task), evaluate_test=False,
-                               callbacks=[report])
-            except BaseException as e:
-                reason = f"{type(e).__name__}: {e}"[:500]
-                trial.set_user_attr("error", reason)
-                mlflow.set_tags({STATE_TAG: "FAIL", "layerwise.fail_reason": reason})
-                raise
+        with trial_run(trial, study_name, name=f"{group_id(cell)} trial {trial.number}",
+                       experiment_id=experiment_id, values=values) as report:
+            res = classify(ctx, Cell(cell.id, cell.keys, cell.seed, task), evaluate_test=False,
+                           callbacks=[report])
             mlflow.log_metric("valid_error", res["valid"])
-            mlflow.set_tag(STATE_TAG, "PRUNED" if report.pruned_epoch is not None else "COMPLETE")
         trial.set_user_attr("wall_s", time.perf_counter() - t0)
         shown = ", ".join(f"{k.removeprefix('finetune.')}={v:.3g}" if isinstance(v, float) else
                           f"{k.removeprefix('finetune.')}={v}" for k, v in values.items())

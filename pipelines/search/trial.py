@@ -8,8 +8,9 @@ values leave the pretraining keys alone, so trials that vary only fine-tuning pr
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning.pytorch as L
 import mlflow
@@ -45,6 +46,31 @@ class ReportToTrial(L.Callback):
             trainer.should_stop = True
 
 
+@contextlib.contextmanager
+def trial_run(trial: optuna.Trial, study_name: str, *, name: str, experiment_id: str,
+              values: dict[str, Any]) -> Iterator[ReportToTrial]:
+    """A trial's nested MLflow run, around the training it reports from: the sampled values as
+    params, a ``ReportToTrial`` for the Trainer, and the trial's state as a tag when the block
+    ends (FAIL with the reason on an exception, then PRUNED at its epoch or COMPLETE)."""
+    with tracking.start_run(name, experiment_id=experiment_id, nested=True,
+                            tags=trial_tags(study_name, trial.number)) as run:
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        mlflow.log_params(values)
+        report = ReportToTrial(trial, run.info.run_id)
+        try:
+            yield report
+        except BaseException as e:
+            reason = f"{type(e).__name__}: {e}"[:500]
+            trial.set_user_attr("error", reason)
+            mlflow.set_tags({STATE_TAG: "FAIL", "layerwise.fail_reason": reason})
+            raise
+        if report.pruned_epoch is not None:
+            mlflow.set_tags({STATE_TAG: "PRUNED", "layerwise.pruned_epoch": str(report.pruned_epoch)})
+            trial.set_user_attr("pruned_epoch", report.pruned_epoch)
+        else:
+            mlflow.set_tag(STATE_TAG, "COMPLETE")
+
+
 def trial_config(raw: dict, values: dict[str, Any], objective: str) -> PipelineConfig:
     """The configuration a trial runs: ``raw`` with ``values`` set, only the objective's method."""
     return config_from_dict(raw, as_overrides(values) + [f"finetune.methods=[{objective}]",
@@ -61,28 +87,12 @@ def make_objective(space: Space, raw: dict, *, study_name: str, root: Path, expe
             trial.set_user_attr(k, v)
         values = space.suggest(trial)
         cfg = trial_config(raw, values, space.objective)
-        pruned = None
-        with tracking.start_run(f"trial {trial.number}", experiment_id=experiment_id, nested=True,
-                                tags=trial_tags(study_name, trial.number)) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            mlflow.log_params(values)
-            report = ReportToTrial(trial, run.info.run_id)
-            try:
-                result = run_pipeline(cfg, root=root, evaluate_test=False, nested=True,
-                                      callbacks=[report])
-            except BaseException as e:
-                reason = f"{type(e).__name__}: {e}"[:500]
-                trial.set_user_attr("error", reason)
-                mlflow.set_tags({STATE_TAG: "FAIL", "layerwise.fail_reason": reason})
-                raise
+        with trial_run(trial, study_name, name=f"trial {trial.number}", experiment_id=experiment_id,
+                       values=values) as report:
+            result = run_pipeline(cfg, root=root, evaluate_test=False, nested=True, callbacks=[report])
             row = next(r for r in result.rows if r.method == space.objective)
             mlflow.log_metric("valid_error", row.valid)
-            pruned = report.pruned_epoch
-            if pruned is not None:
-                mlflow.set_tags({STATE_TAG: "PRUNED", "layerwise.pruned_epoch": str(pruned)})
-                trial.set_user_attr("pruned_epoch", pruned)
-            else:
-                mlflow.set_tag(STATE_TAG, "COMPLETE")
+        pruned = report.pruned_epoch
         if log is not None:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             state = f"pruned at epoch {pruned}" if pruned is not None else f"valid error {row.valid:.2f}%"
