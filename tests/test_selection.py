@@ -10,6 +10,9 @@ for no group, are refused before anything is written.
 import csv
 import io
 import json
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,6 +125,18 @@ def test_the_selected_values_are_those_the_suite_then_runs_with(suite, tmp_path)
                                                           storage=default_storage(tmp_path / "mlruns")).trials) == 4
     more = _select(tmp_path, space, 5, only=["L50-*"])
     assert more[0].trials == 5 and more[0].valid_error <= chosen.valid_error
+
+    # a trial left RUNNING by a process that died (SIGKILL) is failed, and a new one runs
+    study = optuna.load_study(study_name=study.study_name, storage=default_storage(tmp_path / "mlruns"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()
+    orphan.set_user_attr("host", socket.gethostname())
+    orphan.set_user_attr("pid", dead.pid)
+    assert _select(tmp_path, space, 6, only=["L50-*"])[0].trials == 6
+    states = {t.number: t.state for t in optuna.load_study(
+        study_name=study.study_name, storage=default_storage(tmp_path / "mlruns")).trials}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL and len(states) == 7
 
     # a study of that name started with another space is refused
     other = _space(tmp_path, {"finetune.beta": {"low": 0.1, "high": 1.0}})
