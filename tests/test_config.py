@@ -115,5 +115,5 @@ def test_shipped_files_by_name_or_package_path_and_a_real_file_wins(tmp_path, mo
         resolve_space_path("d")
     with pytest.raises(ConfigError, match=r"config 'd' is a folder: give a YAML file \(e.g. d/quickstart.yaml\)"):
         resolve_config_path("d")
-    with pytest.raises(ConfigError, match="space 'nope' not found: .* shipped spaces: dbn, ladder, mtc, sda, vat"):
+    with pytest.raises(ConfigError, match="space 'nope' not found: .* shipped spaces: cae, dbn, ladder, mtc, sda, vat"):
         resolve_space_path("nope")

@@ -200,12 +200,12 @@ def test_a_bad_space_is_refused_naming_the_key_before_anything_is_written(tmp_pa
 def test_an_unknown_space_name_is_refused_listing_the_shipped_spaces(tmp_path):
     with pytest.raises(ConfigError) as e:
         tune("quickstart", "mtcc", trials=2, overrides=TINY, root=tmp_path / "mlruns")
-    assert "space 'mtcc' not found" in str(e.value) and "shipped spaces: dbn, ladder, mtc, sda, vat" in str(e.value)
+    assert "space 'mtcc' not found" in str(e.value) and "shipped spaces: cae, dbn, ladder, mtc, sda, vat" in str(e.value)
     assert not (tmp_path / "mlruns").exists()
 
 
 #: each shipped space and the shipped config it searches
-SHIPPED = {"mtc": "mnist_mtc", "sda": "mnist_sda", "dbn": "mnist_dbn", "ladder": "mnist_ladder", "vat": "mnist_vat"}
+SHIPPED = {"mtc": "mnist_mtc", "cae": "mnist_mtc", "sda": "mnist_sda", "dbn": "mnist_dbn", "ladder": "mnist_ladder", "vat": "mnist_vat"}
 MNIST_INPUTS = 28 * 28
 #: quickstart cut down to a 1-layer CAE+H wide enough for every n_tangents choice of the mtc space
 QUICK_MTC = ["pretrain.epochs=1", "pretrain.layers=[{kind: cae_h, n_hidden: 32}]", "finetune.epochs=2",
