@@ -70,6 +70,20 @@ def test_unreadable_or_foreign_cell_file_is_recomputed(tmp_path):
     assert calls == ["c0", "c1"]
 
 
+def test_a_cell_file_of_another_task_is_recomputed(tmp_path):
+    """The same cell id with another task (values selected for it since) is not read back."""
+    store = CellStore(tmp_path)
+    first = Cell("c0", {"k": 0}, 0, {"method": "mtc", "labels": 100})
+    run_cells([first], store, lambda c: {"value": 1.0}, log=lambda m: None)
+    assert store.has(first) and store.load(first)["value"] == 1.0
+    tuned = Cell("c0", {"k": 0}, 0, {"method": "mtc", "labels": 100, "finetune": {"beta": 0.5}})
+    assert not store.has(tuned)
+    calls = []
+    out = run_cells([tuned], store, lambda c: calls.append(c.id) or {"value": 2.0}, log=lambda m: None)
+    assert calls == ["c0"] and out[0]["value"] == 2.0 and store.load(tuned)["value"] == 2.0
+    assert not store.has(first)  # the file now holds the tuned cell's result
+
+
 def test_duplicate_cell_ids_and_missing_value_refused(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         run_cells([Cell("a", {}, 0), Cell("a", {}, 1)], CellStore(tmp_path), lambda c: {"value": 1.0})

@@ -85,6 +85,11 @@ def test_the_selected_values_are_those_the_suite_then_runs_with(suite, tmp_path)
     space = _space(tmp_path, {"finetune.beta": BETA, "finetune.lr": {"low": 1e-3, "high": 1e-2, "log": True},
                               # a pretraining key: the stack is shared, so it is left out
                               "pretrain.layers.0.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    # the cell computed once before any selection (its file under mlruns/bench/, no results file)
+    before = run_bench(NAME, profile=PROFILE, root=tmp_path / "mlruns", results=None, log=lambda m: None,
+                       only=["L50-mtc-*"])
+    assert suite == [("L50-mtc-s0", None)]
+    suite.clear()
     out = _select(tmp_path, space, 4, only=["L50-*"])
     assert [s.group for s in out] == ["L50-mtc"]
     chosen = out[0]
@@ -107,7 +112,8 @@ def test_the_selected_values_are_those_the_suite_then_runs_with(suite, tmp_path)
     # validation error again; the other group's MTC runs with the config's beta
     res = run_bench(NAME, profile=PROFILE, root=tmp_path / "mlruns", results=tmp_path / "results",
                     log=lambda m: None, only=["L*-mtc-*"])
-    given = dict(suite)
+    given = dict(suite)  # the cell's file of before the selection is not taken for its result
+    assert before.results[0]["params"]["beta"] == 1.0
     assert given["L50-mtc-s0"] == {"beta": chosen.values["finetune.beta"], "lr": chosen.values["finetune.lr"]}
     assert given["L100-mtc-s0"] is None
     by_id = {r["id"]: r for r in res.results}

@@ -58,10 +58,11 @@ class CellStore:
         return self.directory / f"{cell_id}.json"
 
     def has(self, cell: Cell) -> bool:
-        return self.path(cell.id).is_file()
+        return self.load(cell) is not None
 
     def load(self, cell: Cell) -> dict | None:
-        """The stored result of a cell, or None when it has none (or an unreadable one)."""
+        """The stored result of a cell, or None when it has none, an unreadable one, or one
+        computed for another task (the same cell id with other values selected for it)."""
         p = self.path(cell.id)
         if not p.is_file():
             return None
@@ -71,7 +72,11 @@ class CellStore:
             print(f"warning: {p} cannot be read as a cell result; running the cell again",
                   file=sys.stderr)
             return None
-        return result if isinstance(result, dict) and result.get("id") == cell.id else None
+        if not isinstance(result, dict) or result.get("id") != cell.id:
+            return None
+        if "task" in result and result["task"] != json.loads(json.dumps(cell.task)):
+            return None
+        return result
 
     def save(self, result: dict) -> None:
         atomic_write_text(self.path(result["id"]), json.dumps(result, indent=1, sort_keys=True))
