@@ -40,7 +40,7 @@ from pipelines.interrupts import Interrupted
 from pipelines.search import records
 from pipelines.search.space import Space, check_space, load_space
 from pipelines.search.study import (FINISHED, SAMPLERS, count, dead_trials, default_storage,
-                                    fail_trial, make_pruner, make_sampler, open_storage,
+                                    differing_attr, fail_trial, make_pruner, make_sampler, open_storage,
                                     own_running_trials, where_am_i)
 from pipelines.search.trial import trial_run
 from pipelines.training import quiet_lightning
@@ -92,13 +92,11 @@ def _study(url: str, name: str, sampler: str, pruner: str, attrs: dict):
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                 load_if_exists=True, sampler=make_sampler(sampler, 0),
                                 pruner=make_pruner(pruner))
-    for key, value in attrs.items():
-        if key not in study.user_attrs:
-            study.set_user_attr(key, value)
-        elif study.user_attrs[key] != value:
-            raise ConfigError(f"study {name!r} in {url} was started with another "
-                              f"{key.removeprefix('layerwise.')}: delete the study (or the storage) "
-                              f"to select afresh, or run the code that started it")
+    key = differing_attr(study, attrs)
+    if key is not None:
+        raise ConfigError(f"study {name!r} in {url} was started with another "
+                          f"{key.removeprefix('layerwise.')}: delete the study (or the storage) "
+                          f"to select afresh, or run the code that started it")
     for t in dead_trials(study):
         fail_trial(storage, study, t.number)
         records.fail_trial_run(t.user_attrs.get("mlflow_run_id"), "its process died")

@@ -32,8 +32,8 @@ from pipelines.reporting.tables import Row
 from pipelines.run import RunResult, run_pipeline
 from pipelines.search import records
 from pipelines.search.space import Space, as_overrides, check_space, load_space
-from pipelines.search.study import (FINISHED, SAMPLERS, count, dead_trials, default_storage, fail_trial,
-                                    make_pruner, make_sampler, open_storage, own_running_trials)
+from pipelines.search.study import (FINISHED, SAMPLERS, count, dead_trials, default_storage, differing_attr,
+                                    fail_trial, make_pruner, make_sampler, open_storage, own_running_trials)
 from pipelines.search.trial import make_objective, trial_config
 from pipelines.stages.checks import check_before_writing
 from pipelines.stages.inputs import config_dataset, config_split
@@ -92,14 +92,11 @@ def _same_study(study: optuna.Study, cfg, space: Space) -> None:
     """Refuse to extend a study with another config or space: its trials would not compare."""
     mine = {"layerwise.config": cfg.digest("seed", "data", "pretrain", "finetune", "baselines", "trainer"),
             "layerwise.space": json.dumps(space.as_dict(), sort_keys=True)}
-    attrs = study.user_attrs
-    for key, value in mine.items():
-        if key not in attrs:
-            study.set_user_attr(key, value)
-        elif attrs[key] != value:
-            what = "config" if key == "layerwise.config" else "space"
-            raise ConfigError(f"study {study.study_name!r} was started with another {what}: give "
-                              f"another --study name, or the same config, --set values and space")
+    key = differing_attr(study, mine)
+    if key is not None:
+        what = "config" if key == "layerwise.config" else "space"
+        raise ConfigError(f"study {study.study_name!r} was started with another {what}: give "
+                          f"another --study name, or the same config, --set values and space")
 
 
 def _open_store(cfg, root: Path) -> tuple[str, str]:

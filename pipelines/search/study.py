@@ -165,3 +165,14 @@ def fail_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number
 
 def count(study: optuna.Study, states) -> int:
     return len(study.get_trials(deepcopy=False, states=tuple(states)))
+
+
+def differing_attr(study: optuna.Study, attrs: dict[str, str]) -> str | None:
+    """Record ``attrs`` on a new study; on one that has them, the first key whose value differs
+    (None when all match): a study extended with another config or space would not compare."""
+    for key, value in attrs.items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+        elif study.user_attrs[key] != value:
+            return key
+    return None
