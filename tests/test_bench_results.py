@@ -18,12 +18,15 @@ from pipelines import tracking
 from pipelines.bench import readme, results as br
 from pipelines.bench import suites as bs
 from pipelines.bench.cells import Cell, CellStore, run_cells
+from pipelines.bench.context import STACK_SEED, bench_config
+from pipelines.bench.pretraining_file import PretrainingFile
 from pipelines.bench.profiles import PROFILES
 from pipelines.bench.runner import run_bench
 from pipelines.bench.suites.classify import classify
 from pipelines.bench.summary import summarize
 from pipelines.bench.timing_report import Ledger, run_markdown
 from pipelines.reporting.tables import summary_markdown
+from pipelines.stages.layer_cache import layer_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / ".." / "shared" / "data"
@@ -112,6 +115,22 @@ def test_results_file_written_then_resumed_on_a_new_machine(suite, tmp_path):
     assert float(times["other (data, tracking, tables)"][1]) >= 0
     assert total > sum(r["wall_s"] for r in first.results) + float(times["pretraining (layers)"][1])
 
+    # the stack's layer, trained once, is in pretraining.csv with the ledger's seconds and its cache
+    # digest; the committed table's time section adds it to the cells'
+    layers = list(csv.DictReader(io.StringIO((folder / "pretraining.csv").read_text())))
+    cfg = bench_config(PROFILE, "digits", "cae-1", STACK_SEED)
+    assert [(r["data"], r["stack"], r["layer"], r["what"], r["epochs"]) for r in layers] == [
+        ("digits", "cae-1", "1", "cae 64-16", "1")]
+    assert layers[0]["settings"] == layer_digest(cfg, 0) and layers[0]["commit"] == tracking.git_commit()
+    assert f"{float(layers[0]['wall_s']):.1f}" == times["pretraining (layers)"][1] != "0.0"
+    recorded = _time_rows((folder / "table.md").read_text())
+    assert recorded[f"pretraining digits cae-1 (cae 64-16 {float(layers[0]['wall_s']):.0f} s)"] == [
+        "1", f"{float(layers[0]['wall_s']):.1f}"]
+    cells_s = sum(float(r["wall_s"]) for r in rows)
+    assert (f"#### Time: {cells_s + float(layers[0]['wall_s']):.1f} s: {cells_s:.1f} s of cells and "
+            f"{float(layers[0]['wall_s']):.1f} s of pretraining") in (folder / "table.md").read_text()
+    pretrained = (folder / "pretraining.csv").read_text()
+
     # the committed table is generated from the file alone
     _, _, book = readme.open_results(folder)
     assert (folder / "table.md").read_text() == readme.results_table(NAME, "tiny", book)
@@ -129,6 +148,7 @@ def test_results_file_written_then_resumed_on_a_new_machine(suite, tmp_path):
         assert times[f"cells: {kind}"] == ["-", "-", str(len(rs)), f"{sum(float(r['wall_s']) for r in rs):.1f}"]
     assert times["pretraining (layers)"] == ["-", "-", "-", "-"]  # no cell to compute: no stack
     assert (folder / "cells.csv").read_text() == text
+    assert (folder / "pretraining.csv").read_text() == pretrained  # nothing trained: nothing written
 
     # a row removed: only that cell runs again, and its row comes back in its place
     lines = text.splitlines(keepends=True)
@@ -137,6 +157,9 @@ def test_results_file_written_then_resumed_on_a_new_machine(suite, tmp_path):
     assert suite == ["L50-mtc-s0"]
     back = (folder / "cells.csv").read_text().splitlines()
     assert [b.split(",")[:3] for b in back] == [line.split(",")[:3] for line in text.splitlines()]
+    # that machine had no cache: its stack was trained again, and its row replaced, not repeated
+    again_layers = list(csv.DictReader(io.StringIO((folder / "pretraining.csv").read_text())))
+    assert len(again_layers) == 1 and again_layers[0]["settings"] == layers[0]["settings"]
 
     # more seeds extend the file; a run with fewer keeps the extra rows
     suite.clear()
@@ -166,7 +189,7 @@ def _good_text(profile=PROFILE) -> str:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("test_error", "error", 1), r"its header is .*another suite's results.*Move the file away"),
+    (lambda t: t.replace("test_error", "error", 1), r"its header is .*another suite's file.*Move the file away"),
     (lambda t: t.replace("svm,50,", "svn,50,", 1), r"line 2 \(method=svn, labels=50, seed=0\) is no cell of this suite"),
     (lambda t: t.replace(",12.5,", ",twelve,", 1), r"line 2 .* does not parse"),
     (lambda t: t.replace(",12.5,", ",nan,", 1), r"line 2 .* a finite test_error"),
@@ -207,6 +230,41 @@ def test_two_runs_writing_one_results_file_keep_each_others_rows(tmp_path):
     assert [(r["method"], r["labels"], r["test_error"], r["valid_error"]) for r in rows] == [
         ("svm", "50", "5", ""), ("cae", "50", "6", ""), ("svm", "100", "7", "")]
     assert open_().load(cells[1])["value"] == 6.0 and open_().load(cells[2]) is None
+
+
+_LAYER = dict(data="mnist", stack="cae_h-2", what="cae_h 784-1000", epochs=50, commit="abc", hardware="cpu: x",
+              settings="d1")
+
+
+def test_pretraining_file_keeps_one_row_a_layer_and_each_writers_rows(tmp_path):
+    path = tmp_path / "pretraining.csv"
+    a, b = PretrainingFile(path), PretrainingFile(path)  # two runs that opened the file at once
+    a.save(layer=2, seconds=20.0, **_LAYER)
+    b.save(layer=1, seconds=10.0, **_LAYER)
+    a.save(layer=2, seconds=30.5, **{**_LAYER, "settings": "d2"})  # trained again: replaced
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [(r["layer"], r["wall_s"], r["settings"]) for r in rows] == [("1", "10.000", "d1"), ("2", "30.500", "d2")]
+    assert [len(v) for v in PretrainingFile(path).stacks().values()] == [2]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("wall_s", "seconds"), "its header is .*Move the file away"),
+    (lambda t: t.replace(",10.000,", ",ten,"), "line 2 does not parse"),
+    (lambda t: t.replace(",10.000,", ",-1,"), "line 2 needs .* a finite wall_s >= 0"),
+    (lambda t: t.replace("cae_h-2,2,", "cae_h-2,1,"), r"line 3 \(data=mnist, stack=cae_h-2, layer=1\) repeats a layer"),
+    (lambda t: t + "mnist,cae_h-2,3\n", "line 4 has not the header's 9 fields"),
+])
+def test_a_bad_pretraining_file_is_refused_and_kept(tmp_path, edit, message):
+    path = tmp_path / "pretraining.csv"
+    f = PretrainingFile(path)
+    f.save(layer=1, seconds=10.0, **_LAYER)
+    f.save(layer=2, seconds=20.0, **_LAYER)
+    bad = edit(path.read_text())
+    path.write_text(bad)
+    with pytest.raises(ValueError, match=message) as e:
+        PretrainingFile(path)
+    assert "pretraining.csv" in str(e.value) and "Nothing was written" in str(e.value)
+    assert path.read_text() == bad
 
 
 def test_bad_results_file_stops_the_run_before_anything_is_written(suite, tmp_path):

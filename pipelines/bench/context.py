@@ -16,11 +16,13 @@ import torch
 
 from pipelines import tracking
 from pipelines.bench.papers import MNIST_VALID
+from pipelines.bench.pretraining_file import PretrainingFile
 from pipelines.bench.profiles import Profile
 from pipelines.bench.timing_report import Ledger
 from pipelines.config import LayerConfig, load_config
 from pipelines.data.datasets import Dataset, load_dataset
 from pipelines.data.splits import make_split
+from pipelines.stages.layer_cache import layer_digest
 from pipelines.stages.pretraining import pretrain_stack, tracked_layer_fitter
 
 EXPERIMENT = "layerwise-bench"
@@ -103,10 +105,14 @@ class Context:
 
     def __init__(self, profile: Profile, *, data_dir: str | None, root: Path, uri: str,
                  experiment_id: str, experiment: str, log: Callable[[str], None] = print,
-                 accelerator: str = "cpu", ledger: Ledger | None = None):
+                 accelerator: str = "cpu", ledger: Ledger | None = None,
+                 pretraining: PretrainingFile | None = None, stamp: dict[str, str] | None = None):
         self.profile, self.data_dir, self.root = profile, data_dir, Path(root)
         self.accelerator = accelerator
         self.ledger = Ledger() if ledger is None else ledger
+        #: the committed record of the layers trained (``pretraining_file``), with the commit
+        #: and hardware of its rows
+        self.pretraining, self.stamp = pretraining, stamp or {"commit": "", "hardware": ""}
         self.uri, self.experiment_id, self.experiment, self.log = uri, experiment_id, experiment, log
         self._datasets: dict = {}
         self._stacks: dict = {}
@@ -150,21 +156,29 @@ class Context:
         fit_layer = tracked_layer_fitter(cfg, uri=self.uri, experiment_id=self.experiment_id,
                                          cache_dir=cache, image_shape=ds.image_shape, log=self.log)
 
-        trained = []
+        trained: dict[int, float] = {}  # layer index -> seconds (summed over a joint schedule's rounds)
+        names: dict[int, str] = {}
 
-        def timed_fit(*args, **kwargs) -> None:  # kwargs: the joint schedule's epochs=e
+        def timed_fit(k, layer, *args, **kwargs) -> None:  # kwargs: the joint schedule's epochs=e
             t0 = time.perf_counter()
-            fit_layer(*args, **kwargs)
-            trained.append(time.perf_counter() - t0)
+            fit_layer(k, layer, *args, **kwargs)
+            trained[k] = trained.get(k, 0.0) + time.perf_counter() - t0
+            names[k] = f"{cfg.pretrain.layers[k].kind} {layer.n_visible}-{layer.n_hidden}"
 
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
         with tracking.start_run(f"pretrain {data} {stack}", experiment_id=self.experiment_id, nested=True):
             t0 = time.perf_counter()
             st, loaded = pretrain_stack(cfg, as_t(split.X_pool), as_t(split.X_valid), cache_dir=cache,
                                         fit_layer=timed_fit)
-            rest = time.perf_counter() - t0 - sum(trained)
+            rest = time.perf_counter() - t0 - sum(trained.values())
             mlflow.log_params({"sizes": "-".join(map(str, st.sizes)), "layers_from_cache": sum(loaded)})
-        self.ledger.add("pretraining", sum(trained), loaded=False, count=len(trained))
+        self.ledger.add("pretraining", sum(trained.values()), loaded=False, count=len(trained))
         self.ledger.add("pretraining", rest, loaded=True, count=sum(loaded))
+        if self.pretraining is not None:
+            for k, seconds in sorted(trained.items()):
+                spec = cfg.pretrain.layers[k]
+                self.pretraining.save(data=data, stack=stack, layer=k + 1, what=names[k],
+                                      epochs=spec.epochs or cfg.pretrain.epochs, seconds=seconds,
+                                      settings=layer_digest(cfg, k), **self.stamp)
         self._stacks[(data, stack)] = st.eval()
         return self._stacks[(data, stack)]

@@ -20,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+from pipelines.bench.pretraining_file import FILE as PRETRAINING, PretrainingFile
 from pipelines.bench.profiles import get_profile
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile
 from pipelines.bench.selected import FILE as SELECTED, SelectionFile
@@ -56,7 +57,9 @@ def results_table(suite: str, profile: str, book: ResultsFile) -> str:
     if len(results) < len(cells):
         markdown = f"**Partial: {len(results)} of {len(cells)} cells finished.**\n\n" + markdown
     chosen = SelectionFile(book.path.with_name(SELECTED), SCHEMAS[suite]).markdown()
-    return markdown + "\n" + (chosen + "\n" if chosen else "") + recorded_markdown(results, spec.kind_key)
+    stacks = PretrainingFile(book.path.with_name(PRETRAINING)).stacks()
+    return (markdown + "\n" + (chosen + "\n" if chosen else "")
+            + recorded_markdown(results, spec.kind_key, stacks))
 
 
 def open_results(directory: Path) -> tuple[str, str, ResultsFile]:

@@ -15,18 +15,14 @@ number) is refused with one error naming the file and the fix, before anything i
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pipelines.bench.cells import Cell, CellStore, wall_seconds
-from pipelines.files import atomic_write_text, file_lock
+from pipelines.bench.csv_file import CsvFile
 
 FILE = "cells.csv"
 TABLE = "table.md"
@@ -81,58 +77,42 @@ class ResultsFile:
         self.path, self.schema = Path(path), schema
         self._order = list(dict.fromkeys(self._key(c.keys) for c in cells))
         self._digest = None if digests is None else {self._key(c.keys): digests[c.id] for c in cells}
-        self.rows = self._read()
-        # in the temporary folder, so that no lock file lands among the committed files
-        name = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
-        self._lock = Path(tempfile.gettempdir()) / f"layerwise-results-{name}.lock"
+        self._file = CsvFile(self.path, schema.header, self._check_row, what="cell",
+                             named_by=[*schema.keys, "seed"],
+                             foreign_fix="Move the file away (or pass --results with another folder) "
+                                         "to compute the suite afresh there.")
+        self.rows = self._file.read()
 
     def _key(self, keys: dict, seed: int | None = None) -> tuple:
         k = tuple(str(keys[name]) for name in self.schema.keys.values())
         return k if seed is None else (*k, int(seed))
 
-    def _refuse(self, problem: str, fix: str) -> ValueError:
-        return ValueError(f"{self.path}: {problem}. {fix} Nothing was written.")
+    def _check_row(self, line: int, row: dict[str, str]) -> tuple:
+        """A row read back, checked against the suite's cells: its (keys, seed)."""
+        refuse = self._file.refuse
+        keys = tuple(row[c] for c in self.schema.keys)
+        described = ", ".join(f"{c}={row[c]}" for c in self.schema.keys) + f", seed={row['seed']}"
+        if keys not in self._order:
+            raise refuse(f"line {line} ({described}) is no cell of this suite and profile",
+                         "Delete that line, or run the suite and profile it belongs to.")
+        try:
+            seed = int(row["seed"])
+            numbers = [_number(row[c]) for c in (self.schema.value, self.schema.valid, "wall_s") if c]
+            json.loads(row["params"] or "{}")
+        except ValueError as e:
+            raise refuse(f"line {line} ({described}) does not parse ({e})", "Fix or delete that line.") from None
+        if seed < 0 or numbers[0] is None or not all(n is None or math.isfinite(n) for n in numbers):
+            raise refuse(f"line {line} ({described}) needs a seed >= 0 and a finite {self.schema.value}",
+                         "Fix or delete that line.")
+        if self._digest is not None and row["settings"] != self._digest[keys]:
+            raise refuse(f"line {line} ({described}) was computed with other settings (digest "
+                         f"{row['settings']}; this code gives {self._digest[keys]})",
+                         "Delete the lines of other settings (or the file) to compute them with "
+                         f"this code, or run the commit that wrote them ({row['commit'][:12]}).")
+        return (*keys, seed)
 
-    def _read(self) -> dict[tuple, dict[str, str]]:
-        """The file's rows by (keys, seed), each checked; none when there is no file."""
-        rows: dict[tuple, dict[str, str]] = {}
-        if not self.path.is_file():
-            return rows
-        fresh = ("Move the file away (or pass --results with another folder) to compute the suite "
-                 "afresh there.")
-        reader = csv.DictReader(io.StringIO(self.path.read_text()))
-        if reader.fieldnames != self.schema.header:
-            raise self._refuse(f"its header is {','.join(reader.fieldnames or [])!r} where this suite "
-                               f"writes {','.join(self.schema.header)!r}: it holds another suite's results "
-                               "or was edited", fresh)
-        for line, row in enumerate(reader, 2):
-            if None in row or None in row.values():  # csv's marks of a row longer or shorter than the header
-                raise self._refuse(f"line {line} has not the header's {len(self.schema.header)} fields",
-                                   "Fix or delete that line.")
-            keys = tuple(row[c] for c in self.schema.keys)
-            described = ", ".join(f"{c}={row[c]}" for c in self.schema.keys) + f", seed={row['seed']}"
-            if keys not in self._order:
-                raise self._refuse(f"line {line} ({described}) is no cell of this suite and profile",
-                                   "Delete that line, or run the suite and profile it belongs to.")
-            try:
-                seed = int(row["seed"])
-                numbers = [_number(row[c]) for c in (self.schema.value, self.schema.valid, "wall_s") if c]
-                json.loads(row["params"] or "{}")
-            except ValueError as e:
-                raise self._refuse(f"line {line} ({described}) does not parse ({e})",
-                                   "Fix or delete that line.") from None
-            if seed < 0 or numbers[0] is None or not all(n is None or math.isfinite(n) for n in numbers):
-                raise self._refuse(f"line {line} ({described}) needs a seed >= 0 and a finite "
-                                   f"{self.schema.value}", "Fix or delete that line.")
-            if self._digest is not None and row["settings"] != self._digest[keys]:
-                raise self._refuse(f"line {line} ({described}) was computed with other settings (digest "
-                                   f"{row['settings']}; this code gives {self._digest[keys]})",
-                                   "Delete the lines of other settings (or the file) to compute them with "
-                                   f"this code, or run the commit that wrote them ({row['commit'][:12]}).")
-            if (*keys, seed) in rows:
-                raise self._refuse(f"line {line} ({described}) repeats a cell", "Delete one of the two lines.")
-            rows[(*keys, seed)] = row
-        return rows
+    def _rank(self, key: tuple) -> tuple:
+        return self._order.index(key[:-1]), key[-1]  # the suite's cell order, then the seed
 
     def has(self, cell: Cell) -> bool:
         return self._key(cell.keys, cell.seed) in self.rows
@@ -163,18 +143,11 @@ class ResultsFile:
                "params": json.dumps(result.get("params", {}), sort_keys=True, default=str)}
         if s.valid:
             row[s.valid] = "" if valid is None else f"{float(valid):.10g}"
-        with file_lock(self._lock):
-            self.rows = {**self._read(), key: row}
-            atomic_write_text(self.path, self.text())
+        self.rows = self._file.save(key, row, self._rank)
 
     def text(self) -> str:
         """The file's CSV: rows in the suite's cell order, then by seed."""
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.schema.header, lineterminator="\n")
-        w.writeheader()
-        for key in sorted(self.rows, key=lambda k: (self._order.index(k[:-1]), k[-1])):
-            w.writerow(self.rows[key])
-        return buf.getvalue()
+        return self._file.text(self.rows, self._rank)
 
 
 class ResultStore:

@@ -31,6 +31,7 @@ from pipelines import tracking
 from pipelines.bench.cells import Cell, CellStore, run_cells, select_cells, settings_digest
 from pipelines.bench.context import EXPERIMENT, Context, bench_config
 from pipelines.bench.hardware import hardware
+from pipelines.bench.pretraining_file import FILE as PRETRAINING, PretrainingFile
 from pipelines.bench.profiles import Profile, get_profile
 from pipelines.bench.readme import results_table
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile, ResultStore, results_dir
@@ -124,9 +125,11 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
     if accelerator != "cpu" and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
     ledger = Ledger()
-    ctx = Context(prof, data_dir=data_dir, root=root, uri=uri, experiment_id=experiment_id,
-                  experiment=EXPERIMENT, log=log, accelerator=accelerator, ledger=ledger)
     stamp = {"commit": tracking.git_commit(), "hardware": hardware(accelerator)}
+    pretraining = None if book is None else PretrainingFile(book.path.with_name(PRETRAINING))
+    ctx = Context(prof, data_dir=data_dir, root=root, uri=uri, experiment_id=experiment_id,
+                  experiment=EXPERIMENT, log=log, accelerator=accelerator, ledger=ledger,
+                  pretraining=pretraining, stamp=stamp)
     computed: set[str] = set()
     tags = {**tracking.environment_tags(), "layerwise.digest": digest, "layerwise.bench": suite,
             "layerwise.profile": prof.name}

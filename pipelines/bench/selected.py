@@ -20,18 +20,14 @@ computed with them.
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
-import io
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.bench.cells import Cell
+from pipelines.bench.csv_file import CsvFile
 from pipelines.bench.results import Schema
-from pipelines.files import atomic_write_text, file_lock
 
 FILE = "selected.csv"
 
@@ -73,38 +69,26 @@ class SelectionFile:
 
     def __init__(self, path: str | Path, schema: Schema):
         self.path, self.schema = Path(path), schema
-        self.rows = self._read()
+        self._file = CsvFile(self.path, header(schema), self._check_row, what="group",
+                             named_by=list(schema.keys))
+        self.rows = self._file.read()
 
     def key(self, keys: dict) -> tuple:
         return tuple(str(keys[name]) for name in self.schema.keys.values())
 
     def _refuse(self, problem: str, fix: str) -> ValueError:
-        return ValueError(f"{self.path}: {problem}. {fix} Nothing was written.")
+        return self._file.refuse(problem, fix)
 
-    def _read(self) -> dict[tuple, dict[str, str]]:
-        rows: dict[tuple, dict[str, str]] = {}
-        if not self.path.is_file():
-            return rows
-        reader = csv.DictReader(io.StringIO(self.path.read_text()))
-        if reader.fieldnames != header(self.schema):
-            raise self._refuse(f"its header is {','.join(reader.fieldnames or [])!r} where this suite "
-                               f"writes {','.join(header(self.schema))!r}", "Move the file away.")
-        for line, row in enumerate(reader, 2):
-            if None in row or None in row.values():
-                raise self._refuse(f"line {line} has not the header's fields", "Fix or delete that line.")
-            try:
-                values = json.loads(row["values"])
-                numbers = [float(row["valid_error"]), float(row["wall_s"]), int(row["trials"])]
-            except ValueError as e:
-                raise self._refuse(f"line {line} does not parse ({e})", "Fix or delete that line.") from None
-            if not isinstance(values, dict) or not all(math.isfinite(n) for n in numbers):
-                raise self._refuse(f"line {line} needs a JSON object of values and finite numbers",
-                                   "Fix or delete that line.")
-            key = tuple(row[c] for c in self.schema.keys)
-            if key in rows:
-                raise self._refuse(f"line {line} repeats a group", "Delete one of the two lines.")
-            rows[key] = row
-        return rows
+    def _check_row(self, line: int, row: dict[str, str]) -> tuple:
+        try:
+            values = json.loads(row["values"])
+            numbers = [float(row["valid_error"]), float(row["wall_s"]), int(row["trials"])]
+        except ValueError as e:
+            raise self._refuse(f"line {line} does not parse ({e})", "Fix or delete that line.") from None
+        if not isinstance(values, dict) or not all(math.isfinite(n) for n in numbers):
+            raise self._refuse(f"line {line} needs a JSON object of values and finite numbers",
+                               "Fix or delete that line.")
+        return tuple(row[c] for c in self.schema.keys)
 
     def values(self, keys: dict) -> dict | None:
         row = self.rows.get(self.key(keys))
@@ -114,19 +98,8 @@ class SelectionFile:
         """Add (or replace) one group's row, merged with what another process wrote since; the
         file is rewritten atomically, its rows in ``order`` (the suite's groups)."""
         full = {**{c: str(keys[k]) for c, k in self.schema.keys.items()}, **row}
-        # in the temporary folder, so that no lock file lands among the committed files
-        name = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
-        lock = Path(tempfile.gettempdir()) / f"layerwise-selected-{name}.lock"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(lock):
-            self.rows = {**self._read(), self.key(keys): full}
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=header(self.schema), lineterminator="\n")
-            w.writeheader()
-            rank = {k: i for i, k in enumerate(order)}
-            for k in sorted(self.rows, key=lambda k: rank.get(k, len(rank))):
-                w.writerow(self.rows[k])
-            atomic_write_text(self.path, buf.getvalue())
+        rank = {k: i for i, k in enumerate(order)}
+        self.rows = self._file.save(self.key(keys), full, lambda k: rank.get(k, len(rank)))
 
     def apply(self, cells: list[Cell], digests: dict[str, str],
               finetune: Callable[[Cell], dict]) -> list[Cell]:

@@ -11,8 +11,8 @@ tangents (``tangent_cache.cached_tangents``) run inside the MTC cells: their tim
 C_mtc, shown on its own line. A resumed suite also reads cells back from their files; their
 time is what was recorded when they ran (``wall_s``), reported apart from this run's.
 
-The table of committed results (``pipelines.bench.readme``) has only the cells' recorded times:
-:func:`recorded_markdown`.
+The table of committed results (``pipelines.bench.readme``) has the cells' recorded times and the
+recorded pretraining of their stacks (``pipelines.bench.pretraining_file``): :func:`recorded_markdown`.
 """
 from __future__ import annotations
 
@@ -102,15 +102,29 @@ def run_markdown(results: list[dict], computed_ids: set[str], ledger: Ledger, to
     return "\n".join(lines) + "\n"
 
 
-def recorded_markdown(results: list[dict], kind_key: str) -> str:
-    """The cells' recorded wall time per kind, and the hardware and commits that computed them."""
+def recorded_markdown(results: list[dict], kind_key: str,
+                      stacks: dict[tuple[str, str], list[dict[str, str]]] | None = None) -> str:
+    """The cells' recorded wall time per kind, then the recorded pretraining of the stacks they
+    share (``stacks``: the rows of ``pretraining_file``, by data and stack), and the hardware and
+    commits that computed them: Eq. (1) without the run's other time O."""
+    stacks = stacks or {}
     kinds = _by_kind(results, kind_key)
-    total = sum(t.seconds for t in kinds.values())
-    lines = [f"#### Time: {total:.1f} s of cell wall time, as recorded per cell", "",
-             "| cells | count | wall s |", "|---|---|---|"]
+    cells = sum(t.seconds for t in kinds.values())
+    pre = {key: sum(float(r["wall_s"]) for r in rows) for key, rows in stacks.items()}
+    total = cells + sum(pre.values())
+    title = (f"{total:.1f} s: {cells:.1f} s of cells and {total - cells:.1f} s of pretraining, as recorded"
+             if stacks else f"{cells:.1f} s of cell wall time, as recorded per cell")
+    lines = [f"#### Time: {title}", "", "| cells | count | wall s |", "|---|---|---|"]
     lines += [f"| {kind} | {t.count} | {t.seconds:.1f} |" for kind, t in kinds.items()]
-    hardware = sorted({r.get("hardware") or "unknown" for r in results})
-    commits = sorted({(r.get("commit") or "unknown")[:12] for r in results})
-    lines += ["", f"Pretraining is not in these times (a stack is shared by the cells). Hardware: "
-                  f"{'; '.join(hardware)}. Commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}."]
+    for (data, stack), rows in stacks.items():
+        layers = ", ".join(f"{r['what']} {float(r['wall_s']):.0f} s" for r in rows)
+        lines.append(f"| pretraining {data} {stack} ({layers}) | {len(rows)} | {pre[(data, stack)]:.1f} |")
+    everything = [*results, *(r for rows in stacks.values() for r in rows)]
+    hardware = sorted({r.get("hardware") or "unknown" for r in everything})
+    commits = sorted({(r.get("commit") or "unknown")[:12] for r in everything})
+    shared = ("Pretraining: the layers of each stack the cells share, each timed when it was trained "
+              "(pretraining.csv)" if stacks else
+              "Pretraining is not in these times (a stack is shared by the cells)")
+    lines += ["", f"{shared}. Hardware: {'; '.join(hardware)}. "
+                  f"Commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}."]
     return "\n".join(lines) + "\n"
