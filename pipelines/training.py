@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from pipelines import interrupts, progress
+from pipelines import flop_count, interrupts, progress
 from pipelines.data.datamodule import ArrayDataModule
 
 
@@ -63,7 +63,7 @@ def make_trainer(trainer_cfg=None, *, max_epochs: int, logger=False, callbacks=(
     return Trainer(
         max_epochs=max_epochs,
         logger=logger,
-        callbacks=[*callbacks, EpochProgress()],
+        callbacks=[*callbacks, EpochProgress(), *flop_count.callbacks()],
         default_root_dir=str(root_dir) if root_dir else None,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,

@@ -106,8 +106,21 @@ def test_results_file_written_then_resumed_on_a_new_machine(suite, tmp_path):
     for kind in METHODS:
         rs = [r for r in first.results if r["keys"]["method"] == kind]
         assert times[f"cells: {kind}"][:2] == [str(len(rs)), f"{sum(r['wall_s'] for r in rs):.1f}"]
-        assert times[f"cells: {kind}"][2:] == ["-", "-"]
+        assert times[f"cells: {kind}"][2:4] == ["-", "-"]
+        # beside it, its counted matmul flops and their ideal seconds: none for scikit-learn's SVM;
+        # the networks' fits, on 64 pixels, far from the matmul rate
+        gflop, ideal = times[f"cells: {kind}"][4:]
+        if kind == "svm":
+            assert (gflop, ideal) == ("-", "-") and all(r["flops"] == 0 for r in rs)
+        else:
+            assert all(r["flops"] > 0 for r in rs) and float(gflop) == pytest.approx(sum(r['flops'] for r in rs) / 1e9, rel=5e-3)
+            assert 0 <= float(ideal) < sum(r["wall_s"] for r in rs) / 10
+    mtc = [r for r in first.results if r["keys"]["method"] == "mtc"]
+    cae = [r for r in first.results if r["keys"]["method"] == "cae"]
+    assert all(m["flops"] > c["flops"] for m, c in zip(mtc, cae))  # the tangents and their penalty
+    assert "fp32 matmul rate measured at the end of the run" in first.markdown
     assert times["pretraining (layers)"][0] == "1"  # one cae-1 stack of one layer, shared
+    assert float(times["pretraining (layers)"][4]) > 0 and times["pretraining (layers)"][5] != "-"
     tangents = times["tangents (inside the cells' time)"]
     assert int(tangents[0]) == 2  # one set per MTC cell (labeled set), none cached yet
     assert float(tangents[1]) <= sum(r["wall_s"] for r in first.results if r["keys"]["method"] == "mtc")
@@ -145,8 +158,9 @@ def test_results_file_written_then_resumed_on_a_new_machine(suite, tmp_path):
     times = _time_rows(again.markdown)
     for kind in METHODS:  # loaded: the wall time the file recorded (to 1 ms) when they ran
         rs = [r for r in rows if r["method"] == kind]
-        assert times[f"cells: {kind}"] == ["-", "-", str(len(rs)), f"{sum(float(r['wall_s']) for r in rs):.1f}"]
-    assert times["pretraining (layers)"] == ["-", "-", "-", "-"]  # no cell to compute: no stack
+        assert times[f"cells: {kind}"] == ["-", "-", str(len(rs)), f"{sum(float(r['wall_s']) for r in rs):.1f}",
+                                           "-", "-"]
+    assert times["pretraining (layers)"] == ["-"] * 6  # no cell to compute: no stack
     assert (folder / "cells.csv").read_text() == text
     assert (folder / "pretraining.csv").read_text() == pretrained  # nothing trained: nothing written
 
@@ -283,7 +297,8 @@ def test_cells_from_files_written_before_wall_s_keep_their_seconds(tmp_path):
     store.save({"id": "a", "keys": cells[0].keys, "seed": 0, "value": 1.0, "seconds": 40.0})
     results = run_cells(cells, store, lambda c: {"value": 2.0, "wall_s": 5.0}, log=lambda m: None)
     times = _time_rows(run_markdown(results, {"b"}, Ledger(), 60.0, "method"))
-    assert times["cells: svm"] == ["-", "-", "1", "40.0"] and times["cells: mtc"] == ["1", "5.0", "-", "-"]
+    assert times["cells: svm"] == ["-", "-", "1", "40.0", "-", "-"]
+    assert times["cells: mtc"] == ["1", "5.0", "-", "-", "-", "-"]
     assert times["other (data, tracking, tables)"][1] == "55.0"  # Eq. (1): 60 - 5 - 0
 
 

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import torch
 
-from pipelines import tracking
+from pipelines import flop_count, tracking
 from pipelines.bench.papers import MNIST_VALID
 from pipelines.bench.pretraining_file import PretrainingFile
 from pipelines.bench.profiles import Profile
@@ -158,11 +158,14 @@ class Context:
 
         trained: dict[int, float] = {}  # layer index -> seconds (summed over a joint schedule's rounds)
         names: dict[int, str] = {}
+        flops: list[float] = []
 
         def timed_fit(k, layer, *args, **kwargs) -> None:  # kwargs: the joint schedule's epochs=e
             t0 = time.perf_counter()
-            fit_layer(k, layer, *args, **kwargs)
+            with flop_count.counting() as tally:
+                fit_layer(k, layer, *args, **kwargs)
             trained[k] = trained.get(k, 0.0) + time.perf_counter() - t0
+            flops.append(tally.flops)
             names[k] = f"{cfg.pretrain.layers[k].kind} {layer.n_visible}-{layer.n_hidden}"
 
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
@@ -172,7 +175,7 @@ class Context:
                                         fit_layer=timed_fit)
             rest = time.perf_counter() - t0 - sum(trained.values())
             mlflow.log_params({"sizes": "-".join(map(str, st.sizes)), "layers_from_cache": sum(loaded)})
-        self.ledger.add("pretraining", sum(trained.values()), loaded=False, count=len(trained))
+        self.ledger.add("pretraining", sum(trained.values()), loaded=False, count=len(trained), flops=sum(flops))
         self.ledger.add("pretraining", rest, loaded=True, count=sum(loaded))
         if self.pretraining is not None:
             for k, seconds in sorted(trained.items()):

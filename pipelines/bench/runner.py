@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import mlflow
 import torch
 
-from pipelines import tracking
+from pipelines import flop_count, tracking
 from pipelines.bench.cells import Cell, CellStore, run_cells, select_cells, settings_digest
 from pipelines.bench.context import EXPERIMENT, Context, bench_config
 from pipelines.bench.hardware import hardware
@@ -39,7 +39,7 @@ from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
 from pipelines.bench.summary import Summary, summarize
 from pipelines.bench.timing.matmul import bench_device
-from pipelines.bench.timing_report import Ledger, run_markdown
+from pipelines.bench.timing_report import Ledger, ideal_rate, run_markdown
 from pipelines.files import atomic_write_text
 from pipelines.reporting.figures import save_figure
 from pipelines.reporting.tables import summary_csv
@@ -141,12 +141,13 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
     def compute(cell: Cell) -> dict:
         spec.prepare(ctx, cell)  # pretraining runs nest under the suite's run, not the cell's
         t0 = time.perf_counter()  # a cell's time leaves out the pretraining of the stack it shares
-        with tracking.start_run(cell.id, experiment_id=experiment_id, nested=True):
+        with tracking.start_run(cell.id, experiment_id=experiment_id, nested=True), \
+                flop_count.counting() as tally:
             mlflow.log_params({**{f"cell.{k}": v for k, v in cell.keys.items()}, "cell.seed": cell.seed})
             out = spec.run_cell(ctx, cell)
             mlflow.log_metric("value", out["value"])
         computed.add(cell.id)
-        return {"wall_s": time.perf_counter() - t0, **out, **stamp}
+        return {"wall_s": time.perf_counter() - t0, "flops": tally.flops, **out, **stamp}
 
     with tracking.start_run(f"bench {suite} ({prof.name})", experiment_id=experiment_id,
                             tags=tags) as parent:
@@ -161,8 +162,9 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
                         f"show '-'; the same command with no --only computes them).\n\n" + markdown)
         if book is not None:
             landed()
-        markdown += "\n" + run_markdown(results, computed, ledger, time.perf_counter() - started,
-                                        spec.kind_key)
+        total = time.perf_counter() - started
+        rate = ideal_rate(accelerator) if any(r.get("flops") for r in results) or ledger.flops() else None
+        markdown += "\n" + run_markdown(results, computed, ledger, total, spec.kind_key, rate)
         table_csv = summary_csv(summaries, spec.key_names)
         atomic_write_text(directory / "table.md", markdown)
         atomic_write_text(directory / "table.csv", table_csv)

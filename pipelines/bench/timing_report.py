@@ -17,10 +17,12 @@ recorded pretraining of their stacks (``pipelines.bench.pretraining_file``): :fu
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from pipelines.bench.cells import wall_seconds
+from pipelines.bench.timing.matmul import bench_device, device_clock, matmul_rate
 from pipelines.stages import tangent_cache
 
 #: the stages a ledger counts, in the order the report lists them
@@ -29,14 +31,17 @@ STAGES = ("pretraining", "tangents")
 
 @dataclass
 class Tally:
-    """How many times a stage ran (or was loaded) and the seconds it took."""
+    """How many times a stage ran (or was loaded), the seconds it took and the matmul flops
+    counted in it (``pipelines.flop_count``)."""
 
     count: int = 0
     seconds: float = 0.0
+    flops: float = 0.0
 
-    def add(self, seconds: float, count: int = 1) -> None:
+    def add(self, seconds: float, count: int = 1, flops: float = 0.0) -> None:
         self.count += count
         self.seconds += seconds
+        self.flops += flops
 
 
 @dataclass
@@ -46,10 +51,14 @@ class Ledger:
     computed: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STAGES})
     loaded: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STAGES})
 
-    def add(self, stage: str, seconds: float, *, loaded: bool, count: int = 1) -> None:
+    def add(self, stage: str, seconds: float, *, loaded: bool, count: int = 1, flops: float = 0.0) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
-        (self.loaded if loaded else self.computed)[stage].add(seconds, count)
+        (self.loaded if loaded else self.computed)[stage].add(seconds, count, flops)
+
+    def flops(self) -> float:
+        """The flops counted in the stages computed in this run."""
+        return sum(t.flops for t in self.computed.values())
 
     @contextlib.contextmanager
     def listening(self) -> Iterator["Ledger"]:
@@ -64,10 +73,18 @@ class Ledger:
             tangent_cache.LISTENERS.remove(listener)
 
 
+def ideal_rate(accelerator: str) -> float:
+    """The machine's fp32 matmul rate now, GFLOP/s of wall time, at a layer's shape (a batch of
+    100 through 784 -> 1000) on the device of ``accelerator``: the R of the ideal seconds."""
+    device = bench_device(accelerator)
+    clock = time.perf_counter if device.type == "cpu" else device_clock(device)
+    return matmul_rate(100, 784, 1000, seconds=1.0, clock=clock, device=device)
+
+
 def _by_kind(results: list[dict], kind_key: str) -> dict[str, Tally]:
     kinds: dict[str, Tally] = {}
     for r in results:
-        kinds.setdefault(str(r["keys"][kind_key]), Tally()).add(wall_seconds(r))
+        kinds.setdefault(str(r["keys"][kind_key]), Tally()).add(wall_seconds(r), flops=r.get("flops") or 0.0)
     return kinds
 
 
@@ -75,9 +92,21 @@ def _s(t: Tally | None) -> tuple[str, str]:
     return ("-", "-") if t is None or not (t.count or t.seconds) else (str(t.count), f"{t.seconds:.1f}")
 
 
+def _ideal(t: Tally | None, rate: float | None) -> tuple[str, str]:
+    """The tally's matmul GFLOP and their seconds at ``rate`` GFLOP/s (Eq. 2 of ``flop_count``)."""
+    if t is None or not t.flops or not rate:
+        return "-", "-"
+    return _figure(t.flops / 1e9), _figure(t.flops / 1e9 / rate)
+
+
+def _figure(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"  # 3 significant digits, no exponent
+
+
 def run_markdown(results: list[dict], computed_ids: set[str], ledger: Ledger, total: float,
-                 kind_key: str) -> str:
-    """The breakdown of Eq. (1) for one run, under the suite's table.
+                 kind_key: str, rate: float | None = None) -> str:
+    """The breakdown of Eq. (1) for one run, under the suite's table, each stage computed in
+    this run beside its ideal: its counted matmul flops at ``rate`` GFLOP/s (``ideal_rate``).
 
     ``computed_ids``: the cells computed in this run (the others of ``results`` were read back);
     ``kind_key``: the cell key that names a cell's kind (``method``, ``model``, ``benchmark``).
@@ -88,17 +117,25 @@ def run_markdown(results: list[dict], computed_ids: set[str], ledger: Ledger, to
     pre = ledger.computed["pretraining"].seconds + ledger.loaded["pretraining"].seconds
     other = total - cells_now - pre  # Eq. (1)
     lines = [f"#### Time: {total:.1f} s in this run", "",
-             "| where | computed in this run | wall s | loaded | wall s |", "|---|---|---|---|---|"]
+             "| where | computed in this run | wall s | loaded | wall s | matmul GFLOP | ideal s |",
+             "|---|---|---|---|---|---|---|"]
     for kind in dict.fromkeys(str(r["keys"][kind_key]) for r in results):  # the suite's order
-        lines.append(f"| cells: {kind} | " + " | ".join([*_s(now.get(kind)), *_s(before.get(kind))]) + " |")
+        lines.append(f"| cells: {kind} | " + " | ".join(
+            [*_s(now.get(kind)), *_s(before.get(kind)), *_ideal(now.get(kind), rate)]) + " |")
     for stage, what in (("pretraining", "pretraining (layers)"),
                         ("tangents", "tangents (inside the cells' time)")):
-        lines.append(f"| {what} | " + " | ".join([*_s(ledger.computed[stage]), *_s(ledger.loaded[stage])]) + " |")
-    lines += [f"| other (data, tracking, tables) | | {other:.1f} | | |",
-              f"| this run | | {total:.1f} | | |", "",
+        lines.append(f"| {what} | " + " | ".join([*_s(ledger.computed[stage]), *_s(ledger.loaded[stage]),
+                                                  *_ideal(ledger.computed[stage], rate)]) + " |")
+    lines += [f"| other (data, tracking, tables) | | {other:.1f} | | | | |",
+              f"| this run | | {total:.1f} | | | | |", "",
               "Loaded: cells read back from their result files, with the wall time recorded when they "
               "ran; layers and tangents read from their caches, with the time that took in this run "
               "(for layers, with the encoding of the pool between them)."]
+    if rate:
+        lines.append(f"Ideal: the matmul flops counted in the stages computed in this run (every fit's "
+                     f"first batch of each stage times its batches, and the tangents; "
+                     f"`pipelines/flop_count.py`) at this machine's fp32 matmul rate measured at the "
+                     f"end of the run, {rate:.1f} GFLOP/s of wall time ((100, 784) x (784, 1000)).")
     return "\n".join(lines) + "\n"
 
 

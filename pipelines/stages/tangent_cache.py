@@ -26,6 +26,7 @@ import torch
 from finetune.tangents import ALGORITHM, OVERSAMPLE, RANK_TOL, check_options, encoder_params, tangents
 from pretrain.stack import Stack
 
+from pipelines import flop_count
 from pipelines.files import atomic_path
 
 #: called as ``listener(seconds, loaded)`` after every :func:`cached_tangents` call, ``loaded``
@@ -88,7 +89,8 @@ def cached_tangents(stack: Stack, X: torch.Tensor, k: int, cache_dir: str | os.P
             U, S = _served(_stored(saved["U"]), X.dtype).to(X.device), saved["S"].to(X.device)
             _tell(time.perf_counter() - t0, loaded=True)
             return U, S
-    U, S = tangents(stack, X, k, **options, device=device)
+    with flop_count.counted():  # into the open flop tallies (a benchmark cell's), if any
+        U, S = tangents(stack, X, k, **options, device=device)
     stored = _stored(U.cpu())
     with atomic_path(path) as tmp:
         torch.save({"key": key, "U": stored, "S": S.cpu()}, tmp)
