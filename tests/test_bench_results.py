@@ -246,6 +246,35 @@ def test_two_runs_writing_one_results_file_keep_each_others_rows(tmp_path):
     assert open_().load(cells[1])["value"] == 6.0 and open_().load(cells[2]) is None
 
 
+def test_pretrain_only_caches_the_stacks_and_computes_no_cell(suite, tmp_path):
+    results = tmp_path / "results"
+    only = run_bench(NAME, profile=PROFILE, root=tmp_path / "root", results=results, log=lambda m: None,
+                     pretrain_only=True)
+    folder = results / f"{NAME}-tiny"
+    assert suite == [] and only.results == [] and not (folder / "cells.csv").exists()
+    layers = list(csv.DictReader(io.StringIO((folder / "pretraining.csv").read_text())))
+    assert [(r["stack"], r["layer"]) for r in layers] == [("cae-1", "1")]
+    times = _time_rows(only.markdown)
+    assert times["pretraining (layers)"][:2] == ["1", f"{float(layers[0]['wall_s']):.1f}"]
+    assert "no cell computed" in only.markdown
+    # the cells then run on the cached stack: its layer is loaded, not trained again
+    full = _run(tmp_path, "root", results)
+    assert suite == [c.id for c in _cells(PROFILE)]
+    times = _time_rows(full.markdown)
+    assert times["pretraining (layers)"][:3] == ["-", "-", "1"]
+    assert list(csv.DictReader(io.StringIO((folder / "pretraining.csv").read_text()))) == layers
+
+
+def test_pretrain_only_and_select_exclude_each_other():
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    out = CliRunner().invoke(main, ["bench", "semi-supervised", "--profile", "tiny", "--select", "mtc",
+                                    "--pretrain-only"])
+    assert out.exit_code != 0 and "--select and --pretrain-only exclude each other" in out.output
+
+
 _LAYER = dict(data="mnist", stack="cae_h-2", what="cae_h 784-1000", epochs=50, commit="abc", hardware="cpu: x",
               settings="d1")
 

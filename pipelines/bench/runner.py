@@ -68,7 +68,8 @@ class BenchResult:
 def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None = None,
               data_dir: str | None = None, root: str | Path = "mlruns", uri: str | None = None,
               log: Callable[[str], None] = print, accelerator: str = "cpu",
-              only: Sequence[str] = (), results: str | Path | None = None) -> BenchResult:
+              only: Sequence[str] = (), results: str | Path | None = None,
+              pretrain_only: bool = False) -> BenchResult:
     """Run (or resume) benchmark ``suite`` of ``pipelines.bench.suites.SUITES``.
 
     Parameters
@@ -92,6 +93,10 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
         The suites of ``pipelines.bench.results.SCHEMAS`` keep theirs in
         ``<results>/<suite>-<profile>/``; a file there that does not fit the suite is refused
         before anything runs.
+    pretrain_only : pretrain (or load) the stacks of the cells the same call would compute, into
+        the layer cache under ``root`` (and ``pretraining.csv``), and compute no cell: the
+        expensive part on one machine (a GPU), the cells on another. The result holds no cell,
+        its markdown the time report.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown benchmark suite {suite!r}: choose one of {', '.join(SUITES)}")
@@ -153,6 +158,18 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
                             tags=tags) as parent:
         mlflow.log_params({"suite": suite, "directory": str(directory),
                            **{f"profile.{k}": v for k, v in prof.as_dict().items()}})
+        if pretrain_only:
+            todo = [c for c in cells if selected(c) and not store.has(c)]
+            for cell in todo:
+                spec.prepare(ctx, cell)  # each stack once: the context keeps the ones it has
+            total = time.perf_counter() - started
+            markdown = (f"Pretrained the stacks of the {len(todo)} cells left to compute; no cell "
+                        f"computed (pretrain only).\n\n"
+                        + run_markdown([], set(), ledger, total, spec.kind_key,
+                                       ideal_rate(accelerator) if ledger.flops() else None))
+            tracking.log_text_artifact(markdown, "results/pretraining.md")
+            return BenchResult(suite, prof.name, directory, [], [], markdown, "", None, parent.info.run_id,
+                               uri, None if book is None else book.path.parent)
         with ledger.listening():
             results = run_cells(cells, store, compute, log=log, selected=selected)
         summaries = summarize(results, spec.paper)

@@ -47,10 +47,13 @@ def _bench_command(suite: str, summary: str) -> None:
                   "on validation per label count (--space, --trials) into <suite>-<profile>/selected.csv.")
     @click.option("--space", default=None, help="With --select: a space name or file (its finetune.* keys).")
     @click.option("--trials", type=int, default=20, show_default=True, help="With --select: trials per group.")
+    @click.option("--pretrain-only", is_flag=True, help="Pretrain (or load) the stacks of the cells "
+                  "left to compute into the layer cache under --root, and compute no cell.")
     @click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True,
                   help="With --select: stop a trial whose validation error lags the median's.")
     def command(profile: str, seeds: int | None, data_dir: str | None, root: str, threads: int | None,
-                accelerator: str, only: tuple[str, ...], results: str, method, space, trials, pruner) -> None:
+                accelerator: str, only: tuple[str, ...], results: str, method, space, trials, pretrain_only,
+                pruner) -> None:
         from pipelines.bench.runner import run_bench
 
         if threads is not None:
@@ -62,12 +65,15 @@ def _bench_command(suite: str, summary: str) -> None:
 
         try:
             with progress.configure(progress.mode_for(False)), signals_raise():
+                if method is not None and pretrain_only:
+                    raise ValueError("--select and --pretrain-only exclude each other: pretrain first "
+                                     "(--pretrain-only), then select (--select) on the cached stacks")
                 if method is not None:
                     return _select(suite, method, space, trials, pruner, profile, data_dir, root,
                                    results, only, accelerator)
                 res = run_bench(suite, profile=profile, seeds=seeds, data_dir=data_dir, root=root,
                                 log=progress.note, accelerator=accelerator,
-                                only=only, results=results or None)
+                                only=only, results=results or None, pretrain_only=pretrain_only)
         except (ValueError, FileNotFoundError, ConnectionError, FloatingPointError, RuntimeError) as e:
             fail(str(e))
         except Interrupted as e:
@@ -75,6 +81,10 @@ def _bench_command(suite: str, summary: str) -> None:
                        f"resume from the finished cells.", err=True)
             sys.exit(e.exit_code)
         click.echo(res.markdown)
+        if pretrain_only:
+            click.echo(f"layers cached under {Path(root) / 'bench' / 'cache'}; MLflow run {res.run_id} in "
+                       f"{res.tracking_uri}")
+            return
         figure = f", figure {res.figure_path}" if res.figure_path else ""
         kept = f"; results file and table in {res.results_dir}" if res.results_dir else ""
         click.echo(f"tables in {res.directory}{figure}{kept}; MLflow run {res.run_id} in {res.tracking_uri}")
