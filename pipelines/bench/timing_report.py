@@ -9,7 +9,13 @@ run, P the pretraining (``pretraining.pretrain_stack``: layers trained, and laye
 their cache with the encoding between them) and O the rest (data, tracking, tables). The
 tangents (``tangent_cache.cached_tangents``) run inside the MTC cells: their time is part of
 C_mtc, shown on its own line. A resumed suite also reads cells back from their files; their
-time is what was recorded when they ran (``wall_s``), reported apart from this run's.
+time is what was recorded when they ran (``wall_s``), reported apart from this run's. Beside each
+stage computed in the run stands its ideal: its matmul flops (``pipelines.flop_count``) at the
+machine's fp32 matmul rate R measured at the run's end (:func:`ideal_rate`),
+
+    (2) ideal_stage = F_stage / R
+
+so that the distance of a cell kind from the hardware's limit is read off its row.
 
 The table of committed results (``pipelines.bench.readme``) has the cells' recorded times and the
 recorded pretraining of their stacks (``pipelines.bench.pretraining_file``): :func:`recorded_markdown`.
@@ -93,7 +99,7 @@ def _s(t: Tally | None) -> tuple[str, str]:
 
 
 def _ideal(t: Tally | None, rate: float | None) -> tuple[str, str]:
-    """The tally's matmul GFLOP and their seconds at ``rate`` GFLOP/s (Eq. 2 of ``flop_count``)."""
+    """The tally's matmul GFLOP and their seconds at ``rate`` GFLOP/s, Eq. (2)."""
     if t is None or not t.flops or not rate:
         return "-", "-"
     return _figure(t.flops / 1e9), _figure(t.flops / 1e9 / rate)
