@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from digits_suite import METHODS, SCHEMA, digits_cells, register
 
 from pipelines import tracking
 from pipelines.bench import readme, results as br
@@ -22,27 +23,18 @@ from pipelines.bench.context import STACK_SEED, bench_config
 from pipelines.bench.pretraining_file import PretrainingFile
 from pipelines.bench.profiles import PROFILES
 from pipelines.bench.runner import run_bench
-from pipelines.bench.suites.classify import classify
 from pipelines.bench.summary import summarize
 from pipelines.bench.timing_report import Ledger, run_markdown
-from pipelines.reporting.tables import summary_markdown
 from pipelines.stages.layer_cache import layer_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / ".." / "shared" / "data"
 HAVE_MNIST = (MNIST / "mnist" / "train-images-idx3-ubyte.gz").exists()
-METHODS = {"svm": (None, "svm"), "cae": ("cae-1", "mlp"), "mtc": ("cae-1", "mtc")}
 NAME = "digits-test"
-SCHEMA = br.Schema({"method": "method", "labels": "labels"}, "test_error", "test error (%)", "valid_error")
 #: the tiny profile cut to seconds a cell on the 64-pixel digits
 PROFILE = replace(PROFILES["tiny"], hidden=16, pretrain_epochs=1, finetune_epochs=2, patience=1,
                   n_tangents=2, variation_pool=600, variation_valid=200, n_test=300)
-
-
-def _cells(p):
-    return [Cell(f"L{L}-{m}-s{s}", {"labels": L, "method": m}, s,
-                 {"data": "digits", "stack": stack, "method": method, "labels": L, "valid_cap": 100})
-            for L in (50, 100) for m, (stack, method) in METHODS.items() for s in range(p.seeds)]
+_cells = digits_cells
 
 
 @pytest.fixture
@@ -50,17 +42,7 @@ def suite(monkeypatch):
     """The digits suite, registered as a suite with committed results; ``calls`` lists the cells
     computed."""
     calls = []
-
-    def run_cell(ctx, cell):
-        calls.append(cell.id)
-        return classify(ctx, cell)
-
-    spec = bs.Suite(NAME, ["labels", "method"], _cells, run_cell, lambda keys: None,
-                    lambda s, r, p: summary_markdown(s, ["labels", "method"], title="digits"),
-                    lambda s, r, p: None, lambda p: "digits suite")
-    monkeypatch.setitem(bs.SUITES, NAME, spec)
-    monkeypatch.setitem(br.SCHEMAS, NAME, SCHEMA)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    register(monkeypatch, NAME, lambda cell: calls.append(cell.id))
     return calls
 
 

@@ -19,50 +19,30 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
+from digits_suite import SCHEMA, digits_cells, register
 
-from pipelines.bench import readme, results as br
-from pipelines.bench import suites as bs
-from pipelines.bench.cells import Cell
+from pipelines.bench import readme
 from pipelines.bench.profiles import PROFILES
 from pipelines.bench.runner import run_bench
 from pipelines.bench.selected import SelectionFile, as_finetune
-from pipelines.bench.suites.classify import classify
 from pipelines.cli import main
 from pipelines.config import ConfigError
-from pipelines.reporting.tables import summary_markdown
 from pipelines.search.study import default_storage
 from pipelines.selection import select
 
 NAME = "digits-select"
-SCHEMA = br.Schema({"method": "method", "labels": "labels"}, "test_error", "test error (%)", "valid_error")
 PROFILE = replace(PROFILES["tiny"], hidden=16, pretrain_epochs=1, finetune_epochs=3, patience=3,
                   n_tangents=2, n_test=300)
-METHODS = {"svm": (None, "svm"), "cae": ("cae-1", "mlp"), "mtc": ("cae-1", "mtc")}
 VALID = 100  # each cell's validation rows: errors in steps of 1%
 BETA = {"low": 0.01, "high": 30.0, "log": True}
-
-
-def _cells(p):
-    return [Cell(f"L{L}-{m}-s{s}", {"labels": L, "method": m}, s,
-                 {"data": "digits", "stack": stack, "method": method, "labels": L, "valid_cap": VALID})
-            for L in (50, 100) for m, (stack, method) in METHODS.items() for s in range(p.seeds)]
+_cells = digits_cells
 
 
 @pytest.fixture
 def suite(monkeypatch):
     """The digits suite with committed results; ``calls`` lists (cell id, its task's finetune)."""
     calls = []
-
-    def run_cell(ctx, cell):
-        calls.append((cell.id, cell.task.get("finetune")))
-        return classify(ctx, cell)
-
-    spec = bs.Suite(NAME, ["labels", "method"], _cells, run_cell, lambda keys: None,
-                    lambda s, r, p: summary_markdown(s, ["labels", "method"], title="digits"),
-                    lambda s, r, p: None, lambda p: "digits suite")
-    monkeypatch.setitem(bs.SUITES, NAME, spec)
-    monkeypatch.setitem(br.SCHEMAS, NAME, SCHEMA)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    register(monkeypatch, NAME, lambda cell: calls.append((cell.id, cell.task.get("finetune"))), VALID)
     return calls
 
 
