@@ -332,10 +332,10 @@ def test_readme_update_rewrites_marked_sections_only(tmp_path):
     assert readme.update(doc, results) == [f"README.md: {name}"]
     assert doc.read_text() == f"intro\n\n<!-- results:{name} -->\n{readme.tables(results)[name]}<!-- /results -->\n\noutro\n"
     assert readme.update(doc, results, check=True) == []
-    doc.write_text("<!-- results:knowledge-free-full -->\nx\n<!-- /results -->\n")
-    with pytest.raises(ValueError, match="knowledge-free-full have no results file .* remove the markers"):
+    doc.write_text("<!-- results:variations-full -->\nx\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="variations-full have no results file .* remove the markers"):
         readme.update(doc, results)
-    assert doc.read_text() == "<!-- results:knowledge-free-full -->\nx\n<!-- /results -->\n"
+    assert doc.read_text() == "<!-- results:variations-full -->\nx\n<!-- /results -->\n"
     (results / "nothing-quick").mkdir()
     (results / "nothing-quick" / "cells.csv").write_text("method\n")
     with pytest.raises(ValueError, match="'nothing-quick' names no suite with committed results"):
