@@ -23,7 +23,7 @@ from pipelines.config import LayerConfig, load_config
 from pipelines.data.datasets import Dataset, load_dataset
 from pipelines.data.splits import make_split
 from pipelines.stages.layer_cache import layer_digest
-from pipelines.stages.pretraining import pretrain_stack, tracked_layer_fitter
+from pipelines.stages.pretraining import layer_epochs, layer_label, pretrain_stack, tracked_layer_fitter
 
 EXPERIMENT = "layerwise-bench"
 STACK_SEED = 0
@@ -157,31 +157,27 @@ class Context:
                                          cache_dir=cache, image_shape=ds.image_shape, log=self.log)
 
         trained: dict[int, float] = {}  # layer index -> seconds (summed over a joint schedule's rounds)
-        names: dict[int, str] = {}
-        flops: list[float] = []
 
-        def timed_fit(k, layer, *args, **kwargs) -> None:  # kwargs: the joint schedule's epochs=e
+        def timed_fit(k, *args, **kwargs) -> None:  # kwargs: the joint schedule's epochs=e
             t0 = time.perf_counter()
-            with flop_count.counting() as tally:
-                fit_layer(k, layer, *args, **kwargs)
+            fit_layer(k, *args, **kwargs)
             trained[k] = trained.get(k, 0.0) + time.perf_counter() - t0
-            flops.append(tally.flops)
-            names[k] = f"{cfg.pretrain.layers[k].kind} {layer.n_visible}-{layer.n_hidden}"
 
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)
-        with tracking.start_run(f"pretrain {data} {stack}", experiment_id=self.experiment_id, nested=True):
+        with tracking.start_run(f"pretrain {data} {stack}", experiment_id=self.experiment_id, nested=True), \
+                flop_count.counting() as tally:  # the fits' flops: a loaded layer has none
             t0 = time.perf_counter()
             st, loaded = pretrain_stack(cfg, as_t(split.X_pool), as_t(split.X_valid), cache_dir=cache,
                                         fit_layer=timed_fit)
             rest = time.perf_counter() - t0 - sum(trained.values())
             mlflow.log_params({"sizes": "-".join(map(str, st.sizes)), "layers_from_cache": sum(loaded)})
-        self.ledger.add("pretraining", sum(trained.values()), loaded=False, count=len(trained), flops=sum(flops))
+        self.ledger.add("pretraining", sum(trained.values()), loaded=False, count=len(trained), flops=tally.flops)
         self.ledger.add("pretraining", rest, loaded=True, count=sum(loaded))
         if self.pretraining is not None:
+            layers = list(st)
             for k, seconds in sorted(trained.items()):
-                spec = cfg.pretrain.layers[k]
-                self.pretraining.save(data=data, stack=stack, layer=k + 1, what=names[k],
-                                      epochs=spec.epochs or cfg.pretrain.epochs, seconds=seconds,
+                self.pretraining.save(data=data, stack=stack, layer=k + 1, what=layer_label(cfg, k, layers[k]),
+                                      epochs=layer_epochs(cfg, k), seconds=seconds,
                                       settings=layer_digest(cfg, k), **self.stamp)
         self._stacks[(data, stack)] = st.eval()
         return self._stacks[(data, stack)]

@@ -143,6 +143,9 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
     title = spec.title(prof)
     log(f"{title}\ncells: {len(cells)}, results in {directory}")
 
+    def rate_for(results: list[dict]) -> float | None:  # the ideal's matmul rate, if anything counted flops
+        return ideal_rate(accelerator) if ledger.flops() or any(r.get("flops") for r in results) else None
+
     def compute(cell: Cell) -> dict:
         spec.prepare(ctx, cell)  # pretraining runs nest under the suite's run, not the cell's
         t0 = time.perf_counter()  # a cell's time leaves out the pretraining of the stack it shares
@@ -165,8 +168,7 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
             total = time.perf_counter() - started
             markdown = (f"Pretrained the stacks of the {len(todo)} cells left to compute; no cell "
                         f"computed (pretrain only).\n\n"
-                        + run_markdown([], set(), ledger, total, spec.kind_key,
-                                       ideal_rate(accelerator) if ledger.flops() else None))
+                        + run_markdown([], set(), ledger, total, spec.kind_key, rate_for([])))
             tracking.log_text_artifact(markdown, "results/pretraining.md")
             return BenchResult(suite, prof.name, directory, [], [], markdown, "", None, parent.info.run_id,
                                uri, None if book is None else book.path.parent)
@@ -180,8 +182,7 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
         if book is not None:
             landed()
         total = time.perf_counter() - started
-        rate = ideal_rate(accelerator) if any(r.get("flops") for r in results) or ledger.flops() else None
-        markdown += "\n" + run_markdown(results, computed, ledger, total, spec.kind_key, rate)
+        markdown += "\n" + run_markdown(results, computed, ledger, total, spec.kind_key, rate_for(results))
         table_csv = summary_csv(summaries, spec.key_names)
         atomic_write_text(directory / "table.md", markdown)
         atomic_write_text(directory / "table.csv", table_csv)

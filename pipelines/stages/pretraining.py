@@ -107,6 +107,16 @@ def _whitening_below(cfg: PipelineConfig, k: int, cache_dir: Path,
     return first
 
 
+def layer_epochs(cfg: PipelineConfig, k: int) -> int:
+    """The epochs layer ``k`` trains: its own ``epochs``, else ``pretrain.epochs``."""
+    return cfg.pretrain.layers[k].epochs or cfg.pretrain.epochs
+
+
+def layer_label(cfg: PipelineConfig, k: int, layer: Layer) -> str:
+    """Layer ``k``'s kind and sizes as logs and tables name it: ``cae_h 784-1000``."""
+    return f"{cfg.pretrain.layers[k].kind} {layer.n_visible}-{layer.n_hidden}"
+
+
 def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, cache_dir: Path,
                          image_shape: tuple[int, int] | None, log=None):
     """The ``fit_layer`` of :func:`pretrain_stack` that pipelines and benchmarks use: layer k in a
@@ -123,13 +133,12 @@ def tracked_layer_fitter(cfg: PipelineConfig, *, uri: str, experiment_id: str, c
     def fit_layer(k: int, layer: Layer, codes: torch.Tensor, val_codes: torch.Tensor | None,
                   epochs: int | None = None) -> None:
         spec, digest = cfg.pretrain.layers[k], layer_digest(cfg, k)
-        name = f"layer {k + 1} ({spec.kind} {layer.n_visible}-{layer.n_hidden})"
-        full, joint = spec.epochs or cfg.pretrain.epochs, cfg.pretrain.schedule == "joint"
+        name = f"layer {k + 1} ({layer_label(cfg, k, layer)})"
+        full, joint = layer_epochs(cfg, k), cfg.pretrain.schedule == "joint"
         epochs = full if epochs is None else epochs
         if log is not None and (not joint or epochs == 1):
             log(f"pretraining {cfg.data.name} {name}")
-        title = (f"pretraining layer {k + 1} of {len(cfg.pretrain.layers)} "
-                 f"({spec.kind} {layer.n_visible}-{layer.n_hidden})")
+        title = f"pretraining layer {k + 1} of {len(cfg.pretrain.layers)} ({layer_label(cfg, k, layer)})"
         ckpt_key = layer_digest(cfg, len(cfg.pretrain.layers) - 1) if joint else digest
         run_cm = (mlflow.start_run(run_id=runs[k], nested=True) if joint and epochs > 1 and k in runs
                   else tracking.start_run(name, experiment_id=experiment_id, nested=True))
@@ -207,7 +216,7 @@ def _pretrain_jointly(cfg: PipelineConfig, layers: list[Layer], X: torch.Tensor,
                 load_layer(layer, path, digest)
             progress.note(f"all {n} jointly trained layers loaded from the cache ({paths[-1].name})")
             return joint.stack, [True] * n
-        epochs = [spec.epochs or cfg.pretrain.epochs for spec in cfg.pretrain.layers]
+        epochs = [layer_epochs(cfg, k) for k in range(n)]
         stack = joint.fit(X, fit_layer, X_val, epochs=epochs)
         for layer, path, digest in zip(stack, paths, digests):
             if not path.exists():

@@ -5,7 +5,7 @@ For a step made of products P_i and other ops Q_j (elementwise passes, noise, th
 
     (1) t_step = sum_i t(P_i in the step) + sum_j t(Q_j) + t(Python, dispatch)
     (2) isolated: t*(P_i) = 2 m k n / R(m, k, n),  R the fp32 ``torch.mm`` rate at P_i's shape
-        with warm operands (``timing.matmul.matmul_rate``)
+        with warm operands (``timing.matmul.matmul_seconds``)
 
 so ``t(P_i in the step) / t*(P_i)`` says how much slower a product runs among the step's other
 work (cold operands, a busy memory system) than alone, and the ``Q_j`` rows say what the step
@@ -19,13 +19,14 @@ the costliest are one line, and the time outside any op (Python, dispatch) anoth
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pipelines.bench.timing.matmul import matmul_rate
+from pipelines.bench.timing.matmul import matmul_seconds
 from pretrain.presets import make_layer
 
 PRODUCTS = ("aten::mm", "aten::addmm")
@@ -70,8 +71,8 @@ def profile_steps(step: Callable[[], None], *, steps: int = 10, warmup: int = 3,
         shape = _product_shape(e.key, e.input_shapes) if e.key in PRODUCTS else None
         if shape is not None:
             m, k, n = shape
-            rate = matmul_rate(m, k, n, seconds=seconds, clock=time.process_time)  # GFLOP/s, warm
-            row["isolated_ms"] = 2.0 * m * k * n / rate / 1e6 * row["calls"]
+            alone = matmul_seconds(m, k, n, seconds, clock=time.process_time)  # warm operands
+            row["isolated_ms"] = alone * 1e3 * row["calls"]
             row["slowdown"] = ms / row["isolated_ms"]
         out.append(row)
     top = sum(r["ms"] for r in out)
@@ -104,7 +105,7 @@ def layer_step(kind: str, n_visible: int, n_hidden: int, batch_size: int, seed: 
     opt = opt[0] if isinstance(opt, (list, tuple)) else opt
     x = torch.rand(batch_size, n_visible, generator=torch.Generator().manual_seed(seed))
 
-    count = iter(range(10**9))
+    count = itertools.count()
 
     def step() -> None:
         terms = layer.step_terms(x, "train", next(count))
