@@ -374,6 +374,21 @@ def test_suite_tiny_end_to_end(suite, tmp_path, monkeypatch):
         assert refs["rbm"] == ["matmul rate at the update's shapes", "raw PyTorch loop",
                                "sklearn BernoulliRBM float32"]
         assert refs["autoencoder"] == ["matmul rate at the update's shapes", "raw PyTorch loop"]
+        assert refs["vat"] == ["matmul rate at the step's widest product", "raw PyTorch loop"]
+        assert refs["ladder"] == ["matmul rate at the step's widest product"]
     if suite != "speed":
         assert res.figure_path is not None and res.figure_path.stat().st_size > 10000
     print(f"{suite}: {time.perf_counter() - t0:.0f} s")
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="MNIST files not found in ../shared/data/mnist")
+def test_a_network_without_pretraining_trains_no_stack(tmp_path, monkeypatch):
+    """The deep autoencoder's no-pretraining cell takes its shape from the config: no layer is
+    pretrained (none cached) for it, while the rbm-pretrained cell of the same call needs them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = run_bench("deep-autoencoder", profile="tiny", data_dir=str(MNIST), root=tmp_path,
+                    log=lambda m: None, only=["no-pretraining-s0"])
+    assert [r["keys"]["model"] for r in res.results] == ["no-pretraining"]
+    assert res.results[0]["value"] > 0
+    cache = tmp_path / "bench" / "cache"
+    assert not cache.exists() or not any(cache.rglob("layer*")), sorted(cache.rglob("*"))

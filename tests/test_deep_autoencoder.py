@@ -119,3 +119,37 @@ def test_the_pipeline_fine_tunes_with_the_configs_weight_decay(digits, stack, tm
         norms[weight_decay] = sum(float(p.detach().square().sum()) for p in module.parameters())
     # Adam's L2 term pulls every weight towards 0 (measured: 1908 against 2368)
     assert norms[0.05] < 0.9 * norms[0.0], norms
+
+
+def test_without_pretraining_needs_no_trained_stack(digits, tmp_path):
+    """``fit_autoencoder_module(stack=None, pretrained=False)`` trains the network a trained stack
+    of the config would give without pretraining, weight for weight; a pretrained fit needs one."""
+    import mlflow
+    from types import SimpleNamespace
+
+    from pipelines.config import load_config
+    from pipelines.stages.finetuning import fit_autoencoder_module
+    from pipelines.stages.pretraining import build_layers
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    eid = mlflow.create_experiment("t")
+    split = SimpleNamespace(X_pool=digits[0][:300].numpy(), X_valid=digits[1][:100].numpy())
+    cfg = load_config("mnist_deep_autoencoder", ["data.name=digits", "finetune.deep_autoencoder_epochs=1"])
+    trained = Stack(build_layers(cfg, 64))
+    with torch.no_grad():  # weights unlike the untrained ones, as pretraining would leave them
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    fitted = {}
+    for name, stack in (("trained stack", trained), ("none", None)):
+        with mlflow.start_run(experiment_id=eid) as run:
+            module, _ = fit_autoencoder_module(cfg, split, stack, uri=uri, run_id=run.info.run_id,
+                                               pretrained=False)
+        fitted[name] = module
+    a, b = fitted["trained stack"], fitted["none"]
+    assert a.sizes == b.sizes == [64] + [spec.n_hidden for spec in cfg.pretrain.layers]
+    assert a.encoder.units == b.encoder.units and a.encoder.units[-1] == "linear"  # the Gaussian code RBM
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+    with mlflow.start_run(experiment_id=eid) as run, pytest.raises(ValueError, match="needs the pretrained stack"):
+        fit_autoencoder_module(cfg, split, None, uri=uri, run_id=run.info.run_id, pretrained=True)

@@ -281,16 +281,23 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     return Row(method=name, inputs=inputs, test=test_error, valid=valid_error, params=params)
 
 
-def fit_autoencoder_module(cfg, split, stack, *, uri: str, run_id: str,
+def fit_autoencoder_module(cfg, split, stack: Stack | None, *, uri: str, run_id: str,
                            pretrained: bool = True) -> tuple[DeepAutoencoder, int]:
     """Fine-tune the unrolled deep autoencoder on ``split.X_pool`` for the config's
     ``deep_autoencoder_epochs``, logging its curves to MLflow run ``run_id``; from the stack's
     weights (``pretrained``) or from fresh ones of the same shape drawn from the config's seed,
     with the fine-tuning optimizer of every network (``finetune.lr``, ``optimizer``, ``weight_decay``).
+    Without pretraining ``stack`` may be None: the untrained layers of ``cfg.pretrain.layers``
+    give the shape and the unit types, so no stack is trained for a network that drops its weights.
 
     Returns the module with the weights of its best validation epoch (squared error per
     image), in eval mode, and that epoch.
     """
+    if stack is None:
+        if pretrained:
+            raise ValueError("fit_autoencoder_module: pretrained=True needs the pretrained stack; "
+                             "pass it, or pretrained=False to start from fresh weights")
+        stack = Stack(build_layers(cfg, split.X_pool.shape[1]))
     ft = cfg.finetune
     module = DeepAutoencoder(stack, lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay,
                              pretrained=pretrained, seed=cfg.seed)

@@ -12,10 +12,17 @@ from pipelines.bench.context import Context
 from pipelines.stages.finetuning import fit_classifier
 
 
+def uses_pretraining(task: dict) -> bool:
+    """Whether a cell reads its stack's trained weights: a stack named, and a method that is
+    neither PCA nor one of the ``no_pretraining`` (``no-pretraining``) networks, which take only
+    the stack's shape and start from fresh weights."""
+    method = (task.get("method") or "").replace("-", "_")
+    return bool(task.get("stack")) and not method.endswith("no_pretraining") and method != "pca"
+
+
 def prepare(ctx: Context, cell: Cell) -> None:
-    """Pretrain the cell's stack (if any), so that its runs nest under the suite's run."""
-    method = cell.task.get("method") or ""
-    if cell.task.get("stack") and not method.endswith("_no_pretraining") and method != "pca":
+    """Pretrain the cell's stack (if it reads one), so that its runs nest under the suite's run."""
+    if uses_pretraining(cell.task):
         ctx.stack(cell.task["data"], cell.task["stack"])
 
 
@@ -43,7 +50,7 @@ def classify(ctx: Context, cell: Cell, *, evaluate_test: bool = True, callbacks=
         res = run_baseline(method, split.X_lab, split.y_lab, split.X_valid, split.y_valid, split.X_test,
                            split.y_test, random_state=cell.seed, **grid)
         return {"value": 100 * res.test_error, "valid": 100 * res.valid_error, "params": res.params}
-    stack = None if method.endswith("_no_pretraining") else ctx.stack(data, t["stack"])
+    stack = ctx.stack(data, t["stack"]) if uses_pretraining(t) else None
     cfg = ctx.config(data, t["stack"], cell.seed)
     if t.get("finetune"):
         cfg.finetune = type(cfg.finetune).model_validate({**cfg.finetune.model_dump(), **t["finetune"]})

@@ -16,6 +16,7 @@ from pipelines.bench.cells import Cell
 from pipelines.bench.context import Context
 from pipelines.bench.papers import AUTOENCODER_PAPER
 from pipelines.bench.profiles import Profile, describe
+from pipelines.bench.suites.classify import uses_pretraining
 from pipelines.reporting.figures import autoencoder_figure
 from pipelines.reporting.tables import summary_markdown
 from pipelines.stages.finetuning import fit_autoencoder_module
@@ -45,7 +46,8 @@ def run_cell(ctx: Context, cell: Cell) -> dict:
         rec, codes = model.inverse_transform(z), z[:N_CODES]
     else:
         cfg = ctx.config("mnist", "rbm-ae", cell.seed)
-        module, _ = fit_autoencoder_module(cfg, split, ctx.stack("mnist", "rbm-ae"), uri=ctx.uri,
+        stack = ctx.stack("mnist", "rbm-ae") if uses_pretraining(cell.task) else None
+        module, _ = fit_autoencoder_module(cfg, split, stack, uri=ctx.uri,
                                            run_id=mlflow.active_run().info.run_id,
                                            pretrained=cell.task["method"] == "rbm-pretrained")
         with torch.no_grad():

@@ -4,7 +4,8 @@ refused, ``auto`` falls back to the CPU) and by its clock (CPU time on the CPU, 
 time on a GPU), each beside references measured in the same run on the same device (the machines
 are shared and noisy, so only ratios taken at the same moment mean much): the matmul rate at the
 update's shapes, a raw PyTorch loop of the same update, scikit-learn's RBM (CPU), a plain
-DataLoader (host), the explicit Jacobian's SVD. The runner keeps one results folder per device.
+DataLoader (host), the explicit Jacobian's SVD. ``vat`` and ``ladder`` time a fine-tuning epoch
+over the pool (``timing.pool_epoch``) of the full profile's 784-1000-1000-10 network. The runner keeps one results folder per device.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import torch
 from finetune.tangents import tangents as leading_tangents
 from pipelines.bench.cells import Cell
 from pipelines.bench.context import Context
+from pipelines.bench.papers import MNIST_POOL
 from pipelines.bench.profiles import Profile, describe
-from pipelines.bench.timing import autoencoder, batching, matmul, rbm, tangents
+from pipelines.bench.timing import autoencoder, batching, matmul, pool_epoch, rbm, tangents
 
 NAME = "speed"
 KEY_NAMES = ["benchmark"]
-BENCHMARKS = ("matmul", "batching", "autoencoder", "rbm", "tangents")
+BENCHMARKS = ("matmul", "batching", "autoencoder", "rbm", "tangents", "vat", "ladder")
+#: benchmarks added after results folders existed (``Suite.added_columns``)
+ADDED_COLUMNS = ("vat", "ladder")
 #: the autoencoder row: CAE+H 784-1000 (contraction and higher-order penalty), batch 100
 AUTOENCODER = ("cae_h", 1000, 100)
 
@@ -77,6 +81,15 @@ def run_cell(ctx: Context, cell: Cell) -> dict:
         ref = n_ref / (clock() - t0)
         return _speed(ours, "images/s", f"{tangents.K} tangents, {'-'.join(map(str, tangents.SIZES))} stack, "
                       f"Krylov, {on}", [("explicit Jacobian SVD", ref)])
+    if name in pool_epoch.METHODS:
+        X_lab, y_lab = pool_epoch.labeled_subset(X, ds.y[:p.speed_rows])
+        r = pool_epoch.bench_pool_epoch(name, X[:min(len(X), MNIST_POOL)], X_lab, y_lab,
+                                        hidden=(AUTOENCODER[1],) * 2, device=device, **timing)
+        g = r["gflops"]
+        refs = [("matmul rate at the step's widest product", g["matmul"])]
+        if "raw" in g:
+            refs.append(("raw PyTorch loop", g["raw"]))
+        return _speed(g["lightning"], "GFLOP/s", f"{r['what']}, Lightning, {on}", refs)
     raise ValueError(f"unknown speed benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
 
 
