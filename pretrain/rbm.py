@@ -101,7 +101,7 @@ import torch.nn.functional as F
 
 from pretrain.checks import check_bool, check_choice, check_int, check_positive, check_probability
 from pretrain.layer import Layer
-from pretrain.module import fused_sgd
+from pretrain.module import fused_kernel
 from pretrain.names import RBM_HIDDEN
 
 VISIBLE = ("bernoulli", "gaussian")
@@ -618,7 +618,7 @@ class RBM(Layer):
         h = self.hparams
         return torch.optim.SGD([{"params": [self.W], "weight_decay": h.weight_decay},
                                 {"params": [self.b, self.c], "weight_decay": 0.0}],
-                               lr=h.lr, momentum=self.momentum_at(0), fused=fused_sgd(self.parameters()))
+                               lr=h.lr, momentum=self.momentum_at(0), fused=fused_kernel(self.parameters()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("chains", "offset_v"):  # created lazily, from the first training batch

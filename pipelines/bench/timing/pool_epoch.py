@@ -38,9 +38,10 @@ gradient) and the decoder (a forward, its weight and activation gradients): 3 (P
 two input gradients.
 
 The raw loop (:func:`train_raw_vat`) is ``VAT``'s Eq. (8) written in plain torch for sigmoid
-hidden units, differentiated by autograd, with ``torch.optim.Adam``, on the batches of the same
-``PairedLoader``: the update as it is written without the module and the Trainer. The Ladder has
-no raw loop here (it would be a second Ladder); its reference is the matmul rate alone.
+hidden units, differentiated by autograd, with ``torch.optim.Adam`` (fused, as the module's),
+on the batches of the same ``PairedLoader``: the update as it is written without the module and
+the Trainer. The Ladder has no raw loop here (it would be a second Ladder); its reference is the
+matmul rate alone.
 
 Run: ``python -m pipelines.bench.timing.pool_epoch [--data-dir DIR] [--n 10000] [--threads 1]``.
 """
@@ -61,6 +62,7 @@ from pipelines.bench.timing.matmul import bench_device, clock_name, device_clock
 from pipelines.data.datamodule import ArrayDataModule
 from pipelines.data.mnist import load_mnist
 from pipelines.training import make_trainer, quiet_lightning
+from pretrain.module import fused_kernel
 from pretrain.presets import make_layer
 from pretrain.stack import Stack
 
@@ -131,7 +133,7 @@ def train_raw_vat(module: VAT, dm: ArrayDataModule, device: torch.device) -> tup
     hp = module.hparams
     linears = [*module.encoder.layers, module.net.head]
     params = [t.detach().to(device).clone().requires_grad_() for lin in linears for t in (lin.weight, lin.bias)]
-    opt = torch.optim.Adam(params, lr=hp.lr)
+    opt = torch.optim.Adam(params, lr=hp.lr, fused=fused_kernel(params))  # as Module.configure_optimizers
 
     def logits(x):
         h = x
