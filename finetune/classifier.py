@@ -140,11 +140,14 @@ class Classifier(Module):
             raise ValueError(f"unlabeled inputs must have shape (B, {self.encoder.n_visible}), "
                              f"got {tuple(x_u.shape)}")
 
-    def supervised_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Eqs. (1), (2) (weighted) and (4) for a labeled batch; ``error`` is not differentiable."""
+    def supervised_terms(self, x: torch.Tensor, y: torch.Tensor, *, h: torch.Tensor | None = None,
+                         logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eqs. (1), (2) (weighted) and (4) for a labeled batch; ``error`` is not differentiable.
+        ``h`` (B, n_hidden) and ``logits`` (B, n_classes): the encoder's codes and the head's
+        logits of x, where the caller has them from a pass it shares (``VAT``)."""
         self._check_labeled(x, y)
-        h = self.encoder(x)  # (B, n_hidden)
-        logits = self.net.head(h)  # (B, n_classes)
+        h = self.encoder(x) if h is None else h  # (B, n_hidden)
+        logits = self.net.head(h) if logits is None else logits  # (B, n_classes)
         terms = {"ce": F.cross_entropy(logits, y)}  # Eq. (1), from the logits
         if self.hparams.reconstruction > 0:
             rec = self.decoder.reconstruction_error(h, x).mean()  # Eq. (2)

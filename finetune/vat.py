@@ -138,18 +138,28 @@ class VAT(Classifier):
         """Named terms of a VAT batch (see the module docstring); ``loss`` is Eq. (8)."""
         labeled, unlabeled = split_batch(batch)
         x, y = labeled[0], labeled[1]
-        terms = self.supervised_terms(x, y)
         hp = self.hparams
         if stage != "train" or (hp.alpha == 0 and hp.entropy == 0):
+            terms = self.supervised_terms(x, y)
             terms["loss"] = sum(v for k, v in terms.items() if k != "error")
             return terms
+        self._check_labeled(x, y)
         xs = [x]
         if unlabeled is not None:
-            x_u = unlabeled[0]
-            self._check_unlabeled(x_u)
-            xs.append(x_u)
+            self._check_unlabeled(unlabeled[0])
+            xs.append(unlabeled[0])
         x_all = torch.cat(xs)  # (B + B_u, n_visible)
-        logits = self(x_all)  # (B + B_u, n_classes)
+        B = len(x)
+        if hp.entropy > 0:  # Eq. (7) differentiates every row's logits: CE shares their one pass
+            h_all = self.encoder(x_all)  # (B + B_u, n_hidden)
+            logits = self.net.head(h_all)  # (B + B_u, n_classes)
+            terms = self.supervised_terms(x, y, h=h_all[:B], logits=logits[:B])
+        else:  # the logits are the penalty's target alone: CE's for the labeled rows, no graph
+            h = self.encoder(x)  # (B, n_hidden)
+            logits_lab = self.net.head(h)  # (B, n_classes)
+            terms = self.supervised_terms(x, y, h=h, logits=logits_lab)
+            with torch.no_grad():
+                logits = torch.cat([logits_lab.detach(), *(self(x_u) for x_u in xs[1:])])  # (B + B_u, n_classes)
         if hp.alpha > 0:
             terms["vat"] = hp.alpha * self.penalty(x_all, logits).mean()  # Eq. (6)
         if hp.entropy > 0:

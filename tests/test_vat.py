@@ -143,20 +143,35 @@ def test_without_penalty_vat_is_the_classifier_term_for_term(encoder):
         assert torch.equal(a, b)
 
 
-def test_terms_on_labeled_and_unlabeled_rows(encoder):
+@pytest.mark.parametrize("entropy, n_unlabeled", [(0.5, 6), (0.0, 6), (0.0, 0), (0.5, 0)])
+def test_terms_on_labeled_and_unlabeled_rows(encoder, entropy, n_unlabeled):
+    """The terms and their weight gradients are Eqs. (6)-(8) written out, whether CE shares the
+    logits' pass (entropy > 0) or the target reuses CE's labeled logits (entropy 0), with and
+    without a pool batch."""
     torch.manual_seed(1)
-    x, y, x_u = torch.rand(10, 8), torch.randint(0, 3, (10,)), torch.rand(6, 8)
-    vat = VAT(encoder, 3, alpha=2.0, entropy=0.5, epsilon=0.3, seed=2)
+    x, y, x_u = (torch.rand(10, 8, dtype=torch.float64), torch.randint(0, 3, (10,)),
+                 torch.rand(n_unlabeled, 8, dtype=torch.float64))
+    # float64: the penalty is ~1e-6, where float32 rounding of the target logits moves it
+    vat = VAT(encoder, 3, alpha=2.0, entropy=entropy, epsilon=0.3, seed=2).double()
+    batch = {"labeled": (x, y), "unlabeled": (x_u,)} if n_unlabeled else (x, y)
     torch.manual_seed(5)
-    terms = vat.loss_terms({"labeled": (x, y), "unlabeled": (x_u,)}, stage="train")
+    terms = vat.loss_terms(batch, stage="train")
     x_all = torch.cat([x, x_u])
     torch.manual_seed(5)  # the same random start d
     lds = virtual_adversarial_loss(vat, x_all, epsilon=0.3, xi=1e-6, n_power=1)
-    assert torch.allclose(terms["vat"], 2.0 * lds.mean())  # Eq. (6), over all 16 rows
-    assert torch.allclose(terms["entropy"], 0.5 * entropy_from_logits(vat(x_all)).mean())  # Eq. (7)
-    assert torch.allclose(terms["ce"], F.cross_entropy(vat(x), y))
-    assert torch.allclose(terms["loss"], terms["ce"] + terms["vat"] + terms["entropy"])  # Eq. (8)
+    reference = {"ce": F.cross_entropy(vat(x), y), "vat": 2.0 * lds.mean()}  # Eq. (6), over all rows
+    if entropy:
+        reference["entropy"] = entropy * entropy_from_logits(vat(x_all)).mean()  # Eq. (7)
+    assert set(terms) == {*reference, "error", "loss"}
+    for k, v in reference.items():
+        assert torch.allclose(terms[k], v, rtol=1e-9, atol=0), k
+    assert torch.allclose(terms["loss"], sum(reference.values()))  # Eq. (8)
     assert float(terms["vat"].detach()) > 0
+    params = list(vat.parameters())
+    got = torch.autograd.grad(terms["loss"], params, allow_unused=True)
+    want = torch.autograd.grad(sum(reference.values()), params, allow_unused=True)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-7, atol=1e-12))
     val = vat.loss_terms((x, y), stage="val")
     assert set(val) == {"ce", "error", "loss"}  # no penalty when evaluating
 

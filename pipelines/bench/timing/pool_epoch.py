@@ -20,14 +20,13 @@ of the step's widest product, ``(B + B_u, d) x (d, h_1)``, timed with ``torch.mm
 one power iteration, with P = 2 (d h_1 + h_1 h_2 + h_2 c) the multiply-adds of one row's forward
 pass times two and N = B + B_u:
 
-    (2) F_step = B (3P - 2 d h_1) + N (6P - 2 d h_1)
+    (2) F_step = B (3P - 2 d h_1) + B_u P + N (5P - 2 d h_1)
 
 the cross-entropy's forward and backward on the labeled batch (no gradient to the input: 3P less
-the first layer's input gradient), and on all N rows the clean logits (forward only), the power
+the first layer's input gradient), the clean logits of the pool rows (forward only: the labeled
+rows' are the cross-entropy's, the penalty's target reuses them), and on all N rows the power
 iteration (a forward and the gradient with respect to r, through every layer: 2P) and the
-adversarial KL (a forward and its weight and hidden gradients: 3P - 2 d h_1). The labeled rows'
-logits are computed twice (once for the cross-entropy, once among the N of the penalty): B P of
-F_step, about 5% at the default sizes, counted as the update performs it. For the Ladder, whose
+adversarial KL (a forward and its weight and hidden gradients: 3P - 2 d h_1). For the Ladder, whose
 decoder's V(l) have the encoder's shapes and whose every pass runs on all N rows:
 
     (3) F_step = N (9P - 4 d h_1)
@@ -113,10 +112,10 @@ def step_flops(method: str, X_pool, X_lab, y_lab, *, hidden=HIDDEN, pool_batch: 
 
 
 def vat_flops(B: int, N: int, sizes) -> float:
-    """Eq. (2) for an MLP of layer ``sizes`` ``[d, h_1, ..., c]``."""
+    """Eq. (2) for an MLP of layer ``sizes`` ``[d, h_1, ..., c]``, B labeled rows of N."""
     P = 2 * sum(a * b for a, b in zip(sizes, sizes[1:]))
     first = 2 * sizes[0] * sizes[1]
-    return B * (3 * P - first) + N * (6 * P - first)
+    return B * (3 * P - first) + (N - B) * P + N * (5 * P - first)
 
 
 def ladder_flops(N: int, sizes) -> float:
@@ -149,9 +148,11 @@ def train_raw_vat(module: VAT, dm: ArrayDataModule, device: torch.device) -> tup
     t0 = clock()
     for batch in dm.train_dataloader():
         (x, y), (x_u,) = (t.to(device) for t in batch["labeled"]), (batch["unlabeled"][0].to(device),)
-        ce = F.cross_entropy(logits(x), y)
+        logits_lab = logits(x)
+        ce = F.cross_entropy(logits_lab, y)
         x_all = torch.cat([x, x_u])
-        p = logits(x_all).detach()  # the target p(. | x)
+        with torch.no_grad():
+            p = torch.cat([logits_lab.detach(), logits(x_u)])  # the target p(. | x)
         r = (hp.xi * unit(torch.randn_like(x_all))).requires_grad_(True)
         (g,) = torch.autograd.grad(kl_from_logits(p, logits(x_all + r)).sum(), r)  # one power iteration
         loss = ce + hp.alpha * kl_from_logits(p, logits(x_all + hp.epsilon * unit(g))).mean()
