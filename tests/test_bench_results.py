@@ -228,6 +228,26 @@ def test_two_runs_writing_one_results_file_keep_each_others_rows(tmp_path):
     assert open_().load(cells[1])["value"] == 6.0 and open_().load(cells[2]) is None
 
 
+def test_a_run_keeps_the_rows_another_run_wrote_with_other_settings(tmp_path):
+    """One run opens the file; another, started later with values selected since, writes a cell
+    the first also has: the first's next save keeps that row as it is (no error, its own result
+    not lost), does not take it for its own, and a run opened afterwards with the first's
+    settings is refused on that line."""
+    path, open_ = _book(tmp_path, ",".join(SCHEMA.header) + "\n")
+    cells = _cells(PROFILE)
+    first = open_()
+    selected = br.ResultsFile(path, SCHEMA, cells, {c.id: "5e1ec7ed" for c in cells})
+    selected.save({"id": cells[1].id, "keys": cells[1].keys, "seed": 0, "value": 4.0, "valid": None, "wall_s": 1.0})
+    first.save({"id": cells[0].id, "keys": cells[0].keys, "seed": 0, "value": 5.0, "valid": None, "wall_s": 1.0})
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [(r["method"], r["test_error"], r["settings"] == "5e1ec7ed") for r in rows] == [
+        ("svm", "5", False), ("cae", "4", True)]
+    assert first.has(cells[0]) and not first.has(cells[1]) and first.load(cells[1]) is None
+    assert selected.load(cells[1])["value"] == 4.0
+    with pytest.raises(ValueError, match=r"line 3 .* computed with other settings"):
+        open_()
+
+
 def test_pretrain_only_caches_the_stacks_and_computes_no_cell(suite, tmp_path):
     results = tmp_path / "results"
     only = run_bench(NAME, profile=PROFILE, root=tmp_path / "root", results=results, log=lambda m: None,

@@ -70,6 +70,9 @@ class ResultsFile:
     ``cells``: this run's cells; ``digests``: per cell id, the digest of its settings, which each
     row must match (None: read for tables only, nothing checked against the code nor written).
     Rows of seeds beyond this run's are kept as they are (a run with more seeds reads them).
+    A row of other settings is refused when the file is opened; one that another run wrote since
+    (its own settings: values selected after this run started) is kept as it is when this run
+    merges its rows, and is no result of this run (``has`` and ``load`` do not see it).
     """
 
     def __init__(self, path: str | Path, schema: Schema, cells: list[Cell],
@@ -81,6 +84,7 @@ class ResultsFile:
                              named_by=[*schema.keys, "seed"],
                              foreign_fix="Move the file away (or pass --results with another folder) "
                                          "to compute the suite afresh there.")
+        self._merging = False
         self.rows = self._file.read()
 
     def _key(self, keys: dict, seed: int | None = None) -> tuple:
@@ -104,7 +108,7 @@ class ResultsFile:
         if seed < 0 or numbers[0] is None or not all(n is None or math.isfinite(n) for n in numbers):
             raise refuse(f"line {line} ({described}) needs a seed >= 0 and a finite {self.schema.value}",
                          "Fix or delete that line.")
-        if self._digest is not None and row["settings"] != self._digest[keys]:
+        if self._digest is not None and not self._merging and row["settings"] != self._digest[keys]:
             raise refuse(f"line {line} ({described}) was computed with other settings (digest "
                          f"{row['settings']}; this code gives {self._digest[keys]})",
                          "Delete the lines of other settings (or the file) to compute them with "
@@ -114,12 +118,19 @@ class ResultsFile:
     def _rank(self, key: tuple) -> tuple:
         return self._order.index(key[:-1]), key[-1]  # the suite's cell order, then the seed
 
+    def _row(self, cell: Cell) -> dict[str, str] | None:
+        """The cell's row, if it ran with this run's settings."""
+        row = self.rows.get(self._key(cell.keys, cell.seed))
+        if row is None or (self._digest is not None and row["settings"] != self._digest[self._key(cell.keys)]):
+            return None
+        return row
+
     def has(self, cell: Cell) -> bool:
-        return self._key(cell.keys, cell.seed) in self.rows
+        return self._row(cell) is not None
 
     def load(self, cell: Cell) -> dict | None:
         """The cell's result as the runner stores it, or None when the file has no row for it."""
-        row = self.rows.get(self._key(cell.keys, cell.seed))
+        row = self._row(cell)
         if row is None:
             return None
         s = self.schema
@@ -143,7 +154,11 @@ class ResultsFile:
                "params": json.dumps(result.get("params", {}), sort_keys=True, default=str)}
         if s.valid:
             row[s.valid] = "" if valid is None else f"{float(valid):.10g}"
-        self.rows = self._file.save(key, row, self._rank)
+        self._merging = True  # rows another run wrote since this one opened the file are its own
+        try:
+            self.rows = self._file.save(key, row, self._rank)
+        finally:
+            self._merging = False
 
     def text(self) -> str:
         """The file's CSV: rows in the suite's cell order, then by seed."""
