@@ -392,3 +392,16 @@ def test_a_network_without_pretraining_trains_no_stack(tmp_path, monkeypatch):
     assert res.results[0]["value"] > 0
     cache = tmp_path / "bench" / "cache"
     assert not cache.exists() or not any(cache.rglob("layer*")), sorted(cache.rglob("*"))
+
+
+@pytest.mark.parametrize("task, reads", [
+    ({"stack": "cae_h-2", "method": "mlp"}, True), ({"stack": "cae_h-2", "method": "mtc_all"}, True),
+    ({"stack": "rbm-ae", "method": "rbm-pretrained"}, True),
+    ({"stack": "cae_h-2", "method": "mlp_no_pretraining"}, False),
+    ({"stack": "cae_h-2", "method": "vat_no_pretraining"}, False),
+    ({"stack": "rbm-ae", "method": "no-pretraining"}, False),
+    ({"stack": "cae_h-2", "method": "pca"}, False), ({"method": "svm"}, False), ({"stack": None, "method": "mlp"}, False),
+])
+def test_which_cells_read_their_stacks_weights(task, reads):
+    from pipelines.bench.suites.classify import uses_pretraining
+    assert uses_pretraining(task) is reads
