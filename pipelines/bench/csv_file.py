@@ -38,8 +38,10 @@ class CsvFile:
     def refuse(self, problem: str, fix: str) -> ValueError:
         return ValueError(f"{self.path}: {problem}. {fix} Nothing was written.")
 
-    def read(self) -> dict[Hashable, dict[str, str]]:
-        """The file's rows by key, each checked; none when there is no file."""
+    def read(self, check: Callable[[int, dict], Hashable] | None = None) -> dict[Hashable, dict[str, str]]:
+        """The file's rows by key, each checked (by ``check`` if given, else the file's own
+        check); none when there is no file."""
+        check = check or self._check
         rows: dict[Hashable, dict[str, str]] = {}
         if not self.path.is_file():
             return rows
@@ -52,7 +54,7 @@ class CsvFile:
             if None in row or None in row.values():  # csv's marks of a row longer or shorter than the header
                 raise self.refuse(f"line {line} has not the header's {len(self.header)} fields",
                                   "Fix or delete that line.")
-            key = self._check(line, row)
+            key = check(line, row)
             if key in rows:
                 described = ", ".join(f"{c}={row[c]}" for c in self._named_by)
                 raise self.refuse(f"line {line} ({described}) repeats a {self._what}",
@@ -60,11 +62,13 @@ class CsvFile:
             rows[key] = row
         return rows
 
-    def save(self, key: Hashable, row: dict[str, str], order: Callable[[Hashable], object]) -> dict:
-        """Add (or replace) the row of ``key``, merged with the rows on disk now, and rewrite the
-        file atomically, its rows sorted by ``order(key)``. Returns the rows written."""
+    def save(self, key: Hashable, row: dict[str, str], order: Callable[[Hashable], object], *,
+             check: Callable[[int, dict], Hashable] | None = None) -> dict:
+        """Add (or replace) the row of ``key``, merged with the rows on disk now (read with
+        ``check``, as :meth:`read`), and rewrite the file atomically, its rows sorted by
+        ``order(key)``. Returns the rows written."""
         with file_lock(self._lock):
-            rows = {**self.read(), key: row}
+            rows = {**self.read(check), key: row}
             atomic_write_text(self.path, self.text(rows, order))
         return rows
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -84,15 +85,15 @@ class ResultsFile:
                              named_by=[*schema.keys, "seed"],
                              foreign_fix="Move the file away (or pass --results with another folder) "
                                          "to compute the suite afresh there.")
-        self._merging = False
         self.rows = self._file.read()
 
     def _key(self, keys: dict, seed: int | None = None) -> tuple:
         k = tuple(str(keys[name]) for name in self.schema.keys.values())
         return k if seed is None else (*k, int(seed))
 
-    def _check_row(self, line: int, row: dict[str, str]) -> tuple:
-        """A row read back, checked against the suite's cells: its (keys, seed)."""
+    def _check_row(self, line: int, row: dict[str, str], *, settings: bool = True) -> tuple:
+        """A row read back, checked against the suite's cells (and, with ``settings``, against
+        this run's digests): its (keys, seed)."""
         refuse = self._file.refuse
         keys = tuple(row[c] for c in self.schema.keys)
         described = ", ".join(f"{c}={row[c]}" for c in self.schema.keys) + f", seed={row['seed']}"
@@ -108,7 +109,7 @@ class ResultsFile:
         if seed < 0 or numbers[0] is None or not all(n is None or math.isfinite(n) for n in numbers):
             raise refuse(f"line {line} ({described}) needs a seed >= 0 and a finite {self.schema.value}",
                          "Fix or delete that line.")
-        if self._digest is not None and not self._merging and row["settings"] != self._digest[keys]:
+        if settings and self._digest is not None and row["settings"] != self._digest[keys]:
             raise refuse(f"line {line} ({described}) was computed with other settings (digest "
                          f"{row['settings']}; this code gives {self._digest[keys]})",
                          "Delete the lines of other settings (or the file) to compute them with "
@@ -154,11 +155,8 @@ class ResultsFile:
                "params": json.dumps(result.get("params", {}), sort_keys=True, default=str)}
         if s.valid:
             row[s.valid] = "" if valid is None else f"{float(valid):.10g}"
-        self._merging = True  # rows another run wrote since this one opened the file are its own
-        try:
-            self.rows = self._file.save(key, row, self._rank)
-        finally:
-            self._merging = False
+        # rows another run wrote since this one opened the file are that run's: not refused here
+        self.rows = self._file.save(key, row, self._rank, check=partial(self._check_row, settings=False))
 
     def text(self) -> str:
         """The file's CSV: rows in the suite's cell order, then by seed."""

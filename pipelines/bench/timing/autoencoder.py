@@ -30,7 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.bench.timing.matmul import bench_device, clock_name, device_clock, epoch_timer, flops, products_seconds
+from pipelines.bench.timing.matmul import (
+    clock_name,
+    device_clock,
+    epoch_timer,
+    flops,
+    measurement_arguments,
+    products_seconds,
+)
 from pipelines.data.mnist import load_mnist
 from pipelines.training import fit_layer, quiet_lightning
 from pretrain.presets import make_layer
@@ -127,13 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=1000)
     parser.add_argument("--kind", default="cae_h", help="layer kind (pretrain.presets)")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"))
-    args = parser.parse_args(argv)
-    device = bench_device(args.accelerator)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args, device = measurement_arguments(parser, argv)
     X = np.ascontiguousarray(load_mnist(args.data_dir)[0][:args.n])
     r = bench_autoencoder(X, n_hidden=args.hidden, kind=args.kind, batch_size=args.batch_size,
                           device=device, repeats=args.repeats)

@@ -19,6 +19,20 @@ import torch
 ACCELERATORS = ("cpu", "gpu", "auto")
 
 
+def measurement_arguments(parser, argv=None):
+    """Parse a timing CLI's ``argv`` with the options every measurement takes (``--repeats``,
+    ``--threads``, ``--accelerator``) added to ``parser``; sets torch's threads. Returns
+    ``(args, device)``."""
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--accelerator", default="cpu", choices=ACCELERATORS)
+    args = parser.parse_args(argv)
+    device = bench_device(args.accelerator)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args, device
+
+
 def bench_device(accelerator: str) -> torch.device:
     """The device of Lightning's ``accelerator`` flag for a measurement: ``cpu``; ``gpu`` (CUDA,
     refused with the fix where there is none: a GPU figure measured on the CPU would be a lie);

@@ -57,7 +57,13 @@ from finetune.unroll import UnrolledEncoder
 from finetune.vat import VAT, kl_from_logits
 from pipelines import flop_count
 from pipelines.bench.timing.autoencoder import format_rows
-from pipelines.bench.timing.matmul import bench_device, clock_name, device_clock, epoch_timer, matmul_rate
+from pipelines.bench.timing.matmul import (
+    clock_name,
+    device_clock,
+    epoch_timer,
+    matmul_rate,
+    measurement_arguments,
+)
 from pipelines.data.datamodule import ArrayDataModule
 from pipelines.data.mnist import load_mnist
 from pipelines.training import make_trainer, quiet_lightning
@@ -201,13 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data-dir", default=None, help="folder holding the MNIST .gz files")
     parser.add_argument("--n", type=int, default=10000, help="pool images per epoch")
     parser.add_argument("--method", action="append", choices=METHODS, help="default: both")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "auto"))
-    args = parser.parse_args(argv)
-    device = bench_device(args.accelerator)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args, device = measurement_arguments(parser, argv)
     X, y = load_mnist(args.data_dir)[:2]
     X_pool = np.ascontiguousarray(X[:args.n])
     X_lab, y_lab = labeled_subset(X_pool, y[:args.n])
