@@ -139,6 +139,8 @@ class Layer(Module):
 
     # -- epoch means of the terms, Eq. (1) -------------------------------------------------------
     def _accumulate(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        if not terms:  # a step whose terms are all monitoring-only ones, left out (the RBM's)
+            return
         acc = self._running_sums.get(stage)
         if acc is None or acc["epoch"] != self.current_epoch:  # a new epoch (or sums left stale)
             acc = self._running_sums[stage] = {"epoch": self.current_epoch, "groups": []}

@@ -1,7 +1,9 @@
 """The Lightning scaffolding of every trained module: pretraining layers and fine-tuned networks.
 
 A subclass computes the loss of a batch as named scalar terms (``batch_terms``; the key
-``"loss"`` is what is minimised); this base class turns them into Lightning's training,
+``"loss"`` is what is minimised, or ``OBJECTIVE`` where the loss's value is computed on some
+batches only: its gradient is the step's, its value serves the non-finite guard alone and is not
+logged); this base class turns them into Lightning's training,
 validation and test steps, logs each term as ``stage/name``, stops on a non-finite loss
 before it reaches the weights, and builds the optimizer from ``lr``, ``optimizer``,
 ``momentum`` and ``weight_decay``:
@@ -43,6 +45,12 @@ import torch
 
 from pretrain.checks import check_choice, check_positive, check_probability
 from pretrain.names import OPTIMIZERS
+
+
+#: the key of a batch's minimised objective when its value is no term to log: a module that
+#: computes its loss's value on some batches only (the RBM, whose surrogate's value is a monitor)
+#: gives the gradient under this key, with a value that is finite exactly when the gradient is
+OBJECTIVE = "objective"
 
 
 def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: float) -> None:
@@ -139,7 +147,7 @@ class Module(L.LightningModule):
         """The terms of a batch, checked and logged; ``last``: whether it ends the stage's epoch
         (None: from ``batch_idx`` and the Trainer's count of batches)."""
         terms = self.batch_terms(batch, stage, batch_idx)
-        loss = terms["loss"]
+        loss = terms.pop(OBJECTIVE) if OBJECTIVE in terms else terms["loss"]
         sync_free = self.uses_sync_free_guard()
         if sync_free:
             self._record_nonfinite(stage, loss)

@@ -101,7 +101,7 @@ import torch.nn.functional as F
 
 from pretrain.checks import check_bool, check_choice, check_int, check_positive, check_probability
 from pretrain.layer import Layer
-from pretrain.module import fused_kernel
+from pretrain.module import OBJECTIVE, fused_kernel
 from pretrain.names import RBM_HIDDEN
 
 VISIBLE = ("bernoulli", "gaussian")
@@ -356,24 +356,24 @@ def centred_gradients(gW: torch.Tensor, gb: torch.Tensor, gc: torch.Tensor, mu: 
 
 # -- the layer ------------------------------------------------------------------------------------
 class _ContrastiveDivergence(torch.autograd.Function):
-    """The surrogate Eq. (13) with its gradient Eq. (17) attached: the hidden means and the
-    (scaled) visible vectors of the data and of the chain end come from the forward computation,
-    and the products are formed only when a backward pass asks for them (validation never pays)."""
+    """The surrogate Eq. (13) with its gradient Eq. (17) attached: ``G = [-h_0; h_k]`` (unscaled),
+    the (scaled) visible vectors of the data and of the chain end, and the bias gradients come
+    from the forward computation; the weight gradient's product is formed only when a backward
+    pass asks for it (validation never pays). ``value`` is the surrogate's value, or on an
+    unmonitored step a scalar finite exactly when the bias gradients are."""
 
     @staticmethod
-    def forward(ctx, loss, h0, hk, u, u_scaled, sigma, W, b, c):
-        ctx.parts = (h0, hk, u, u_scaled, sigma)
-        return loss.clone()
+    def forward(ctx, value, G, u_scaled, g_b, g_c, W, b, c):
+        ctx.parts = (G, u_scaled, g_b, g_c)
+        return value.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, scale):
-        h0, hk, u, u_scaled, sigma = ctx.parts  # (B, n_hidden) x2, (2B, n_visible) x2
-        B = h0.shape[0]
-        G = torch.cat([h0, hk]).mul_(scale / B)  # (2B, n_hidden); the scale is 1 unless a
-        G[:B].neg_()  # precision plugin scales the loss: G = scale [-h_0; h_k] / B, Eq. (17)
-        g_c = (u[B:].sum(0) - u[:B].sum(0)).mul_(scale / (B * sigma**2))  # Eq. (17)
-        return None, None, None, None, None, None, G.T @ u_scaled, G.sum(0), g_c
+        G, u_scaled, g_b, g_c = ctx.parts  # (2B, n_hidden), (2B, n_visible), (n_hidden,), (n_visible,)
+        # the scale is 1 unless a precision plugin scales the loss: scale G / B, Eq. (17)
+        G = G.mul(scale / (G.shape[0] // 2))
+        return None, None, None, None, None, G.T @ u_scaled, g_b * scale, g_c * scale
 
 
 class RBM(Layer):
@@ -414,9 +414,12 @@ class RBM(Layer):
     Hinton & Salakhutdinov, Reducing the dimensionality of data with neural networks, Science 2006.
     """
 
-    #: a Trainer's training steps compute the monitoring-only ``rec`` (one more down pass: a
-    #: sixth matmul beside the five of a CD-1 update) on batches 0, m, 2m, ... of each epoch only;
-    #: ``train/rec`` is its mean over those batches. Validation and ``loss_terms`` always compute it.
+    #: a Trainer's training steps compute the monitoring-only terms on batches 0, m, 2m, ... of
+    #: each epoch only: ``rec`` (one more down pass: a sixth matmul beside the five of a CD-1
+    #: update) and the value of the surrogate Eq. (13), ``loss`` (two free energies: a tenth of an
+    #: update's time on a CPU core, for a number that is no log-likelihood); ``train/rec`` and
+    #: ``train/loss`` are their means over those batches. The update is the same on every batch.
+    #: Validation and ``loss_terms`` always compute both.
     monitor_every = 10
     #: minibatches a Trainer's step takes (``pretrain.module.Block``): the same updates as one a
     #: step, with Lightning's per-step work (hooks, progress, fetching: some 0.3 ms on a CPU core,
@@ -520,9 +523,13 @@ class RBM(Layer):
 
     def loss_terms(self, x: torch.Tensor, *, train: bool, monitor: bool = True) -> dict[str, torch.Tensor]:
         """The CD/PCD surrogate Eq. (13) (``loss``; its value is no log-likelihood), the squared
-        error ``rec`` of one mean-field up-down pass (summed over inputs, mean over the batch; left
-        out when ``monitor`` is False: it is no part of the update), and at validation (binary
-        units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12)."""
+        error ``rec`` of one mean-field up-down pass (summed over inputs, mean over the batch), and
+        at validation (binary units) ``pseudo_likelihood``, the mean of the stochastic Eq. (12).
+
+        With ``monitor`` False neither ``loss`` nor ``rec`` is computed (they are no part of the
+        update): the terms are ``{OBJECTIVE: s}``, ``s`` carrying the gradient of Eq. (17) with the
+        value ``0 * (sum g_b + sum g_c)``, 0 when the gradient is finite and NaN when it is not (a
+        NaN input or weight reaches the hidden means, and so g_b), for the non-finite guard."""
         self._check_input(x)
         W, b, c, visible, sigma = self.W.detach(), self.b.detach(), self.c.detach(), self.visible, self.sigma
         hidden = self.hidden
@@ -551,17 +558,24 @@ class RBM(Layer):
             u = torch.cat([x, v])  # (2B, n_visible): the data over the chain end v_k, a constant
             u_scaled = _scaled(u, visible, sigma)
             ak = F.linear(u_scaled[B:], W, b)  # (B, n_hidden)
-            # Eq. (13) from Eq. (2)/(6)/(19): mean F(v_0) - mean F(v_k)
-            loss = (_free_energy_from(x, a0, b, c, visible, sigma, hidden).mean()
-                    - _free_energy_from(v, ak, b, c, visible, sigma, hidden).mean())
+            if grad or not monitor:  # Eq. (17)'s parts: G = [-h_0; h_k] (2B, n_hidden), g_b, g_c
+                G = torch.cat([h0_mean, _hidden_mean(ak, hidden)])
+                G[:B].neg_()
+                g_b = G.sum(0).div_(B)
+                g_c = (u[B:].sum(0) - u[:B].sum(0)).div_(B * sigma**2)
+            if monitor:  # Eq. (13) from Eq. (2)/(6)/(19): mean F(v_0) - mean F(v_k)
+                value = (_free_energy_from(x, a0, b, c, visible, sigma, hidden).mean()
+                         - _free_energy_from(v, ak, b, c, visible, sigma, hidden).mean())
+            else:
+                value = (g_b.sum() + g_c.sum()).mul_(0.0)  # 0, or NaN where the gradient is not finite
         if grad:
-            loss = _ContrastiveDivergence.apply(loss, h0_mean, _hidden_mean(ak, hidden), u, u_scaled, sigma,
-                                                self.W, self.b, self.c)
-        terms = {"loss": loss}
-        if monitor:
-            with torch.no_grad():
-                r = propdown(h0_mean, W, c, visible, sigma)[1]  # (B, n_visible), mean-field up-down
-                terms["rec"] = F.mse_loss(r, x, reduction="sum") / B
+            value = _ContrastiveDivergence.apply(value, G, u_scaled, g_b, g_c, self.W, self.b, self.c)
+        if not monitor:
+            return {OBJECTIVE: value}
+        terms = {"loss": value}
+        with torch.no_grad():
+            r = propdown(h0_mean, W, c, visible, sigma)[1]  # (B, n_visible), mean-field up-down
+            terms["rec"] = F.mse_loss(r, x, reduction="sum") / B
         if not train and visible == "bernoulli":
             with torch.no_grad():
                 terms["pseudo_likelihood"] = pseudo_likelihood(x, W, b, c, gibbs, n_flips=1).mean()

@@ -1,7 +1,8 @@
 """What a layer logs: each ``stage/name`` is the epoch mean of the term weighted by batch size,
 summed on the device and logged once per epoch (``pretrain.layer``, Eq. 1); the RBM's
 monitoring-only ``rec`` is left out of most training steps without changing the update; the
-partial sums travel with a checkpoint; a non-finite loss stops before any weight is written."""
+partial sums travel with a checkpoint; a non-finite loss stops before any weight is written, on an
+RBM's unmonitored batches too."""
 import io
 
 import pytest
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from pipelines.data.datamodule import ArrayDataModule
 from pipelines.training import make_trainer, quiet_lightning
 from pretrain.autoencoder import AutoEncoder
+from pretrain.module import OBJECTIVE
 from pretrain.rbm import RBM
 
 quiet_lightning()
@@ -95,11 +97,16 @@ def test_rbm_monitors_rec_on_every_mth_batch_without_changing_the_update():
         rbm.monitor_every = every
         runs[every] = (rbm, _fit(rbm, X, 2, batch_size=10))  # 25 batches an epoch
     rbm, trainer = runs[10]
-    monitored = [i for s, e, i, _, t in rbm.seen if s == "train" and e == 1 and "rec" in t]
-    assert monitored == [0, 10, 20]
-    assert trainer.callback_metrics["train/rec"].item() == pytest.approx(
-        _expected(rbm.seen, "train", 1)["rec"], rel=1e-6)
-    # the down pass of rec draws no noise and touches no weight: the same training either way
+    for term in ("rec", "loss"):  # the surrogate's value too is computed on the monitored batches only
+        monitored = [i for s, e, i, _, t in rbm.seen if s == "train" and e == 1 and term in t]
+        assert monitored == [0, 10, 20], term
+        assert trainer.callback_metrics[f"train/{term}"].item() == pytest.approx(
+            _expected(rbm.seen, "train", 1)[term], rel=1e-6)
+    others = [t for s, e, i, _, t in rbm.seen if s == "train" and i % 10]
+    assert others and all(t == {OBJECTIVE: 0.0} for t in others)  # the guard's value, not logged
+    assert "train/objective" not in trainer.callback_metrics
+    # the down pass of rec and the free energies draw no noise and touch no weight: the same
+    # training either way, bit for bit (the gradient of the unmonitored objective is Eq. 17's)
     for name, p in runs[1][0].state_dict().items():
         assert torch.equal(p, rbm.state_dict()[name]), name
 
@@ -138,3 +145,19 @@ def test_non_finite_loss_stops_before_the_weights_change():
         trainer.fit(layer, DataLoader([X], batch_size=None))
     for k, v in layer.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_rbm_guard_stops_a_nan_on_an_unmonitored_batch_before_the_weights_change():
+    """Batch 1 is not monitored (no free energies): its guard value is NaN as its gradient is."""
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(10, 4, generator=g) for _ in range(3)]
+    batches[1][3, 2] = float("nan")  # Gaussian units: no range check, past the datamodule's check
+    rbm = RBM(4, 3, visible="gaussian", lr=0.05, seed=0)
+    rbm.layer_name = "layer 1"
+    with pytest.raises(FloatingPointError, match=r"layer 1 \(RBM\).*loss became nan at epoch 0, step 1"):
+        make_trainer(None, max_epochs=1).fit(rbm, DataLoader(batches, batch_size=None))
+    ref = RBM(4, 3, visible="gaussian", lr=0.05, seed=0)  # the first batch alone
+    make_trainer(None, max_epochs=1).fit(ref, DataLoader(batches[:1], batch_size=None))
+    assert torch.isfinite(rbm.W).all()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(rbm.state_dict()[k], v), k

@@ -6,8 +6,8 @@ Four measurements on the same images (float32, bytes / 255, in file order), by o
 (a) ``pretrain.rbm.RBM`` through a Lightning Trainer (no logger, no checkpoints), its batches
     from ``ArrayDataModule`` in file order, ``RBM.updates_per_step`` of them a training step
     (the same updates as one a step, as ``fit_layer`` trains it); the layer logs
-    its terms once per epoch and computes the monitoring-only reconstruction error on every
-    ``RBM.monitor_every``-th batch;
+    its terms once per epoch and computes the monitoring-only terms (the reconstruction error,
+    the surrogate's value) on every ``RBM.monitor_every``-th batch;
 (b) the same update as a raw PyTorch loop (:func:`train_raw`): Eq. (17) of ``pretrain.rbm``
     written out in place, from the same seeds and Gibbs draws;
 (c) scikit-learn's ``BernoulliRBM(n_components=500, batch_size=100, learning_rate=0.1)`` (CPU

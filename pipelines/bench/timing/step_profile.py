@@ -27,6 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pipelines.bench.timing.matmul import matmul_seconds
+from pretrain.module import OBJECTIVE
 from pretrain.presets import make_layer
 
 PRODUCTS = ("aten::mm", "aten::addmm")
@@ -97,7 +98,7 @@ def format_profile(p: dict, what: str) -> str:
 
 def layer_step(kind: str, n_visible: int, n_hidden: int, batch_size: int, seed: int = 0) -> Callable[[], None]:
     """One update of a ``kind`` layer on random inputs in [0, 1], as a Trainer step takes it: the
-    terms of its ``step_terms`` (the closed-form gradient attached; the RBM's monitoring pass on
+    terms of its ``step_terms`` (the closed-form gradient attached; the RBM's monitoring terms on
     one batch in ``monitor_every``), backward, and the layer's own optimizer. The layer is the
     step's ``layer`` attribute."""
     layer = make_layer(kind, n_visible, n_hidden, seed=seed)
@@ -110,7 +111,7 @@ def layer_step(kind: str, n_visible: int, n_hidden: int, batch_size: int, seed: 
     def step() -> None:
         terms = layer.step_terms(x, "train", next(count))
         opt.zero_grad()
-        terms["loss"].backward()
+        terms.get(OBJECTIVE, terms.get("loss")).backward()
         opt.step()
 
     step.layer = layer  # the layer it trains
