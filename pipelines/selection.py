@@ -8,7 +8,9 @@ stack, the cell's own split: in the realistic setting the L labeled validation i
 value is the cell's validation error (%). The pruner stops a trial whose validation curve lags.
 When a group's study holds ``trials`` finished trials, the best trial's values, its validation
 error and the study's cost are written to ``selected.csv`` beside the suite's ``cells.csv``
-(``pipelines.bench.selected``); the suite run then applies them to every seed of the group.
+(``pipelines.bench.selected``); the suite run then applies them to every seed of the group. The
+group's rows of ``cells.csv`` computed before (with other values) move to ``superseded.csv``
+there, so that the next suite run computes them with the selected values.
 
 A space's keys outside ``finetune.*`` are left at the suite's values: every cell of a suite
 shares its pretrained stack. The studies live in the Optuna storage under the root
@@ -31,7 +33,8 @@ from pipelines.bench.cells import Cell, select_cells
 from pipelines.bench.context import EXPERIMENT, Context, bench_config
 from pipelines.bench.hardware import hardware
 from pipelines.bench.profiles import Profile, get_profile
-from pipelines.bench.results import SCHEMAS, results_dir
+from pipelines.bench.results import FILE as CELLS, SCHEMAS, SUPERSEDED, ResultsFile, results_dir
+from pipelines.bench.runner import with_selection
 from pipelines.bench.selected import FILE, SelectionFile, as_finetune, group_id
 from pipelines.bench.suites import SUITES
 from pipelines.bench.suites.classify import classify
@@ -124,9 +127,11 @@ def select(suite: str, method: str, space: str | Path, *, trials: int, profile: 
     raw = bench_config(prof, first["data"], first["stack"], 0).model_dump(mode="json")
     space_ft = _fine_tuning_space(load_space(space, raw), log)
     check_space(space_ft, raw)
-    digests = spec.cell_digests(prof, spec.cells(prof))
-    book = SelectionFile(results_dir(results, suite, prof.name) / FILE, SCHEMAS[suite])
-    order = [book.key(c.keys) for c in spec.cells(prof) if c.seed == 0]
+    all_cells = spec.cells(prof)
+    digests = spec.cell_digests(prof, all_cells)
+    folder = results_dir(results, suite, prof.name)
+    book = SelectionFile(folder / FILE, SCHEMAS[suite])
+    order = [book.key(c.keys) for c in all_cells if c.seed == 0]
 
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,6 +182,10 @@ def select(suite: str, method: str, space: str | Path, *, trials: int, profile: 
                                   "valid_error": f"{chosen.valid_error:.10g}", "trials": str(chosen.trials),
                                   "wall_s": f"{chosen.wall_s:.3f}", **stamp,
                                   "settings": digests[cell.id], "study": name}, order)
+            moved = ResultsFile(folder / CELLS, SCHEMAS[suite], all_cells).supersede(
+                cell.keys, spec.cell_digests(prof, with_selection(suite, prof, [cell], folder))[cell.id])
+            if moved:
+                log(f"{chosen.group}: {moved} rows computed before these values moved to {SUPERSEDED}")
             mlflow.log_metric(f"{chosen.group}/valid_error", chosen.valid_error)
             log(f"{chosen.group}: valid error {chosen.valid_error:.2f}% with {chosen.values} "
                 f"({chosen.trials} trials, {chosen.wall_s / 60:.1f} min)")

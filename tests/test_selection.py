@@ -130,6 +130,31 @@ def test_the_selected_values_are_those_the_suite_then_runs_with(suite, tmp_path)
         _select(tmp_path, other, 5, only=["L50-*"])
 
 
+def test_a_selection_moves_its_groups_earlier_rows_aside_and_the_suite_computes_them_again(suite, tmp_path):
+    kw = dict(profile=PROFILE, seeds=2, root=tmp_path / "mlruns", results=tmp_path / "results", log=lambda m: None)
+    run_bench(NAME, only=["L50-mtc-*", "L100-mtc-s0"], **kw)
+    folder = tmp_path / "results" / f"{NAME}-tiny"
+    before = {(r["labels"], r["seed"]): r for r in _rows(folder / "cells.csv")}
+    assert sorted(before) == [("100", "0"), ("50", "0"), ("50", "1")]
+    suite.clear()
+    chosen = _select(tmp_path, _space(tmp_path, {"finetune.beta": BETA}), 1, only=["L50-*"], pruner="none")[0]
+    # the L50 rows (both seeds, computed with beta = 1) are kept aside, as they were; L100's stays
+    assert _rows(folder / "superseded.csv") == [before["50", "0"], before["50", "1"]]
+    assert _rows(folder / "cells.csv") == [before["100", "0"]]
+    suite.clear()
+    res = run_bench(NAME, only=["L50-mtc-*", "L100-mtc-s0"], **kw)  # no refusal: L50 is computed again
+    assert suite == [("L50-mtc-s0", {"beta": chosen.values["finetune.beta"]}),
+                     ("L50-mtc-s1", {"beta": chosen.values["finetune.beta"]})]
+    assert {r["id"]: r["params"]["beta"] for r in res.results} == pytest.approx(
+        {"L50-mtc-s0": chosen.values["finetune.beta"], "L50-mtc-s1": chosen.values["finetune.beta"],
+         "L100-mtc-s0": 1.0})
+    assert len(_rows(folder / "cells.csv")) == 3 and len(_rows(folder / "superseded.csv")) == 2
+    # selected again with the same values: nothing more moves
+    suite.clear()
+    _select(tmp_path, _space(tmp_path, {"finetune.beta": BETA}), 1, only=["L50-*"], pruner="none")
+    assert len(_rows(folder / "cells.csv")) == 3 and len(_rows(folder / "superseded.csv")) == 2 and suite == []
+
+
 def test_values_selected_under_other_settings_or_for_no_group_are_refused(suite, tmp_path):
     space = _space(tmp_path, {"finetune.beta": BETA})
     _select(tmp_path, space, 1, only=["L50-*"], pruner="none")

@@ -67,8 +67,17 @@ class CsvFile:
         """Add (or replace) the row of ``key``, merged with the rows on disk now (read with
         ``check``, as :meth:`read`), and rewrite the file atomically, its rows sorted by
         ``order(key)``. Returns the rows written."""
+        return self.update({key: row}, order, check=check)
+
+    def update(self, add: dict[Hashable, dict[str, str]], order: Callable[[Hashable], object], *,
+               remove: Callable[[Hashable, dict[str, str]], bool] = lambda key, row: False,
+               check: Callable[[int, dict], Hashable] | None = None) -> dict:
+        """:meth:`save` for several rows: the rows on disk now (read with ``check``) less those
+        for which ``remove(key, row)`` holds, plus ``add``, in one locked, atomic rewrite.
+        Returns the rows written."""
         with file_lock(self._lock):
-            rows = {**self.read(check), key: row}
+            rows = {k: r for k, r in self.read(check).items() if not remove(k, r)}
+            rows.update(add)
             atomic_write_text(self.path, self.text(rows, order))
         return rows
 

@@ -12,6 +12,11 @@ where its ``mlruns/bench/`` cell file is absent, as on a new machine), and each 
 is added and the file rewritten atomically. A file that does not fit the suite (another header,
 a row that is no cell of the suite, a row computed with other settings, a value that is no
 number) is refused with one error naming the file and the fix, before anything is written.
+
+When values are selected for a group of cells (``pipelines.selection``), the group's rows
+computed with other settings move to ``superseded.csv`` beside it (:meth:`ResultsFile.supersede`;
+the same header, one row per cell, seed and settings): the next suite run computes the group
+with the selected values, and what was computed before is kept, not tabled.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from pipelines.bench.csv_file import CsvFile
 
 FILE = "cells.csv"
 TABLE = "table.md"
+#: the rows a selection took out of ``cells.csv`` (computed before its values): kept, not tabled
+SUPERSEDED = "superseded.csv"
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,25 @@ class ResultsFile:
             row[s.valid] = "" if valid is None else f"{float(valid):.10g}"
         # rows another run wrote since this one opened the file are that run's: not refused here
         self.rows = self._file.save(key, row, self._rank, check=partial(self._check_row, settings=False))
+
+    def supersede(self, group: dict, settings: str) -> int:
+        """Move the rows of the cells whose keys are ``group`` (every seed) and whose settings
+        digest is not ``settings`` to ``superseded.csv``, written first, so that a row is in
+        one file or both, never in none. Returns how many moved."""
+        target = self._key(group)
+        stale = lambda key, row: key[:-1] == target and row["settings"] != settings
+        check = partial(self._check_row, settings=False)
+        moving = {(*k, r["settings"]): r for k, r in self._file.read(check).items() if stale(k, r)}
+        if moving:
+            kept = CsvFile(self.path.with_name(SUPERSEDED), self.schema.header, self._superseded_key,
+                           what="superseded cell", named_by=[*self.schema.keys, "seed", "settings"])
+            kept.update(moving, lambda k: (*self._rank(k[:-1]), k[-1]))
+            moved = lambda key, row: (*key, row["settings"]) in moving  # not a row written since
+            self.rows = self._file.update({}, self._rank, remove=moved, check=check)
+        return len(moving)
+
+    def _superseded_key(self, line: int, row: dict[str, str]) -> tuple:
+        return (*self._check_row(line, row, settings=False), row["settings"])
 
     def text(self) -> str:
         """The file's CSV: rows in the suite's cell order, then by seed."""

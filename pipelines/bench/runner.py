@@ -113,9 +113,7 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
     book = None
     if results is not None and suite in SCHEMAS:
         folder = results_dir(results, suite, prof.name)
-        cells = SelectionFile(folder / SELECTED, SCHEMAS[suite]).apply(
-            cells, spec.cell_digests(prof, cells),
-            lambda c: bench_config(prof, c.task["data"], c.task["stack"], c.seed).finetune.model_dump())
+        cells = with_selection(suite, prof, cells, folder)
         book = ResultsFile(folder / FILE, SCHEMAS[suite], cells, spec.cell_digests(prof, cells))
 
     def landed() -> None:  # the committed table follows each cell that lands
@@ -197,6 +195,15 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
             tracking.log_file(figure_path, "results")
     return BenchResult(suite, prof.name, directory, results, summaries, markdown, table_csv,
                        figure_path, parent.info.run_id, uri, None if book is None else book.path.parent)
+
+
+def with_selection(suite: str, prof: Profile, cells: list[Cell], folder: Path) -> list[Cell]:
+    """``cells`` with the values of ``folder``'s ``selected.csv`` in their tasks (a file of
+    values selected under other settings is refused)."""
+    spec = SUITES[suite]
+    return SelectionFile(folder / SELECTED, SCHEMAS[suite]).apply(
+        cells, spec.cell_digests(prof, cells),
+        lambda c: bench_config(prof, c.task["data"], c.task["stack"], c.seed).finetune.model_dump())
 
 
 def _metric_key(text: str) -> str:
