@@ -356,7 +356,7 @@ def centred_gradients(gW: torch.Tensor, gb: torch.Tensor, gc: torch.Tensor, mu: 
 
 # -- the layer ------------------------------------------------------------------------------------
 class _ContrastiveDivergence(torch.autograd.Function):
-    """The surrogate Eq. (13) with its gradient Eq. (17) attached: ``G = [-h_0; h_k]`` (unscaled),
+    """The surrogate Eq. (13) with its gradient Eq. (17) attached: ``G = [-h_0; h_k] / B``,
     the (scaled) visible vectors of the data and of the chain end, and the bias gradients come
     from the forward computation; the weight gradient's product is formed only when a backward
     pass asks for it (validation never pays). ``value`` is the surrogate's value, or on an
@@ -371,9 +371,10 @@ class _ContrastiveDivergence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, scale):
         G, u_scaled, g_b, g_c = ctx.parts  # (2B, n_hidden), (2B, n_visible), (n_hidden,), (n_visible,)
-        # the scale is 1 unless a precision plugin scales the loss: scale G / B, Eq. (17)
-        G = G.mul(scale / (G.shape[0] // 2))
-        return None, None, None, None, None, G.T @ u_scaled, g_b * scale, g_c * scale
+        # the scale is 1 unless a precision plugin scales the loss; a CPU scalar is read for free
+        if scale.device.type != "cpu" or float(scale) != 1.0:
+            G, g_b, g_c = G * scale, g_b * scale, g_c * scale
+        return None, None, None, None, None, G.T @ u_scaled, g_b, g_c
 
 
 class RBM(Layer):
@@ -559,10 +560,11 @@ class RBM(Layer):
             u_scaled = _scaled(u, visible, sigma)
             ak = F.linear(u_scaled[B:], W, b)  # (B, n_hidden)
             if grad or not monitor:  # Eq. (17)'s parts: G = [-h_0; h_k] (2B, n_hidden), g_b, g_c
-                G = torch.cat([h0_mean, _hidden_mean(ak, hidden)])
-                G[:B].neg_()
-                g_b = G.sum(0).div_(B)
-                g_c = (u[B:].sum(0) - u[:B].sum(0)).div_(B * sigma**2)
+                one = x.new_ones(())  # the factors as 0-dim tensors: rounded as a scaled loss's are
+                G = torch.cat([h0_mean, _hidden_mean(ak, hidden)]).mul_(one / B)
+                G[:B].neg_()  # G = [-h_0; h_k] / B, Eq. (17)
+                g_b = G.sum(0)
+                g_c = (u[B:].sum(0) - u[:B].sum(0)).mul_(one / (B * sigma**2))
             if monitor:  # Eq. (13) from Eq. (2)/(6)/(19): mean F(v_0) - mean F(v_k)
                 value = (_free_energy_from(x, a0, b, c, visible, sigma, hidden).mean()
                          - _free_energy_from(v, ak, b, c, visible, sigma, hidden).mean())
