@@ -60,6 +60,7 @@ from pretrain import penalties
 from pretrain.checks import check_bool, check_choice, check_int, check_positive
 from pretrain.corruption import check_corruption, corrupt
 from pretrain.layer import Layer
+from pretrain.module import scales_gradient
 from pretrain.names import LOSSES
 from pretrain.units import activation, check_unit, derivative, second_derivative
 
@@ -330,7 +331,6 @@ class _AutoencoderGradient(torch.autograd.Function):
         grads = [g_W, L[:n_x].sum(0), delta_z.sum(0)]  # dJ/dW, dJ/db, dJ/dc
         if not ctx.tied:
             grads.append(torch.mm(delta_z.T, h_tilde))  # dJ/dW' (n_visible, n_hidden)
-        # the scale is 1 unless a precision plugin scales the loss; a CPU scalar is read for free
-        if scale.device.type != "cpu" or float(scale) != 1.0:
+        if scales_gradient(scale):
             grads = [g * scale for g in grads]
         return None, None, *grads, *([None] if ctx.tied else [])

@@ -53,6 +53,18 @@ from pretrain.names import OPTIMIZERS
 OBJECTIVE = "objective"
 
 
+def objective(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The term a step minimises: ``terms[OBJECTIVE]`` where a module gives one, else ``loss``."""
+    return terms[OBJECTIVE] if OBJECTIVE in terms else terms["loss"]
+
+
+def scales_gradient(scale: torch.Tensor) -> bool:
+    """Whether a closed-form backward must multiply its gradients by the incoming ``scale``: a
+    precision plugin scales the loss (``scale`` != 1); a CPU scalar is read for free, and on an
+    accelerator the product is taken rather than a host read."""
+    return scale.device.type != "cpu" or float(scale) != 1.0
+
+
 def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: float) -> None:
     """Raise the ValueError naming the first bad optimizer setting, if any."""
     check_positive("lr", lr)
@@ -147,7 +159,8 @@ class Module(L.LightningModule):
         """The terms of a batch, checked and logged; ``last``: whether it ends the stage's epoch
         (None: from ``batch_idx`` and the Trainer's count of batches)."""
         terms = self.batch_terms(batch, stage, batch_idx)
-        loss = terms.pop(OBJECTIVE) if OBJECTIVE in terms else terms["loss"]
+        loss = objective(terms)
+        terms.pop(OBJECTIVE, None)  # the guard's value, no term to log
         sync_free = self.uses_sync_free_guard()
         if sync_free:
             self._record_nonfinite(stage, loss)

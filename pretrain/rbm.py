@@ -101,7 +101,7 @@ import torch.nn.functional as F
 
 from pretrain.checks import check_bool, check_choice, check_int, check_positive, check_probability
 from pretrain.layer import Layer
-from pretrain.module import OBJECTIVE, fused_kernel
+from pretrain.module import OBJECTIVE, fused_kernel, scales_gradient
 from pretrain.names import RBM_HIDDEN
 
 VISIBLE = ("bernoulli", "gaussian")
@@ -371,8 +371,7 @@ class _ContrastiveDivergence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, scale):
         G, u_scaled, g_b, g_c = ctx.parts  # (2B, n_hidden), (2B, n_visible), (n_hidden,), (n_visible,)
-        # the scale is 1 unless a precision plugin scales the loss; a CPU scalar is read for free
-        if scale.device.type != "cpu" or float(scale) != 1.0:
+        if scales_gradient(scale):
             G, g_b, g_c = G * scale, g_b * scale, g_c * scale
         return None, None, None, None, None, G.T @ u_scaled, g_b, g_c
 

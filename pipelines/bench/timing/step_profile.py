@@ -27,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pipelines.bench.timing.matmul import matmul_seconds
-from pretrain.module import OBJECTIVE
+from pretrain.module import objective
 from pretrain.presets import make_layer
 
 PRODUCTS = ("aten::mm", "aten::addmm")
@@ -111,7 +111,7 @@ def layer_step(kind: str, n_visible: int, n_hidden: int, batch_size: int, seed: 
     def step() -> None:
         terms = layer.step_terms(x, "train", next(count))
         opt.zero_grad()
-        terms.get(OBJECTIVE, terms.get("loss")).backward()
+        objective(terms).backward()
         opt.step()
 
     step.layer = layer  # the layer it trains
