@@ -146,7 +146,8 @@ class Classifier(Module):
         ``h`` (B, n_hidden) and ``logits`` (B, n_classes): the encoder's codes and the head's
         logits of x, where the caller has them from a pass it shares (``VAT``)."""
         self._check_labeled(x, y)
-        h = self.encoder(x) if h is None else h  # (B, n_hidden)
+        if h is None and (logits is None or self.hparams.reconstruction > 0):
+            h = self.encoder(x)  # (B, n_hidden)
         logits = self.net.head(h) if logits is None else logits  # (B, n_classes)
         terms = {"ce": F.cross_entropy(logits, y)}  # Eq. (1), from the logits
         if self.hparams.reconstruction > 0:

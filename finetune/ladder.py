@@ -25,9 +25,9 @@ the others 0 at the start, as in the authors' code, so that z^ = 0). The supervi
 is on the corrupted output, the noise acting as a regulariser; the denoising costs (8) need no
 labels and cover the labeled and unlabeled rows. The clean encoder gives the targets z(l) and
 the statistics (7) normalises the decoder's guesses with; in evaluation it uses running
-averages of mu(l), sigma(l)^2 (momentum ``BN_MOMENTUM``), updated by the clean pass of each
-training batch. The encoder's first K layers are the unrolled stack's (pretrained or fresh);
-``LadderMLP.match_mlp`` sets beta(l), gamma(l) and the running averages from the data, so that
+averages of mu(l), sigma(l)^2 (``finetune.batch_norm``, whose ``BatchNormMLP`` runs Eqs. (1)-(4)),
+updated by the clean pass of each training batch. The encoder's first K layers are the unrolled
+stack's (pretrained or fresh); ``BatchNormMLP.match_mlp`` sets beta(l), gamma(l) and the running averages from the data, so that
 a pretrained Ladder starts from the stack's codes (BN with gamma = 1, beta = 0 would not).
 
 With ``batch_norm=False`` BN is the identity, beta and gamma are absent and (7) is
@@ -56,14 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.checks import check_bool, check_positive
-from pretrain.units import activation
 
+from .batch_norm import BatchNormMLP, batch_normalize
 from .classifier import Classifier, split_batch
-from .unroll import MLP, UnrolledEncoder
+from .unroll import UnrolledEncoder
 
-#: eps of Eq. (3), and the momentum of the running averages used by the clean encoder in eval
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1
 #: the paper's MNIST denoising weights: lambda_0 = 1000 (the input), lambda_1 = 10, then 0.1
 PAPER_LAMBDAS = (1000.0, 10.0, 0.1)
 N_COMBINATOR = 10  # a1..a10 of Eq. (6)
@@ -72,17 +69,6 @@ N_COMBINATOR = 10  # a1..a10 of Eq. (6)
 def paper_lambdas(n_layers: int) -> list[float]:
     """lambda_0..lambda_L of the paper's MNIST runs for ``n_layers = L + 1`` cost layers."""
     return [PAPER_LAMBDAS[min(i, 2)] for i in range(n_layers)]
-
-
-def batch_normalize(z: torch.Tensor, eps: float = BN_EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. (3): (N, m) -> (BN(z) (N, m), mu_B (m,), sigma_B (m,)), biased variance.
-
-    The variance is the mean of the centred squares, two passes over z: on the CPU torch's
-    ``var(dim=0)`` took 12 times as long at (150, 1000)."""
-    mu = z.mean(dim=0)  # (m,)
-    centred = z - mu  # (N, m)
-    sigma = torch.sqrt(centred.square().mean(dim=0) + eps)  # (m,)
-    return centred / sigma, mu, sigma  # Eq. (3)
 
 
 def combinator(z_tilde: torch.Tensor, u: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -106,91 +92,8 @@ def _combinator_init(m: int) -> torch.Tensor:
     return a
 
 
-class LadderMLP(MLP):
-    """The Ladder's encoder, Eqs. (1)-(4): an ``MLP`` (the unrolled layers and the softmax head)
-    with batch normalisation, beta and gamma in every layer; ``forward`` is Eq. (11), the clean
-    encoder's logits, so that whatever serves an ``MLP`` serves the Ladder's predictions.
-
-    Parameters
-    ----------
-    encoder, n_classes, seed : as for ``MLP``.
-    batch_norm : Eq. (3) in every layer, or the identity (then it is the ``MLP``).
-    """
-
-    def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, batch_norm: bool = True,
-                 seed: int = 0):
-        super().__init__(encoder, n_classes, seed=seed)
-        self.batch_norm = check_bool("batch_norm", batch_norm)
-        self.sizes = [*encoder.sizes, n_classes]  # m_0..m_L
-        W = encoder.layers[0].weight
-        if batch_norm:
-            self.beta = nn.ParameterList([nn.Parameter(torch.zeros(m).to(W)) for m in self.sizes[1:]])
-            self.gamma = nn.ParameterList([nn.Parameter(torch.ones(m).to(W)) for m in self.sizes[1:]])
-            for l, m in enumerate(self.sizes[1:], 1):
-                self.register_buffer(f"running_mean_{l}", torch.zeros(m).to(W))
-                self.register_buffer(f"running_var_{l}", torch.ones(m).to(W))
-
-    def _linears(self) -> list[tuple[nn.Linear, str]]:
-        return [*zip(self.encoder.layers, self.encoder.units), (self.head, "softmax")]
-
-    def _normalize(self, l: int, z_pre: torch.Tensor, *, track: bool):
-        """Eq. (3) in layer l: batch statistics in training (``track``: and update the running
-        averages with them), running averages in eval; the identity without batch norm."""
-        if not self.batch_norm:
-            return z_pre, 0.0, 1.0
-        mean, var = getattr(self, f"running_mean_{l}"), getattr(self, f"running_var_{l}")
-        if not self.training:
-            sigma = torch.sqrt(var + BN_EPS)
-            return (z_pre - mean) / sigma, mean, sigma
-        z, mu, sigma = batch_normalize(z_pre)  # Eq. (3)
-        if track:
-            with torch.no_grad():
-                mean.lerp_(mu.detach(), BN_MOMENTUM)
-                var.lerp_(sigma.detach() ** 2 - BN_EPS, BN_MOMENTUM)
-        return z, mu, sigma
-
-    def encode(self, x: torch.Tensor, noise: float, *, track: bool = False) -> dict[str, list | torch.Tensor]:
-        """Eqs. (1)-(2) (clean: ``noise = 0``, Eq. 4): per layer l = 0..L the normalised
-        (noisy) z(l), mu(l), sigma(l), and the top's pre-softmax ``logits`` (N, n_classes);
-        ``track``: the running averages of Eq. (11) learn this pass's batch statistics."""
-        noisy = (lambda t: t + noise * torch.randn_like(t)) if noise > 0 else (lambda t: t)
-        h = noisy(x)  # Eq. (1)
-        zs, mus, sigmas = [h], [0.0], [1.0]
-        for l, (lin, unit) in enumerate(self._linears(), 1):
-            z, mu, sigma = self._normalize(l, lin(h), track=track)  # (N, m_l)
-            z = noisy(z)  # Eq. (2)
-            a = self.gamma[l - 1] * (z + self.beta[l - 1]) if self.batch_norm else z
-            zs.append(z), mus.append(mu), sigmas.append(sigma)
-            h = a if unit == "softmax" else activation(unit, a)  # the top keeps its logits
-        return {"z": zs, "mu": mus, "sigma": sigmas, "logits": h}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. (11): the clean encoder's logits, (B, n_visible) -> (B, n_classes)."""
-        return self.encode(x, 0.0)["logits"]
-
-    @torch.no_grad()
-    def match_mlp(self, x: torch.Tensor) -> None:
-        """Start the encoder's layers from the stack's function: with mu(l), sigma(l) the
-        statistics of x's pre-activations in the unrolled stack, gamma(l) = sigma(l) and
-        beta(l) = mu(l) / sigma(l) give gamma (z + beta) = W h + b, so that the clean encoder
-        (running averages set to those statistics) computes the stack's codes on data like x,
-        rather than the stack's layers on rescaled pre-activations. The softmax layer, new and
-        small, keeps gamma = 1, beta = 0. Without batch norm there is nothing to match."""
-        if not self.batch_norm:
-            return
-        h = x
-        for l, (lin, unit) in enumerate(zip(self.encoder.layers, self.encoder.units), 1):
-            pre = lin(h)  # (N, m_l)
-            _, mu, sigma = batch_normalize(pre)
-            self.gamma[l - 1].copy_(sigma)
-            self.beta[l - 1].copy_(mu / sigma)
-            getattr(self, f"running_mean_{l}").copy_(mu)
-            getattr(self, f"running_var_{l}").copy_(sigma ** 2 - BN_EPS)
-            h = activation(unit, pre)
-
-
 class Ladder(Classifier):
-    """A ``Classifier`` whose network is a ``LadderMLP``, trained on Eq. (10) with the decoder.
+    """A ``Classifier`` whose network is a ``BatchNormMLP``, trained on Eq. (10) with the decoder.
 
     Parameters
     ----------
@@ -211,7 +114,7 @@ class Ladder(Classifier):
         check_bool("batch_norm", batch_norm)
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
                          weight_decay=weight_decay, seed=seed)
-        self.net = LadderMLP(encoder, n_classes, batch_norm=batch_norm, seed=seed)  # the same head
+        self.net = BatchNormMLP(encoder, n_classes, batch_norm=batch_norm, seed=seed)  # the same head
         sizes = self.net.sizes
         n_cost = len(sizes)
         if denoise is None:
@@ -230,7 +133,7 @@ class Ladder(Classifier):
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 
     def encode(self, x: torch.Tensor, noise: float, *, track: bool = False) -> dict[str, list | torch.Tensor]:
-        """``LadderMLP.encode``."""
+        """``BatchNormMLP.encode``."""
         return self.net.encode(x, noise, track=track)
 
     # -- the decoder ------------------------------------------------------------------------

@@ -21,6 +21,13 @@ setting); ``gamma > 0`` adds entropy minimisation (Grandvalet & Bengio 2005), "V
 the paper. A constant classifier has D = 0 for every r: (6) vanishes and (3) has g = 0, kept as
 d = 0. With alpha = gamma = 0 the loss is the ``Classifier``'s, term for term.
 
+With ``batch_norm`` the network is a ``BatchNormMLP`` (``finetune.batch_norm``: every layer's
+pre-activation normalised over the batch, the authors' MNIST networks): its output depends on
+the batch, so the target p(. | x) of (1) comes from one pass over all B + B_u rows, the pass
+that trains CE and moves the running averages, and each perturbed pass of (3) and (5) is
+normalised by its own batch without moving them; at r = 0 a perturbed pass is then the target's
+pass exactly, and D(0, x) = 0 as (2) needs.
+
 Batches: ``(x, y)``, or a dict ``{"labeled": (x, y), "unlabeled": (x_u,)}`` (what
 ``PairedLoader`` yields); validation and test batches are ``(x, y)`` and get no penalty.
 Logged, weighted as in the loss: ``stage/ce``, ``stage/vat``, ``stage/entropy``,
@@ -31,6 +38,7 @@ References
 Miyato, Maeda, Koyama & Ishii, Virtual adversarial training: a regularization method for
 supervised and semi-supervised learning, IEEE TPAMI 2018.
 Grandvalet & Bengio, Semi-supervised learning by entropy minimization, NIPS 2005.
+Ioffe & Szegedy, Batch normalization, ICML 2015.
 """
 from __future__ import annotations
 
@@ -39,8 +47,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pretrain.checks import check_int, check_positive
+from pretrain.checks import check_bool, check_int, check_positive
 
+from .batch_norm import BatchNormMLP
 from .classifier import Classifier, split_batch
 from .unroll import UnrolledDecoder, UnrolledEncoder
 
@@ -110,12 +119,14 @@ class VAT(Classifier):
     xi : the finite-difference step of the power iteration, Eq. (3) (> 0).
     n_power : power iterations per batch (>= 1); the paper finds one enough.
     entropy : gamma, weight of the entropy term, Eq. (7) (>= 0); 0: plain VAT.
+    batch_norm : the network is a ``BatchNormMLP`` (the encoder's layers and the head,
+        batch-normalised); False: the ``Classifier``'s ``MLP``. Not with ``reconstruction``.
     lr, optimizer, momentum, weight_decay, reconstruction, decoder, seed : as for ``Classifier``.
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, alpha: float = 1.0,
                  epsilon: float = 2.0, xi: float = 1e-6, n_power: int = 1, entropy: float = 0.0,
-                 lr: float = 0.01, optimizer: str = "adam", momentum: float = 0.0,
+                 batch_norm: bool = False, lr: float = 0.01, optimizer: str = "adam", momentum: float = 0.0,
                  weight_decay: float = 0.0, reconstruction: float = 0.0,
                  decoder: UnrolledDecoder | None = None, seed: int = 0):
         check_positive("alpha", alpha, allow_zero=True)
@@ -123,9 +134,14 @@ class VAT(Classifier):
         check_positive("xi", xi)
         check_int("n_power", n_power, 1)
         check_positive("entropy", entropy, allow_zero=True)
+        if check_bool("batch_norm", batch_norm) and reconstruction > 0:
+            raise ValueError(f"batch_norm=True with reconstruction={reconstruction!r}: the "
+                             f"batch-normalised network has no code to decode; set one of them off")
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
                          weight_decay=weight_decay, reconstruction=reconstruction, decoder=decoder,
                          seed=seed)
+        if batch_norm:
+            self.net = BatchNormMLP(encoder, n_classes, seed=seed)  # the same head
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 
     def penalty(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,7 +156,10 @@ class VAT(Classifier):
         x, y = labeled[0], labeled[1]
         hp = self.hparams
         if stage != "train" or (hp.alpha == 0 and hp.entropy == 0):
-            terms = self.supervised_terms(x, y)
+            logits = None
+            if hp.batch_norm:  # training: batch statistics, tracked; else the running averages
+                logits = self.net.encode(x, track=stage == "train")["logits"]  # (B, n_classes)
+            terms = self.supervised_terms(x, y, logits=logits)
             terms["loss"] = sum(v for k, v in terms.items() if k != "error")
             return terms
         self._check_labeled(x, y)
@@ -150,7 +169,10 @@ class VAT(Classifier):
             xs.append(unlabeled[0])
         x_all = torch.cat(xs)  # (B + B_u, n_visible)
         B = len(x)
-        if hp.entropy > 0:  # Eq. (7) differentiates every row's logits: CE shares their one pass
+        if hp.batch_norm:  # the target's pass over all rows, as the perturbed passes normalise
+            logits = self.net.encode(x_all, track=True)["logits"]  # (B + B_u, n_classes)
+            terms = self.supervised_terms(x, y, logits=logits[:B])
+        elif hp.entropy > 0:  # Eq. (7) differentiates every row's logits: CE shares their one pass
             h_all = self.encoder(x_all)  # (B + B_u, n_hidden)
             logits = self.net.head(h_all)  # (B + B_u, n_classes)
             terms = self.supervised_terms(x, y, h=h_all[:B], logits=logits[:B])

@@ -94,6 +94,7 @@ class FinetuneConfig(Section):
     vat_xi: float = Field(1e-6, gt=0, le=1)         # finite-difference step of the power iteration
     vat_power_iterations: int = Field(1, ge=1, le=20)
     vat_entropy: float = Field(0.0, ge=0)           # weight of entropy minimisation (VAT+EntMin)
+    vat_batch_norm: bool = False                    # batch-normalise every layer (the authors' nets)
     # the Ladder network (finetune.ladder)
     ladder_noise: float = Field(0.3, ge=0)          # std of the Gaussian noise at every layer
     ladder_denoise: list[float] | None = None       # lambda_0..lambda_L; None: 1000, 10, 0.1, ...
@@ -101,7 +102,7 @@ class FinetuneConfig(Section):
     #: fields added after results were cached: left out of the digest while at their default,
     #: so that the stage results and bench folders named before them are found again
     DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = (
-        "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy",
+        "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy", "vat_batch_norm",
         "ladder_noise", "ladder_denoise", "supervised_epochs", "epoch_over")
 
     @field_validator("ladder_denoise")

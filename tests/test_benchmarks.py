@@ -11,7 +11,7 @@ import pytest
 from pipelines.bench import papers
 from pipelines.bench import suites as bs
 from pipelines.bench.cells import Cell, CellStore, run_cells, settings_digest
-from pipelines.bench.context import bench_config
+from pipelines.bench.context import bench_config, stack_layers
 from pipelines.bench.profiles import PROFILES, get_profile
 from pipelines.bench.runner import run_bench
 from pipelines.bench.suites import semi_supervised, speed, variations
@@ -199,11 +199,16 @@ def test_modern_suite_shares_the_semi_supervised_draws_and_cites_its_papers():
             assert tasks[c.id] == c.task  # the same cell as the semi-supervised suite's
         elif c.keys["method"].startswith("ladder"):  # epochs over the pool, as their papers count them
             assert c.task["finetune"] == {"epoch_over": "pool"}, c.id
+        elif c.keys["method"].startswith("vat_bn"):  # and the authors' batch-normalised network
+            assert c.task["finetune"] == {"epoch_over": "pool", "vat_epsilon": 0.3, "vat_batch_norm": True}, c.id
+            fresh = c.keys["method"] == "vat_bn"
+            assert c.task["method"] == ("vat_no_pretraining" if fresh else "vat"), c.id
+            assert {d.get("hidden_unit") for d in stack_layers(full, c.task["stack"])} == ({"relu"} if fresh else {None})
         else:  # VAT with its authors' semi-supervised MNIST epsilon, not the config's default 2.0
             assert c.task["finetune"] == {"epoch_over": "pool", "vat_epsilon": 0.3}, c.id
     key = lambda m, L=100: {"validation": "paper", "labels": L, "method": m}
     assert modern.paper(key("ladder")) == modern.paper(key("ladder_pretrained")) == 1.06
-    assert modern.paper(key("vat")) == modern.paper(key("vat_pretrained")) == 1.36
+    assert modern.paper(key("vat")) == modern.paper(key("vat_pretrained")) == modern.paper(key("vat_bn")) == 1.36
     assert modern.paper(key("vat", 600)) is None and modern.paper(key("mtc_all")) == 12.03
     assert papers.MODERN_SEMI_STD["Ladder"][100] == 0.37
 

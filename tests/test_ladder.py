@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from finetune.classifier import Classifier
-from finetune.ladder import Ladder, batch_normalize, combinator, denoising_cost, paper_lambdas
+from finetune.batch_norm import batch_normalize
+from finetune.ladder import Ladder, combinator, denoising_cost, paper_lambdas
 from finetune.served import ProbabilityClassifier
 from finetune.unroll import UnrolledEncoder
 from pretrain.autoencoder import AutoEncoder

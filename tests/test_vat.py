@@ -182,3 +182,83 @@ def test_terms_on_labeled_and_unlabeled_rows(encoder, entropy, n_unlabeled):
 def test_bad_settings_name_themselves(encoder, kw, name):
     with pytest.raises(ValueError, match=name):
         VAT(encoder, 3, **kw)
+
+
+@pytest.fixture
+def bn_vat():
+    """A batch-normalised VAT in float64 (the penalty is ~1e-6, where float32 rounding shows)."""
+    torch.manual_seed(0)
+    enc = UnrolledEncoder(Stack([AutoEncoder(8, 5, hidden_unit="relu", seed=1)]))
+    return VAT(enc, 3, alpha=2.0, epsilon=0.3, batch_norm=True, seed=2).double()
+
+
+def _running(module):
+    return {k: v.clone() for k, v in module.net.named_buffers()}
+
+
+def test_batch_norm_terms_share_the_targets_pass_and_track_it_alone(bn_vat):
+    """Under batch norm, CE and the penalty's target come from one tracked pass over all rows,
+    the perturbed passes are normalised by their own batch and untracked: the terms are Eqs. (1)
+    and (5)-(6) with that target, and the running averages move once, by Eq. (4) of
+    ``finetune.batch_norm``, toward the statistics of the whole batch."""
+    torch.manual_seed(1)
+    x, y, x_u = torch.rand(10, 8, dtype=torch.float64), torch.randint(0, 3, (10,)), torch.rand(6, 8, dtype=torch.float64)
+    x_all = torch.cat([x, x_u])
+    before = _running(bn_vat)
+    torch.manual_seed(5)
+    terms = bn_vat.loss_terms({"labeled": (x, y), "unlabeled": (x_u,)}, stage="train")
+    after = _running(bn_vat)
+    pre1 = bn_vat.encoder.layers[0](x_all)  # (16, 5): layer 1's pre-activations of all rows
+    want_mean = 0.9 * before["running_mean_1"] + 0.1 * pre1.mean(0)
+    want_var = 0.9 * before["running_var_1"] + 0.1 * pre1.var(0, unbiased=False)
+    assert torch.allclose(after["running_mean_1"], want_mean, rtol=1e-12)
+    assert torch.allclose(after["running_var_1"], want_var, rtol=1e-9)
+    target = bn_vat.net.encode(x_all)["logits"]  # untracked, the same batch statistics
+    assert torch.equal(_running(bn_vat)["running_mean_2"], after["running_mean_2"])
+    torch.manual_seed(5)
+    lds = virtual_adversarial_loss(bn_vat, x_all, epsilon=0.3, xi=1e-6, n_power=1, logits=target)
+    assert torch.allclose(terms["ce"], F.cross_entropy(target[:10], y), rtol=1e-12)
+    assert torch.allclose(terms["vat"], 2.0 * lds.mean(), rtol=1e-9)
+    assert float(terms["vat"].detach()) > 0
+    # at r = 0 a perturbed pass is the target's pass: D(0, x) = 0, as the power iteration needs
+    assert float(kl_from_logits(target, bn_vat(x_all)).detach().abs().max()) < 1e-14
+    # the labeled rows' logits depend on the pool rows beside them (the batch's statistics)
+    assert not torch.allclose(bn_vat.net.encode(x)["logits"], target[:10])
+
+
+def test_batch_norm_evaluates_on_running_averages_row_by_row(bn_vat):
+    torch.manual_seed(1)
+    x, y = torch.rand(10, 8, dtype=torch.float64), torch.randint(0, 3, (10,))
+    bn_vat.loss_terms({"labeled": (x, y), "unlabeled": (torch.rand(6, 8, dtype=torch.float64),)}, stage="train")
+    before = _running(bn_vat)
+    bn_vat.eval()
+    with torch.no_grad():
+        whole, one = bn_vat(x), bn_vat(x[:1])
+        val = bn_vat.loss_terms((x, y), stage="val")
+    assert torch.allclose(whole[:1], one, rtol=1e-12)  # no batch statistics in eval
+    assert torch.allclose(val["ce"], F.cross_entropy(whole, y), rtol=1e-12)
+    assert set(val) == {"ce", "error", "loss"}
+    assert all(torch.equal(v, before[k]) for k, v in _running(bn_vat).items())  # eval tracks nothing
+
+
+def test_batch_norm_matched_to_a_stack_starts_from_its_function():
+    """``match_mlp`` on a pretrained stack: the batch-normalised network computes the stack's
+    codes, so its logits are the plain MLP's on the matched rows (train mode, batch statistics)."""
+    torch.manual_seed(0)
+    stack = Stack([AutoEncoder(8, 5, seed=1)])
+    x = torch.rand(50, 8, dtype=torch.float64)
+    plain = Classifier(UnrolledEncoder(stack), 3, seed=2).double()
+    bn = VAT(UnrolledEncoder(stack), 3, batch_norm=True, seed=2).double()
+    bn.net.match_mlp(x)
+    logits_plain = plain(x)
+    # the head's own normalisation stays (gamma = 1, beta = 0): equal up to its batch statistics
+    z = logits_plain - logits_plain.mean(0)
+    want = z / torch.sqrt(z.square().mean(0) + 1e-5)
+    assert torch.allclose(bn.net.encode(x)["logits"], want, atol=1e-10)
+
+
+def test_batch_norm_with_reconstruction_is_refused(encoder):
+    from finetune.unroll import unroll_autoencoder
+    enc, dec = unroll_autoencoder(Stack([AutoEncoder(8, 5, seed=1)]))
+    with pytest.raises(ValueError, match="batch_norm=True with reconstruction"):
+        VAT(enc, 3, batch_norm=True, reconstruction=0.5, decoder=dec)

@@ -40,7 +40,8 @@ def stack_layers(p: Profile, stack: str) -> list[dict]:
     (``configs/mnist_conv.yaml``); ``psd-1``: PSD with the authors' lambda = alpha = 1
     (``configs/mnist_psd.yaml``); ``zca-cae``: ZCA whitening (eps 0.1) under a CAE with linear
     visible units (``configs/mnist_zca_cae.yaml``); ``cae_h-2-joint``: ``cae_h-2``'s layers
-    trained jointly (``JOINT_STACKS``).
+    trained jointly (``JOINT_STACKS``); ``relu-2``: two ReLU layers, the shape of a network trained
+    from fresh weights (``vat_bn``).
     """
     ae = {"n_hidden": p.hidden, "optimizer": "adam", "lr": 1e-3}
     conv = {"kind": "conv_ae", "n_hidden": 20 * 12 * 12, "in_shape": [1, 28, 28], "maps": 20, "kernel": 5,
@@ -50,6 +51,8 @@ def stack_layers(p: Profile, stack: str) -> list[dict]:
              "psd-1": [{"kind": "psd", **ae, "code_l1": 1.0, "prediction_weight": 1.0, "ista_steps": 50}],
              "zca-cae": [{"kind": "whiten", "n_hidden": 784, "whitening": "zca", "epsilon": 0.1},
                          {"kind": "cae", **ae, "visible_unit": "linear", "loss": "mse"}],
+             # the shape and units of a fresh ReLU network (VAT's authors'), never pretrained
+             "relu-2": [{"kind": "ae", **ae, "hidden_unit": "relu"}] * 2,
              "cae-1": [{"kind": "cae", **ae}],
              "cae-2": [{"kind": "cae", **ae}] * 2, "dae-3": [{"kind": "dae", **ae}] * 3,
              # CD-1 at lr 0.1 (Hinton's guide, 2010, sec. 4), for the small batches that

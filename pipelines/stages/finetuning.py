@@ -20,7 +20,9 @@ Methods (``finetune.methods``):
 - ``mtc``: the MLP with the tangent penalty of the manifold tangent classifier on the labeled
   examples, along the ``n_tangents`` leading right singular vectors of the stack's Jacobian.
 - ``mtc_all``: the tangent penalty also on the unlabeled pool (it needs no labels).
-- ``vat``: virtual adversarial training (``finetune.vat``) on the labeled set and the pool.
+- ``vat``: virtual adversarial training (``finetune.vat``) on the labeled set and the pool;
+  with ``finetune.vat_batch_norm`` every layer batch-normalised (matched to the stack's codes
+  on the pool, as the Ladder's), the authors' networks.
 - ``ladder``: the Ladder network (``finetune.ladder``), its encoder's first layers the stack's
   (batch norm matched to the stack's codes on the pool), denoising costs on the labeled set and
   the pool.
@@ -28,7 +30,7 @@ Methods (``finetune.methods``):
   reconstruction; reported as test squared error per image beside PCA with as many components.
 
 ``mtc``, ``mtc_all`` and ``vat`` add the reconstruction term too when ``finetune.reconstruction``
-is > 0; the other MLPs and the Ladder never do.
+is > 0 (a batch-normalised ``vat`` refuses it); the other MLPs and the Ladder never do.
 """
 from __future__ import annotations
 
@@ -66,8 +68,9 @@ from pipelines.training import ChanceGuard, KeepBest, compute_device, make_train
 #: overhead depends on it (with the labeled batch of 50, validating 10000 rows took 200 steps,
 #: 80% of an epoch's time on CPU)
 VAL_BATCH = 1000
-#: pool rows whose pre-activation statistics start a pretrained Ladder (``LadderMLP.match_mlp``)
-LADDER_MATCH_ROWS = 10000
+#: pool rows whose pre-activation statistics start a batch-normalised network on a pretrained
+#: stack, the Ladder's or VAT's (``BatchNormMLP.match_mlp``)
+MATCH_ROWS = 10000
 #: alpha of ``mlp_rec`` while ``finetune.reconstruction`` is 0: a starting point, not a published
 #: value (select it on validation with ``layerwise tune``); the reconstruction error (unroll
 #: Eqs. 4-5) is summed over the inputs, so alpha = 0.01 puts it on the scale of the cross-entropy
@@ -209,14 +212,17 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             unlabeled = (_as_tensor(split.X_pool), U_pool)
     elif method.startswith("vat"):
         module = VAT(encoder, n_classes, alpha=ft.vat_alpha, epsilon=ft.vat_epsilon, xi=ft.vat_xi,
-                     n_power=ft.vat_power_iterations, entropy=ft.vat_entropy, **common)
+                     n_power=ft.vat_power_iterations, entropy=ft.vat_entropy,
+                     batch_norm=ft.vat_batch_norm, **common)
         unlabeled = (_as_tensor(split.X_pool),)
+        if stack is not None and ft.vat_batch_norm:  # start from the stack's function
+            module.net.match_mlp(unlabeled[0][:MATCH_ROWS])
     elif method.startswith("ladder"):
         module = Ladder(encoder, n_classes, noise=ft.ladder_noise, denoise=ft.ladder_denoise, lr=ft.lr,
                         optimizer=ft.optimizer, weight_decay=ft.weight_decay, seed=cfg.seed)
         unlabeled = (_as_tensor(split.X_pool),)
         if stack is not None:  # start from the stack's function, not its layers on rescaled inputs
-            module.net.match_mlp(unlabeled[0][:LADDER_MATCH_ROWS])
+            module.net.match_mlp(unlabeled[0][:MATCH_ROWS])
     else:  # mlp, mlp_rec, mlp_frozen, mlp_greedy_supervised (its last step)
         module = Classifier(encoder, n_classes, freeze_hidden=method == "mlp_frozen", **common)
 
@@ -276,6 +282,8 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
         params.update(beta=ft.beta, k=ft.n_tangents)
     elif method.startswith("vat"):
         params.update(alpha=ft.vat_alpha, epsilon=ft.vat_epsilon)
+        if ft.vat_batch_norm:
+            params["batch_norm"] = True
     elif method.startswith("ladder"):
         params.update(noise=ft.ladder_noise)
     return Row(method=name, inputs=inputs, test=test_error, valid=valid_error, params=params)

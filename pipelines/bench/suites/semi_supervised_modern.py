@@ -5,7 +5,9 @@ The cells are those of ``semi_supervised`` (the same L, label draws, validation 
 stack and pool), with the columns: ``nn`` (an MLP without pretraining), ``cae`` (the MLP on
 the CAE+H stack), ``mtc_all`` (the MTC, penalty on labeled + unlabeled), ``ladder`` and
 ``vat`` from fresh weights of the same shape, ``ladder_pretrained`` and ``vat_pretrained``
-from the stack's weights. VAT and the Ladder use the whole pool as unlabeled data, and an epoch
+from the stack's weights; ``vat_bn`` is VAT on the authors' network (every layer
+batch-normalised, ReLU units; Miyato et al.'s MNIST code, at the stack's width), from fresh
+weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weights. VAT and the Ladder use the whole pool as unlabeled data, and an epoch
 of theirs is one pass over it (``finetune.epoch_over: pool``), as their papers count epochs. A
 suite of its own, so that the semi-supervised suite's results folders keep their names.
 """
@@ -25,13 +27,20 @@ FIELDS = semi_supervised.FIELDS
 METHODS = {"nn": ("cae_h-2", "mlp_no_pretraining"), "cae": ("cae_h-2", "mlp"),
            "mtc_all": ("cae_h-2", "mtc_all"),
            "ladder": ("cae_h-2", "ladder_no_pretraining"), "ladder_pretrained": ("cae_h-2", "ladder"),
-           "vat": ("cae_h-2", "vat_no_pretraining"), "vat_pretrained": ("cae_h-2", "vat")}
+           "vat": ("cae_h-2", "vat_no_pretraining"), "vat_pretrained": ("cae_h-2", "vat"),
+           "vat_bn": ("relu-2", "vat_no_pretraining"), "vat_bn_pretrained": ("cae_h-2", "vat")}
 #: ours -> the paper whose figure stands beside it
 COLUMN = {"nn": "NN", "cae": "CAE", "mtc_all": "MTC", "ladder": "Ladder", "ladder_pretrained": "Ladder",
-          "vat": "VAT", "vat_pretrained": "VAT"}
+          "vat": "VAT", "vat_pretrained": "VAT", "vat_bn": "VAT", "vat_bn_pretrained": "VAT"}
+#: the columns added after the suite's results folders existed (``Suite.added_columns``)
+ADDED_COLUMNS = ("vat_bn", "vat_bn_pretrained")
 
 #: the columns whose epochs pass over the pool, the labeled batches cycled beside it
-POOL_EPOCHS = ("ladder", "ladder_pretrained", "vat", "vat_pretrained")
+POOL_EPOCHS = ("ladder", "ladder_pretrained", "vat", "vat_pretrained", "vat_bn", "vat_bn_pretrained")
+#: the VAT columns, and those of them on the authors' network: every layer batch-normalised
+#: (``finetune.vat_batch_norm``), ReLU units when fresh (the stack ``relu-2``)
+VAT_COLUMNS = ("vat", "vat_pretrained", "vat_bn", "vat_bn_pretrained")
+BATCH_NORM = ("vat_bn", "vat_bn_pretrained")
 #: VAT's perturbation norm for semi-supervised MNIST, the authors' (their code's semi-supervised
 #: MNIST script: 0.3, against 2.1 for supervised MNIST; the config's default is 2.0): in pixel
 #: units of [0, 1] images, a digit's norm being ~9
@@ -45,8 +54,10 @@ def cells(p: Profile) -> list[Cell]:
     for c in out:
         if c.keys["method"] in POOL_EPOCHS:
             c.task["finetune"] = {"epoch_over": "pool"}
-        if c.keys["method"] in ("vat", "vat_pretrained"):
+        if c.keys["method"] in VAT_COLUMNS:
             c.task["finetune"]["vat_epsilon"] = VAT_EPSILON
+        if c.keys["method"] in BATCH_NORM:
+            c.task["finetune"]["vat_batch_norm"] = True
     return out
 
 
@@ -73,8 +84,10 @@ def markdown(summaries, results, p: Profile) -> str:
                           for name, figs in MODERN_SEMI_PAPER.items())
     notes = ["Methods: nn = MLP without pretraining; cae = MLP on the CAE+H stack; mtc_all = MTC, tangent "
              "penalty on labeled + unlabeled; ladder, vat = Ladder network, VAT from fresh weights of the "
-             "stack's shape; *_pretrained = the same from the stack's weights. The Ladder's and VAT's papers "
-             "stand beside both of their columns; whether pretraining helps is *_pretrained against the "
+             "stack's shape; *_pretrained = the same from the stack's weights; vat_bn = VAT on the authors' "
+             "network (every layer batch-normalised, ReLU units) of the stack's width, vat_bn_pretrained = "
+             "batch-normalised on the stack's weights (normalisation matched to its codes on the pool). "
+             "The Ladder's and VAT's papers stand beside all of their columns; whether pretraining helps is *_pretrained against the "
              "column without. The Ladder's and VAT's epochs pass once over the pool, the labeled batches "
              "cycled beside it (finetune.epoch_over: pool), as their papers count epochs.",
              f"Published (permutation-invariant MNIST): {published}; their networks are larger "
