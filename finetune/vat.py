@@ -22,11 +22,14 @@ the paper. A constant classifier has D = 0 for every r: (6) vanishes and (3) has
 d = 0. With alpha = gamma = 0 the loss is the ``Classifier``'s, term for term.
 
 With ``batch_norm`` the network is a ``BatchNormMLP`` (``finetune.batch_norm``: every layer's
-pre-activation normalised over the batch, the authors' MNIST networks): its output depends on
-the batch, so the target p(. | x) of (1) comes from one pass over all B + B_u rows, the pass
-that trains CE and moves the running averages, and each perturbed pass of (3) and (5) is
-normalised by its own batch without moving them; at r = 0 a perturbed pass is then the target's
-pass exactly, and D(0, x) = 0 as (2) needs.
+pre-activation normalised over the batch, the authors' MNIST networks). Its output depends on
+the batch, so the labeled and the unlabeled batch are normalised each on its own, as the
+authors' code does: one batch mixing them lets the normalisation of the logits trade the labeled
+rows' logits against the pool rows' (measured: 60-70% validation error on MNIST with 100 labels
+after 4 epochs, against 30% for the labeled batch alone). The target p(. | x) of (1) for each
+batch comes from its own pass, which moves the running averages (the labeled one also trains
+CE); the perturbed passes of (3) and (5) are normalised by their own batch and do not move them,
+so that at r = 0 a perturbed pass is its target's pass and D(0, x) = 0, as (2) needs.
 
 Batches: ``(x, y)``, or a dict ``{"labeled": (x, y), "unlabeled": (x_u,)}`` (what
 ``PairedLoader`` yields); validation and test batches are ``(x, y)`` and get no penalty.
@@ -121,13 +124,14 @@ class VAT(Classifier):
     entropy : gamma, weight of the entropy term, Eq. (7) (>= 0); 0: plain VAT.
     batch_norm : the network is a ``BatchNormMLP`` (the encoder's layers and the head,
         batch-normalised); False: the ``Classifier``'s ``MLP``. Not with ``reconstruction``.
-    lr, optimizer, momentum, weight_decay, reconstruction, decoder, seed : as for ``Classifier``.
+    lr, optimizer, momentum, weight_decay, lr_decay, reconstruction, decoder, seed : as for
+        ``Classifier``.
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, alpha: float = 1.0,
                  epsilon: float = 2.0, xi: float = 1e-6, n_power: int = 1, entropy: float = 0.0,
                  batch_norm: bool = False, lr: float = 0.01, optimizer: str = "adam", momentum: float = 0.0,
-                 weight_decay: float = 0.0, reconstruction: float = 0.0,
+                 weight_decay: float = 0.0, lr_decay: float = 1.0, reconstruction: float = 0.0,
                  decoder: UnrolledDecoder | None = None, seed: int = 0):
         check_positive("alpha", alpha, allow_zero=True)
         check_positive("epsilon", epsilon)
@@ -138,7 +142,7 @@ class VAT(Classifier):
             raise ValueError(f"batch_norm=True with reconstruction={reconstruction!r}: the "
                              f"batch-normalised network has no code to decode; set one of them off")
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
-                         weight_decay=weight_decay, reconstruction=reconstruction, decoder=decoder,
+                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction, decoder=decoder,
                          seed=seed)
         if batch_norm:
             self.net = BatchNormMLP(encoder, n_classes, seed=seed)  # the same head
@@ -169,21 +173,28 @@ class VAT(Classifier):
             xs.append(unlabeled[0])
         x_all = torch.cat(xs)  # (B + B_u, n_visible)
         B = len(x)
-        if hp.batch_norm:  # the target's pass over all rows, as the perturbed passes normalise
-            logits = self.net.encode(x_all, track=True)["logits"]  # (B + B_u, n_classes)
-            terms = self.supervised_terms(x, y, logits=logits[:B])
+        if hp.batch_norm:  # each batch normalised on its own (see the module docstring)
+            parts = [self.net.encode(x, track=True)["logits"]]  # (B, n_classes), trains CE
+            with torch.set_grad_enabled(hp.entropy > 0 and torch.is_grad_enabled()):
+                parts += [self.net.encode(x_u, track=True)["logits"] for x_u in xs[1:]]  # (B_u, n_classes)
+            terms = self.supervised_terms(x, y, logits=parts[0])
+            logits = torch.cat(parts)  # (B + B_u, n_classes)
+            groups = list(zip(xs, parts))  # each batch beside its own target
         elif hp.entropy > 0:  # Eq. (7) differentiates every row's logits: CE shares their one pass
             h_all = self.encoder(x_all)  # (B + B_u, n_hidden)
             logits = self.net.head(h_all)  # (B + B_u, n_classes)
             terms = self.supervised_terms(x, y, h=h_all[:B], logits=logits[:B])
+            groups = [(x_all, logits)]
         else:  # the logits are the penalty's target alone: CE's for the labeled rows, no graph
             h = self.encoder(x)  # (B, n_hidden)
             logits_lab = self.net.head(h)  # (B, n_classes)
             terms = self.supervised_terms(x, y, h=h, logits=logits_lab)
             with torch.no_grad():
                 logits = torch.cat([logits_lab.detach(), *(self(x_u) for x_u in xs[1:])])  # (B + B_u, n_classes)
+            groups = [(x_all, logits)]
         if hp.alpha > 0:
-            terms["vat"] = hp.alpha * self.penalty(x_all, logits).mean()  # Eq. (6)
+            lds = torch.cat([self.penalty(x_g, logits_g) for x_g, logits_g in groups])  # (B + B_u,)
+            terms["vat"] = hp.alpha * lds.mean()  # Eq. (6)
         if hp.entropy > 0:
             terms["entropy"] = hp.entropy * entropy_from_logits(logits).mean()  # Eq. (7)
         terms["loss"] = sum(v for k, v in terms.items() if k != "error")  # Eq. (8)

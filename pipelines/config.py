@@ -73,6 +73,7 @@ class FinetuneConfig(Section):
     lr: float = Field(0.01, gt=0)
     optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, ge=0)
+    lr_decay: float = Field(1.0, gt=0, le=1)  # the learning rate's factor per epoch; 1: constant
     patience: int = Field(20, ge=1)           # early stopping on val/error
     reconstruction: float = Field(0.0, ge=0)  # alpha of the reconstruction term: mlp_rec's (0: its
                                               # default), added to mtc, mtc_all, vat when > 0
@@ -103,7 +104,7 @@ class FinetuneConfig(Section):
     #: so that the stage results and bench folders named before them are found again
     DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = (
         "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy", "vat_batch_norm",
-        "ladder_noise", "ladder_denoise", "supervised_epochs", "epoch_over")
+        "ladder_noise", "ladder_denoise", "supervised_epochs", "epoch_over", "lr_decay")
 
     @field_validator("ladder_denoise")
     @classmethod

@@ -116,6 +116,9 @@ class Module(L.LightningModule):
     optimizer : one of ``OPTIMIZERS``.
     momentum : SGD momentum in [0, 1] (ignored by Adam).
     weight_decay : L2 weight decay added by the optimizer (>= 0).
+    lr_decay : the learning rate's factor per epoch, in (0, 1]: epoch t trains at
+        ``lr * lr_decay ** t`` (``torch.optim.lr_scheduler.ExponentialLR``, stepped by Lightning
+        after each training epoch and saved in its checkpoints); 1: constant.
     """
 
     #: the terms ``log_terms`` logs (None: all of them) and those shown in the progress bar
@@ -130,10 +133,14 @@ class Module(L.LightningModule):
     #: them so; more than 1 needs manual optimization (``update`` takes its own optimizer step)
     updates_per_step: int = 1
 
-    def __init__(self, *, lr: float, optimizer: str, momentum: float, weight_decay: float):
+    def __init__(self, *, lr: float, optimizer: str, momentum: float, weight_decay: float,
+                 lr_decay: float = 1.0):
         super().__init__()
         check_optimizer(lr, optimizer, momentum, weight_decay)
-        self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        check_probability("lr_decay", lr_decay)
+        check_positive("lr_decay", lr_decay)
+        self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                         lr_decay=lr_decay)
         #: per stage, the sync-free guard's record [s*, the loss at s*, the epoch] (s* and the
         #: loss on the device)
         self._nonfinite: dict[str, list[torch.Tensor]] = {}
@@ -277,7 +284,15 @@ class Module(L.LightningModule):
         o = self._opt
         params = list(self.parameters())  # a tied weight appears once
         if o["optimizer"] == "adam":
-            return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"],
-                                    fused=fused_kernel(params))
-        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
-                               fused=fused_kernel(params))
+            opt = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"],
+                                   fused=fused_kernel(params))
+        else:
+            opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                                  fused=fused_kernel(params))
+        if o["lr_decay"] == 1.0:
+            return opt
+        if not self.automatic_optimization:  # Lightning steps no scheduler of a manual step
+            raise ValueError(f"lr_decay={o['lr_decay']!r}: {self.describe()} takes its own optimizer "
+                             f"steps, and decays no learning rate; leave lr_decay at 1")
+        decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o["lr_decay"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}

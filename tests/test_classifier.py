@@ -131,7 +131,9 @@ def test_bad_hyperparameters_raise_naming_the_value(stack):
                           (dict(weight_decay=-1.0), "weight_decay must be >= 0, got -1.0"),
                           (dict(reconstruction=-0.1), "reconstruction must be >= 0, got -0.1"),
                           (dict(reconstruction=0.5), "reconstruction=0.5 needs a decoder"),
-                          (dict(seed=1.5), "seed must be an integer, got 1.5")]:
+                          (dict(seed=1.5), "seed must be an integer, got 1.5"),
+                          (dict(lr_decay=0.0), "lr_decay must be > 0, got 0.0"),
+                          (dict(lr_decay=1.5), "lr_decay")]:
         with pytest.raises(ValueError, match=match):
             Classifier(encoder, 10, **kwargs)
     with pytest.raises(ValueError, match="n_classes must be an integer >= 2, got 1"):
@@ -142,3 +144,38 @@ def test_bad_hyperparameters_raise_naming_the_value(stack):
     other = Stack([AutoEncoder(64, 16)])
     with pytest.raises(ValueError, match="mirrors sizes"):
         Classifier(encoder, 10, decoder=unroll_autoencoder(other)[1])
+
+
+class _Rates(L.Callback):
+    """The learning rate each training epoch ran at."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_lr_decay_trains_epoch_t_at_lr_times_decay_to_the_t_and_resumes_its_schedule(digits, stack, tmp_path):
+    """``lr_decay``: Lightning steps the schedule once per epoch, so epoch t trains at
+    lr * decay^t; stopped after 2 epochs and resumed from the checkpoint, the run goes on at
+    lr * decay^2, not at lr."""
+    loader = lambda: DataLoader(TensorDataset(digits["x_l"], digits["y_l"]), batch_size=50, shuffle=True)
+    make = lambda: Classifier(UnrolledEncoder(stack), 10, lr=0.01, lr_decay=0.5, seed=0)
+    whole = _Rates()
+    L.seed_everything(0, verbose=False)
+    L.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu", deterministic=True,
+              callbacks=[whole]).fit(make(), loader())
+    assert whole.rates == pytest.approx([0.01, 0.005, 0.0025, 0.00125], rel=1e-12)
+    first, rest = _Rates(), _Rates()
+    L.seed_everything(0, verbose=False)
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              accelerator="cpu", deterministic=True, callbacks=[first, ckpt]).fit(make(), loader())
+    L.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu", deterministic=True, callbacks=[rest]).fit(
+        make(), loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert first.rates + rest.rates == pytest.approx(whole.rates, rel=1e-12)
+    constant = Classifier(UnrolledEncoder(stack), 10, lr=0.01, seed=0).configure_optimizers()
+    assert isinstance(constant, torch.optim.Optimizer)  # lr_decay = 1: no schedule at all

@@ -31,8 +31,8 @@ def result(tmp_path_factory):
 
 def test_batch_normalised_vat_on_the_stack_learns(result):
     """``finetune.vat_batch_norm``: VAT on the same stack (its layer cache), every layer
-    batch-normalised and matched to the stack's codes on the pool, learns as well as the plain
-    VAT within a few points, and says so in its row."""
+    batch-normalised and matched to the stack's codes on the pool, learns better than the plain
+    VAT, and says so in its row."""
     err, _, root = result
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = load_config("quickstart", SMALL + [f"tracking.uri={uri}", "finetune.methods=[vat]",
@@ -42,8 +42,8 @@ def test_batch_normalised_vat_on_the_stack_learns(result):
     finally:
         mlflow.set_tracking_uri(None)
     row, = res.rows
-    # measured (500 test digits): 11.2%, beside the plain VAT's 15.8%; chance is 90%
-    assert row.test < 25 and row.test <= err["vat"] + 3.0, (row.test, err)
+    # measured (500 test digits): 8.4%, beside the plain VAT's 15.8%; chance is 90%
+    assert row.test < err["vat"] - 3.0, (row.test, err)
     assert row.params["batch_norm"] is True
 
 
@@ -67,6 +67,8 @@ def test_each_method_logs_its_own_terms(result):
                                            ("finetune.vat_power_iterations=0", "finetune.vat_power_iterations"),
                                            ("finetune.vat_xi=2", "finetune.vat_xi"),
                                            ("finetune.ladder_noise=-0.1", "finetune.ladder_noise"),
+                                           ("finetune.lr_decay=0", "finetune.lr_decay"),
+                                           ("finetune.lr_decay=1.1", "finetune.lr_decay"),
                                            ("finetune.ladder_denoise=[1000, -1]", "finetune.ladder_denoise")])
 def test_bad_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -78,7 +80,11 @@ def test_new_settings_at_their_defaults_leave_the_digest_as_it_was():
     cfg = load_config("quickstart")
     before = cfg.digest()
     cfg.finetune.vat_epsilon = 2.0  # the default, set explicitly
+    cfg.finetune.vat_batch_norm, cfg.finetune.lr_decay = False, 1.0
     assert cfg.digest() == before
+    cfg.finetune.lr_decay = 0.9
+    assert cfg.digest() != before
+    cfg.finetune.lr_decay = 1.0
     cfg.finetune.vat_epsilon = 1.0
     assert cfg.digest() != before
     cfg.finetune.vat_epsilon, cfg.finetune.ladder_denoise = 2.0, [1.0, 1.0, 0.1, 0.1]

@@ -194,7 +194,7 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     else:
         encoder, decoder = UnrolledEncoder(stack), None
 
-    common = dict(lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay,
+    common = dict(lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay, lr_decay=ft.lr_decay,
                   reconstruction=alpha if decoder is not None else 0.0,
                   decoder=decoder, seed=cfg.seed)
     train_extra, unlabeled = (), None
@@ -219,7 +219,8 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             module.net.match_mlp(unlabeled[0][:MATCH_ROWS])
     elif method.startswith("ladder"):
         module = Ladder(encoder, n_classes, noise=ft.ladder_noise, denoise=ft.ladder_denoise, lr=ft.lr,
-                        optimizer=ft.optimizer, weight_decay=ft.weight_decay, seed=cfg.seed)
+                        optimizer=ft.optimizer, weight_decay=ft.weight_decay, lr_decay=ft.lr_decay,
+                        seed=cfg.seed)
         unlabeled = (_as_tensor(split.X_pool),)
         if stack is not None:  # start from the stack's function, not its layers on rescaled inputs
             module.net.match_mlp(unlabeled[0][:MATCH_ROWS])
@@ -274,6 +275,8 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     name = method.replace("_no_pretraining", ", no pretraining")
     inputs = "pixels" if fresh else "stack"
     params = {"epoch": keep.best_epoch}
+    if ft.lr_decay != 1.0:
+        params["lr_decay"] = ft.lr_decay
     if greedy:
         params["layer_epochs"] = "/".join(map(str, layer_epochs))
     if common["reconstruction"] > 0:
