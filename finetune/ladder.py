@@ -25,10 +25,11 @@ the others 0 at the start, as in the authors' code, so that z^ = 0). The supervi
 is on the corrupted output, the noise acting as a regulariser; the denoising costs (8) need no
 labels and cover the labeled and unlabeled rows. The clean encoder gives the targets z(l) and
 the statistics (7) normalises the decoder's guesses with; in evaluation it uses running
-averages of mu(l), sigma(l)^2 (``finetune.batch_norm``, whose ``BatchNormMLP`` runs Eqs. (1)-(4)),
-updated by the clean pass of each training batch. The encoder's first K layers are the unrolled
-stack's (pretrained or fresh); ``BatchNormMLP.match_mlp`` sets beta(l), gamma(l) and the running averages from the data, so that
-a pretrained Ladder starts from the stack's codes (BN with gamma = 1, beta = 0 would not).
+averages of mu(l), sigma(l)^2 (``finetune.batch_norm``, whose ``BatchNormMLP`` runs Eqs.
+(1)-(4)), updated by the clean pass of each training batch. The encoder's first K layers are the
+unrolled stack's (pretrained or fresh); ``BatchNormMLP.match_mlp`` sets beta(l), gamma(l) and the
+running averages from the data, so that a pretrained Ladder starts from the stack's codes (BN
+with gamma = 1, beta = 0 would not).
 
 With ``batch_norm=False`` BN is the identity, beta and gamma are absent and (7) is
 z^_BN = z^; with also sigma_n = 0 and every lambda_l = 0 the loss is the ``Classifier``'s, term

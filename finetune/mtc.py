@@ -66,8 +66,8 @@ class MTC(Classifier):
                  decoder: UnrolledDecoder | None = None, seed: int = 0):
         check_positive("beta", beta, allow_zero=True)
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
-                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction, decoder=decoder,
-                         seed=seed)
+                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction,
+                         decoder=decoder, seed=seed)
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 
     def output(self, x: torch.Tensor) -> torch.Tensor:

@@ -130,8 +130,8 @@ class VAT(Classifier):
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, alpha: float = 1.0,
                  epsilon: float = 2.0, xi: float = 1e-6, n_power: int = 1, entropy: float = 0.0,
-                 batch_norm: bool = False, lr: float = 0.01, optimizer: str = "adam", momentum: float = 0.0,
-                 weight_decay: float = 0.0, lr_decay: float = 1.0, reconstruction: float = 0.0,
+                 batch_norm: bool = False, lr: float = 0.01, optimizer: str = "adam",
+                 momentum: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 1.0, reconstruction: float = 0.0,
                  decoder: UnrolledDecoder | None = None, seed: int = 0):
         check_positive("alpha", alpha, allow_zero=True)
         check_positive("epsilon", epsilon)
@@ -142,8 +142,8 @@ class VAT(Classifier):
             raise ValueError(f"batch_norm=True with reconstruction={reconstruction!r}: the "
                              f"batch-normalised network has no code to decode; set one of them off")
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
-                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction, decoder=decoder,
-                         seed=seed)
+                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction,
+                         decoder=decoder, seed=seed)
         if batch_norm:
             self.net = BatchNormMLP(encoder, n_classes, seed=seed)  # the same head
         self.save_hyperparameters(ignore=["encoder", "decoder"])
@@ -179,20 +179,18 @@ class VAT(Classifier):
                 parts += [self.net.encode(x_u, track=True)["logits"] for x_u in xs[1:]]  # (B_u, n_classes)
             terms = self.supervised_terms(x, y, logits=parts[0])
             logits = torch.cat(parts)  # (B + B_u, n_classes)
-            groups = list(zip(xs, parts))  # each batch beside its own target
         elif hp.entropy > 0:  # Eq. (7) differentiates every row's logits: CE shares their one pass
             h_all = self.encoder(x_all)  # (B + B_u, n_hidden)
             logits = self.net.head(h_all)  # (B + B_u, n_classes)
             terms = self.supervised_terms(x, y, h=h_all[:B], logits=logits[:B])
-            groups = [(x_all, logits)]
         else:  # the logits are the penalty's target alone: CE's for the labeled rows, no graph
             h = self.encoder(x)  # (B, n_hidden)
             logits_lab = self.net.head(h)  # (B, n_classes)
             terms = self.supervised_terms(x, y, h=h, logits=logits_lab)
             with torch.no_grad():
                 logits = torch.cat([logits_lab.detach(), *(self(x_u) for x_u in xs[1:])])  # (B + B_u, n_classes)
-            groups = [(x_all, logits)]
-        if hp.alpha > 0:
+        if hp.alpha > 0:  # under batch norm each batch beside its own target, else all rows at once
+            groups = list(zip(xs, parts)) if hp.batch_norm else [(x_all, logits)]
             lds = torch.cat([self.penalty(x_g, logits_g) for x_g, logits_g in groups])  # (B + B_u,)
             terms["vat"] = hp.alpha * lds.mean()  # Eq. (6)
         if hp.entropy > 0:

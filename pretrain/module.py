@@ -65,12 +65,15 @@ def scales_gradient(scale: torch.Tensor) -> bool:
     return scale.device.type != "cpu" or float(scale) != 1.0
 
 
-def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: float) -> None:
+def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: float,
+                    lr_decay: float = 1.0) -> None:
     """Raise the ValueError naming the first bad optimizer setting, if any."""
     check_positive("lr", lr)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_probability("momentum", momentum)
     check_positive("weight_decay", weight_decay, allow_zero=True)
+    check_positive("lr_decay", lr_decay)
+    check_probability("lr_decay", lr_decay)
 
 
 def fused_kernel(params) -> bool | None:
@@ -136,9 +139,7 @@ class Module(L.LightningModule):
     def __init__(self, *, lr: float, optimizer: str, momentum: float, weight_decay: float,
                  lr_decay: float = 1.0):
         super().__init__()
-        check_optimizer(lr, optimizer, momentum, weight_decay)
-        check_probability("lr_decay", lr_decay)
-        check_positive("lr_decay", lr_decay)
+        check_optimizer(lr, optimizer, momentum, weight_decay, lr_decay)
         self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                          lr_decay=lr_decay)
         #: per stage, the sync-free guard's record [s*, the loss at s*, the epoch] (s* and the
@@ -291,8 +292,5 @@ class Module(L.LightningModule):
                                   fused=fused_kernel(params))
         if o["lr_decay"] == 1.0:
             return opt
-        if not self.automatic_optimization:  # Lightning steps no scheduler of a manual step
-            raise ValueError(f"lr_decay={o['lr_decay']!r}: {self.describe()} takes its own optimizer "
-                             f"steps, and decays no learning rate; leave lr_decay at 1")
         decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o["lr_decay"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}

@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import MLFlowLogger
 from sklearn.decomposition import PCA
 
+from finetune.batch_norm import BatchNormMLP
 from finetune.classifier import Classifier
 from finetune.deep_autoencoder import DeepAutoencoder
 from finetune.ladder import Ladder
@@ -215,17 +216,17 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
                      n_power=ft.vat_power_iterations, entropy=ft.vat_entropy,
                      batch_norm=ft.vat_batch_norm, **common)
         unlabeled = (_as_tensor(split.X_pool),)
-        if stack is not None and ft.vat_batch_norm:  # start from the stack's function
-            module.net.match_mlp(unlabeled[0][:MATCH_ROWS])
     elif method.startswith("ladder"):
         module = Ladder(encoder, n_classes, noise=ft.ladder_noise, denoise=ft.ladder_denoise, lr=ft.lr,
                         optimizer=ft.optimizer, weight_decay=ft.weight_decay, lr_decay=ft.lr_decay,
                         seed=cfg.seed)
         unlabeled = (_as_tensor(split.X_pool),)
-        if stack is not None:  # start from the stack's function, not its layers on rescaled inputs
-            module.net.match_mlp(unlabeled[0][:MATCH_ROWS])
     else:  # mlp, mlp_rec, mlp_frozen, mlp_greedy_supervised (its last step)
         module = Classifier(encoder, n_classes, freeze_hidden=method == "mlp_frozen", **common)
+    if stack is not None and isinstance(module.net, BatchNormMLP):
+        # the Ladder's or VAT's batch norm starts from the stack's function, not from its layers
+        # on rescaled pre-activations
+        module.net.match_mlp(_as_tensor(split.X_pool)[:MATCH_ROWS])
 
     with tracking.start_run(f"finetune {method}", experiment_id=experiment_id, nested=True) as run:
         mlflow.log_params({"method": method, "n_labels": len(split.y_lab),

@@ -7,9 +7,10 @@ the CAE+H stack), ``mtc_all`` (the MTC, penalty on labeled + unlabeled), ``ladde
 ``vat`` from fresh weights of the same shape, ``ladder_pretrained`` and ``vat_pretrained``
 from the stack's weights; ``vat_bn`` is VAT on the authors' network (every layer
 batch-normalised, ReLU units; Miyato et al.'s MNIST code, at the stack's width), from fresh
-weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weights. VAT and the Ladder use the whole pool as unlabeled data, and an epoch
-of theirs is one pass over it (``finetune.epoch_over: pool``), as their papers count epochs. A
-suite of its own, so that the semi-supervised suite's results folders keep their names.
+weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weights. VAT and
+the Ladder use the whole pool as unlabeled data, and an epoch of theirs is one pass over it
+(``finetune.epoch_over: pool``), as their papers count epochs. A suite of its own, so that the
+semi-supervised suite's results folders keep their names.
 """
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ COLUMN = {"nn": "NN", "cae": "CAE", "mtc_all": "MTC", "ladder": "Ladder", "ladde
 ADDED_COLUMNS = ("vat_bn", "vat_bn_pretrained")
 
 #: the columns whose epochs pass over the pool, the labeled batches cycled beside it
-POOL_EPOCHS = ("ladder", "ladder_pretrained", "vat", "vat_pretrained", "vat_bn", "vat_bn_pretrained")
+POOL_EPOCHS = tuple(col for col, (_, method) in METHODS.items() if method.startswith(("ladder", "vat")))
 #: the VAT columns, and those of them on the authors' network: every layer batch-normalised
 #: (``finetune.vat_batch_norm``), ReLU units when fresh (the stack ``relu-2``)
-VAT_COLUMNS = ("vat", "vat_pretrained", "vat_bn", "vat_bn_pretrained")
+VAT_COLUMNS = tuple(col for col, (_, method) in METHODS.items() if method.startswith("vat"))
 BATCH_NORM = ("vat_bn", "vat_bn_pretrained")
 #: VAT's perturbation norm for semi-supervised MNIST, the authors' (their code's semi-supervised
 #: MNIST script: 0.3, against 2.1 for supervised MNIST; the config's default is 2.0): in pixel
@@ -87,8 +88,8 @@ def markdown(summaries, results, p: Profile) -> str:
              "stack's shape; *_pretrained = the same from the stack's weights; vat_bn = VAT on the authors' "
              "network (every layer batch-normalised, ReLU units) of the stack's width, vat_bn_pretrained = "
              "batch-normalised on the stack's weights (normalisation matched to its codes on the pool). "
-             "The Ladder's and VAT's papers stand beside all of their columns; whether pretraining helps is *_pretrained against the "
-             "column without. The Ladder's and VAT's epochs pass once over the pool, the labeled batches "
+             "The Ladder's and VAT's papers stand beside all of their columns; whether pretraining helps "
+             "is *_pretrained against the column without. The Ladder's and VAT's epochs pass once over the pool, the labeled batches "
              "cycled beside it (finetune.epoch_over: pool), as their papers count epochs.",
              f"Published (permutation-invariant MNIST): {published}; their networks are larger "
              "(Ladder: 784-1000-500-250-250-250-10) and trained longer than a profile's.",
