@@ -23,7 +23,10 @@ from pretrain.names import OPTIMIZERS
 from pipelines.layer_config import LayerConfig, Section
 
 FINETUNE_METHODS = ("mlp", "mlp_rec", "mlp_frozen", "mlp_greedy_supervised", "mtc", "mtc_all", "vat",
-                    "ladder", "deep_autoencoder")
+                    "ladder", "deep_autoencoder", "vat_no_pretraining", "ladder_no_pretraining")
+#: the fine-tuning methods that take only the stack's shape and start from fresh weights (the
+#: Ladder's and VAT's papers train so; the greedy supervised MLP trains its own layers)
+FRESH_METHODS = ("mlp_greedy_supervised", "vat_no_pretraining", "ladder_no_pretraining")
 BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
 
 
@@ -171,6 +174,15 @@ class PipelineConfig(Section):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def reads_stack(self) -> bool:
+        """Whether a stage reads the pretrained stack's weights: a fine-tuning method outside
+        ``FRESH_METHODS``, or a baseline other than the MLP on the stack's codes. When none
+        does, the pipeline trains no stack."""
+        if any(m not in FRESH_METHODS for m in self.finetune.methods):
+            return True
+        return "codes" in self.baselines.inputs and any(m != "mlp" for m in self.baselines.methods)
 
     def digest(self, *sections: str) -> str:
         """A short hash of the given sections (all when none): the key of cached stage outputs."""

@@ -127,13 +127,17 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns", evaluate_t
         fit_layer = tracked_layer_fitter(cfg, uri=uri, experiment_id=experiment_id,
                                          cache_dir=cache_dir, image_shape=ds.image_shape)
 
-        with tracking.start_run("pretrain", experiment_id=experiment_id, nested=True):
-            stack, loaded = pretrain_stack(cfg, _tensor(split.X_pool), _tensor(split.X_valid),
-                                           cache_dir=cache_dir, fit_layer=fit_layer)
-            mlflow.log_params({"sizes": "-".join(map(str, stack.sizes)),
-                               "layers_from_cache": sum(loaded)})
-        stack.eval()
-        from_cache += [f"layer {k + 1}" for k, hit in enumerate(loaded) if hit]
+        stack, loaded = None, []
+        if cfg.reads_stack:
+            with tracking.start_run("pretrain", experiment_id=experiment_id, nested=True):
+                stack, loaded = pretrain_stack(cfg, _tensor(split.X_pool), _tensor(split.X_valid),
+                                               cache_dir=cache_dir, fit_layer=fit_layer)
+                mlflow.log_params({"sizes": "-".join(map(str, stack.sizes)),
+                                   "layers_from_cache": sum(loaded)})
+            stack.eval()
+            from_cache += [f"layer {k + 1}" for k, hit in enumerate(loaded) if hit]
+        else:  # every method starts from fresh weights of the layers' shape
+            progress.note("no method reads a pretrained stack: pretraining skipped")
 
         # -- stage 2: fine-tuning (MLP, MTC, deep autoencoder) ------------------------------
         rows: list[Row] = []
