@@ -362,6 +362,25 @@ def test_readme_update_rewrites_marked_sections_only(tmp_path):
         readme.update(doc, results)
 
 
+def test_a_run_keeps_the_readme_section_of_its_table_in_step(suite, tmp_path):
+    """As cells land, the README beside the results folder gets the suite's section rewritten
+    with the table just written; the text around it and another suite's section stay as they
+    were, and a README that marks no such section is not touched."""
+    results = tmp_path / "results"
+    other = "<!-- results:semi-supervised-quick -->\n| typed by hand | 1.00 |\n<!-- /results -->\n"
+    doc = tmp_path / "README.md"
+    doc.write_text(f"intro\n\n<!-- results:{NAME}-tiny -->\nstale\n<!-- /results -->\n\n{other}outro\n")
+    _run(tmp_path, "machine1", results)
+    table = (results / f"{NAME}-tiny" / "table.md").read_text()
+    assert "svm" in table
+    assert doc.read_text() == f"intro\n\n<!-- results:{NAME}-tiny -->\n{table}<!-- /results -->\n\n{other}outro\n"
+    unmarked = "no generated sections here\n"
+    doc.write_text(unmarked)
+    _run(tmp_path, "machine2", results)
+    assert doc.read_text() == unmarked
+    assert readme.update_section(tmp_path / "missing.md", f"{NAME}-tiny", table) is False
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MNIST, reason="MNIST files not found in ../shared/data/mnist")
 def test_tiny_semi_supervised_regenerates_from_its_committed_files(tmp_path, monkeypatch):

@@ -9,7 +9,9 @@ time. The README holds such tables between marker comments::
     (generated: do not edit)
     <!-- /results -->
 
-``python -m pipelines.bench.readme`` rewrites every marked section (and every ``table.md``) from
+A suite run keeps both in step as its cells land: ``table.md`` and, when the README beside the
+results folder (``<results>/../README.md``) marks the suite's section, that section
+(:func:`update_section`). ``python -m pipelines.bench.readme`` rewrites every marked section (and every ``table.md``) from
 the files; ``--check`` only says which differ (exit status 1), as the tests do, so that a number
 edited by hand fails.
 """
@@ -27,7 +29,7 @@ from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
 from pipelines.bench.summary import summarize
 from pipelines.bench.timing_report import recorded_markdown
-from pipelines.files import atomic_write_text
+from pipelines.files import atomic_write_text, file_lock
 
 MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -99,6 +101,22 @@ def update(readme: str | Path, results: str | Path, *, check: bool = False) -> l
         if new != text:
             atomic_write_text(readme, new)
     return changed
+
+
+def update_section(readme: str | Path, name: str, table: str) -> bool:
+    """Rewrite the section marked ``name`` in ``readme`` with ``table``, under a lock beside the
+    file (two suites landing cells at once each keep the other's section); a README that is
+    missing or marks no such section is left alone. Returns whether the file changed."""
+    readme = Path(readme)
+    if not readme.is_file():
+        return False
+    with file_lock(readme.with_name(f".{readme.name}.lock")):
+        text = readme.read_text()
+        new = MARKER.sub(lambda m: m[1] + table + m[4] if m["name"] == name else m[0], text)
+        if new == text:
+            return False
+        atomic_write_text(readme, new)
+        return True
 
 
 def _same(path: Path, text: str) -> bool:

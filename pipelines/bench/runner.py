@@ -33,7 +33,7 @@ from pipelines.bench.context import EXPERIMENT, Context, bench_config
 from pipelines.bench.hardware import hardware
 from pipelines.bench.pretraining_file import FILE as PRETRAINING, PretrainingFile
 from pipelines.bench.profiles import Profile, get_profile
-from pipelines.bench.readme import results_table
+from pipelines.bench.readme import results_table, update_section
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile, ResultStore, results_dir
 from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
@@ -116,8 +116,10 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
         cells = with_selection(suite, prof, cells, folder)
         book = ResultsFile(folder / FILE, SCHEMAS[suite], cells, spec.cell_digests(prof, cells))
 
-    def landed() -> None:  # the committed table follows each cell that lands
-        atomic_write_text(book.path.with_name(TABLE), results_table(suite, prof.name, book))
+    def landed() -> None:  # the committed table, and the README's section of it, follow each cell
+        table = results_table(suite, prof.name, book)
+        atomic_write_text(book.path.with_name(TABLE), table)
+        update_section(book.path.parent.parent.resolve().parent / "README.md", book.path.parent.name, table)
 
     store = ResultStore(CellStore(directory), book, landed=landed)
 
