@@ -177,10 +177,11 @@ class PipelineConfig(Section):
 
     @property
     def reads_stack(self) -> bool:
-        """Whether a stage reads the pretrained stack's weights: a fine-tuning method outside
-        ``FRESH_METHODS``, or a baseline other than the MLP on the stack's codes. When none
-        does, the pipeline trains no stack."""
-        if any(m not in FRESH_METHODS for m in self.finetune.methods):
+        """Whether the pipeline trains the stack: unless fine-tuning methods are listed and all
+        start from fresh weights (``FRESH_METHODS``) and no baseline but the MLP runs on the
+        stack's codes. No fine-tuning method at all is a run for the stack itself: it trains."""
+        methods = self.finetune.methods
+        if not methods or any(m not in FRESH_METHODS for m in methods):
             return True
         return "codes" in self.baselines.inputs and any(m != "mlp" for m in self.baselines.methods)
 

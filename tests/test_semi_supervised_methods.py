@@ -154,7 +154,9 @@ def test_fresh_vat_and_ladder_train_no_stack_and_learn(tmp_path):
     ("[vat_no_pretraining]", "[mlp]", "[pixels,codes]", False),   # the MLP baseline reads pixels only
     ("[vat_no_pretraining]", "[svm]", "[pixels,codes]", True),    # an SVM on the stack's codes
     ("[vat_no_pretraining,vat]", "[]", "[pixels]", True),         # VAT on the stack's weights
-    ("[deep_autoencoder]", "[]", "[pixels]", True)])
+    ("[deep_autoencoder]", "[]", "[pixels]", True),
+    ("[]", "[]", "[pixels]", True),                               # a run for the stack itself
+    ("[]", "[knn]", "[pixels]", True)])
 def test_a_stack_is_trained_when_and_only_when_a_stage_reads_it(methods, baselines, inputs, reads):
     cfg = load_config("quickstart", [f"finetune.methods={methods}", f"baselines.methods={baselines}",
                                      f"baselines.inputs={inputs}"])
