@@ -176,7 +176,7 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
-    def reads_stack(self) -> bool:
+    def trains_stack(self) -> bool:
         """Whether the pipeline trains the stack: unless fine-tuning methods are listed and all
         start from fresh weights (``FRESH_METHODS``) and no baseline but the MLP runs on the
         stack's codes. No fine-tuning method at all is a run for the stack itself: it trains."""

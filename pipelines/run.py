@@ -128,7 +128,7 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | Path = "mlruns", evaluate_t
                                          cache_dir=cache_dir, image_shape=ds.image_shape)
 
         stack, loaded = None, []
-        if cfg.reads_stack:
+        if cfg.trains_stack:
             with tracking.start_run("pretrain", experiment_id=experiment_id, nested=True):
                 stack, loaded = pretrain_stack(cfg, _tensor(split.X_pool), _tensor(split.X_valid),
                                                cache_dir=cache_dir, fit_layer=fit_layer)

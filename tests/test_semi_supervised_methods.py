@@ -128,7 +128,7 @@ def test_fresh_vat_and_ladder_train_no_stack_and_learn(tmp_path):
     root, uri = tmp_path / "mlruns", f"sqlite:///{tmp_path / 'm.db'}"
     cfg = load_config("quickstart", SMALL + [f"tracking.uri={uri}",
                                              "finetune.methods=[vat_no_pretraining,ladder_no_pretraining]"])
-    assert not cfg.reads_stack
+    assert not cfg.trains_stack
     try:
         res = run_pipeline(cfg, root=root)
         mlflow.set_tracking_uri(res.tracking_uri)
@@ -157,7 +157,7 @@ def test_fresh_vat_and_ladder_train_no_stack_and_learn(tmp_path):
     ("[deep_autoencoder]", "[]", "[pixels]", True),
     ("[]", "[]", "[pixels]", True),                               # a run for the stack itself
     ("[]", "[knn]", "[pixels]", True)])
-def test_a_stack_is_trained_when_and_only_when_a_stage_reads_it(methods, baselines, inputs, reads):
+def test_a_stack_is_trained_unless_every_listed_method_starts_fresh(methods, baselines, inputs, reads):
     cfg = load_config("quickstart", [f"finetune.methods={methods}", f"baselines.methods={baselines}",
                                      f"baselines.inputs={inputs}"])
-    assert cfg.reads_stack is reads
+    assert cfg.trains_stack is reads

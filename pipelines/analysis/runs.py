@@ -95,7 +95,7 @@ def load_run(run_id: str, *, uri: str | None = None, root: str | Path | None = N
                          f"give the parent run id of a pipeline run (layerwise ui lists them) and "
                          f"--uri of its store") from None
     cfg = config_from_dict(yaml.safe_load(text), source=f"run {run_id}")
-    if not cfg.reads_stack:
+    if not cfg.trains_stack:
         raise ValueError(f"run {run_id} trained no stack: its methods ({', '.join(cfg.finetune.methods)}) "
                          f"start from fresh weights; give a run whose config pretrains one (a method "
                          f"such as mlp, mtc or vat)")
