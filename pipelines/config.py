@@ -24,10 +24,14 @@ from pipelines.layer_config import LayerConfig, Section
 
 FINETUNE_METHODS = ("mlp", "mlp_rec", "mlp_frozen", "mlp_greedy_supervised", "mtc", "mtc_all", "vat",
                     "ladder", "deep_autoencoder", "vat_no_pretraining", "ladder_no_pretraining")
-#: the fine-tuning methods that take only the stack's shape and start from fresh weights (the
-#: Ladder's and VAT's papers train so; the greedy supervised MLP trains its own layers)
-FRESH_METHODS = ("mlp_greedy_supervised", "vat_no_pretraining", "ladder_no_pretraining")
 BASELINE_METHODS = ("svm", "knn", "pca_svm", "mlp")
+
+
+def starts_fresh(method: str) -> bool:
+    """Whether a network method takes only the stack's shape and starts from fresh weights: the
+    ``_no_pretraining`` ones (``no-pretraining`` in the bench's names; the Ladder's and VAT's papers
+    train so) and the greedy supervised MLP, which trains its own layers."""
+    return method.replace("-", "_").endswith("no_pretraining") or method == "mlp_greedy_supervised"
 
 
 class ConfigError(ValueError):
@@ -178,10 +182,10 @@ class PipelineConfig(Section):
     @property
     def trains_stack(self) -> bool:
         """Whether the pipeline trains the stack: unless fine-tuning methods are listed and all
-        start from fresh weights (``FRESH_METHODS``) and no baseline but the MLP runs on the
+        start from fresh weights (:func:`starts_fresh`) and no baseline but the MLP runs on the
         stack's codes. No fine-tuning method at all is a run for the stack itself: it trains."""
         methods = self.finetune.methods
-        if not methods or any(m not in FRESH_METHODS for m in methods):
+        if not methods or not all(map(starts_fresh, methods)):
             return True
         return "codes" in self.baselines.inputs and any(m != "mlp" for m in self.baselines.methods)
 

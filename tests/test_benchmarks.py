@@ -408,6 +408,7 @@ def test_a_network_without_pretraining_trains_no_stack(tmp_path, monkeypatch):
     ({"stack": "cae_h-2", "method": "mlp_no_pretraining"}, False),
     ({"stack": "cae_h-2", "method": "vat_no_pretraining"}, False),
     ({"stack": "rbm-ae", "method": "no-pretraining"}, False),
+    ({"stack": "cae_h-2", "method": "mlp_greedy_supervised"}, False),  # trains its own layers
     ({"stack": "cae_h-2", "method": "pca"}, False), ({"method": "svm"}, False), ({"stack": None, "method": "mlp"}, False),
 ])
 def test_which_cells_read_their_stacks_weights(task, reads):

@@ -92,14 +92,13 @@ def update(readme: str | Path, results: str | Path, *, check: bool = False) -> l
                          f"{results}: remove the markers or commit <results>/<name>/{FILE}")
     changed = [name for name, table in generated.items()
                if not _same(Path(results) / name / TABLE, table)]
-    new = MARKER.sub(lambda m: m[1] + generated[m["name"]] + m[4], text)
     changed += [f"{readme.name}: {m['name']}" for m in MARKER.finditer(text)
                 if m["body"] != generated[m["name"]]]
     if not check:
         for name, table in generated.items():
             atomic_write_text(Path(results) / name / TABLE, table)
-        if new != text:
-            atomic_write_text(readme, new)
+        for name in {m["name"] for m in MARKER.finditer(text)}:
+            update_section(readme, name, generated[name])  # each under the lock a suite run holds
     return changed
 
 

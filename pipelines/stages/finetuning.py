@@ -57,6 +57,7 @@ from finetune.vat import VAT
 from pretrain.stack import Stack
 
 from pipelines import tracking
+from pipelines.config import starts_fresh
 from pipelines.data.datamodule import ArrayDataModule
 from pipelines.models import log_model, register
 from pipelines.reporting import figures
@@ -272,7 +273,7 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
             register(model_uri, register_as, val_error=valid_error,
                      tags={"method": method, "run_id": run.info.run_id,
                            "test_error": f"{test_error:.6g}", "seed": str(cfg.seed)})
-    fresh = method.endswith("_no_pretraining") or greedy
+    fresh = starts_fresh(method)
     name = method.replace("_no_pretraining", ", no pretraining")
     inputs = "pixels" if fresh else "stack"
     params = {"epoch": keep.best_epoch}

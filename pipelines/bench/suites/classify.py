@@ -9,15 +9,16 @@ import numpy as np
 from finetune.baselines import run_baseline
 from pipelines.bench.cells import Cell
 from pipelines.bench.context import Context
+from pipelines.config import starts_fresh
 from pipelines.stages.finetuning import fit_classifier
 
 
 def uses_pretraining(task: dict) -> bool:
     """Whether a cell reads its stack's trained weights: a stack named, and a method that is
-    neither PCA nor one of the ``no_pretraining`` (``no-pretraining``) networks, which take only
-    the stack's shape and start from fresh weights."""
-    method = (task.get("method") or "").replace("-", "_")
-    return bool(task.get("stack")) and not method.endswith("no_pretraining") and method != "pca"
+    neither PCA nor a network that starts from fresh weights of the stack's shape
+    (``pipelines.config.starts_fresh``)."""
+    method = task.get("method") or ""
+    return bool(task.get("stack")) and not starts_fresh(method) and method != "pca"
 
 
 def prepare(ctx: Context, cell: Cell) -> None:
