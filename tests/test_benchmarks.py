@@ -200,12 +200,22 @@ def test_modern_suite_shares_the_semi_supervised_draws_and_cites_its_papers():
         elif c.keys["method"].startswith("ladder"):  # epochs over the pool, as their papers count them
             assert c.task["finetune"] == {"epoch_over": "pool"}, c.id
         elif c.keys["method"].startswith("vat_bn"):  # and the authors' batch-normalised network
-            assert c.task["finetune"] == {"epoch_over": "pool", "vat_epsilon": 0.3, "vat_batch_norm": True}, c.id
+            # trained as the authors train it: batches 100 + 250, lr 0.002 times 0.9 every 500 updates
+            assert c.task["finetune"] == {"epoch_over": "pool", "vat_epsilon": 0.3, "vat_batch_norm": True,
+                                          "batch_size": 100, "unlabeled_batch": 250, "lr": 0.002,
+                                          "lr_decay": 0.9 ** (200 / 500)}, c.id
             fresh = c.keys["method"] == "vat_bn"
             assert c.task["method"] == ("vat_no_pretraining" if fresh else "vat"), c.id
             assert {d.get("hidden_unit") for d in stack_layers(full, c.task["stack"])} == ({"relu"} if fresh else {None})
         else:  # VAT with its authors' semi-supervised MNIST epsilon, not the config's default 2.0
             assert c.task["finetune"] == {"epoch_over": "pool", "vat_epsilon": 0.3}, c.id
+    # the decay is per update: 500 updates of any pool's epochs give the factor 0.9, a last short
+    # batch counting as an update (10001 images: 41 updates an epoch)
+    from pipelines.bench.suites.semi_supervised_modern import authors_schedule
+    for pool, updates in ((50000, 200), (10000, 40), (10001, 41), (100, 1)):
+        assert authors_schedule(pool)["lr_decay"] ** (500 / updates) == pytest.approx(0.9, rel=1e-12), pool
+    quick = {c.id: c.task.get("finetune") for c in modern.cells(PROFILES["quick"])}
+    assert quick["paper-L100-vat_bn-s0"]["lr_decay"] == pytest.approx(0.9 ** (40 / 500), abs=1e-6)
     key = lambda m, L=100: {"validation": "paper", "labels": L, "method": m}
     assert modern.paper(key("ladder")) == modern.paper(key("ladder_pretrained")) == 1.06
     assert modern.paper(key("vat")) == modern.paper(key("vat_pretrained")) == modern.paper(key("vat_bn")) == 1.36

@@ -7,7 +7,8 @@ the CAE+H stack), ``mtc_all`` (the MTC, penalty on labeled + unlabeled), ``ladde
 ``vat`` from fresh weights of the same shape, ``ladder_pretrained`` and ``vat_pretrained``
 from the stack's weights; ``vat_bn`` is VAT on the authors' network (every layer
 batch-normalised, ReLU units; Miyato et al.'s MNIST code, at the stack's width), from fresh
-weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weights. VAT and
+weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weights, both trained
+on the authors' schedule (``authors_schedule``: their batches, rate and its decay). VAT and
 the Ladder use the whole pool as unlabeled data, and an epoch of theirs is one pass over it
 (``finetune.epoch_over: pool``), as their papers count epochs. A suite of its own, so that the
 semi-supervised suite's results folders keep their names.
@@ -15,7 +16,7 @@ semi-supervised suite's results folders keep their names.
 from __future__ import annotations
 
 from pipelines.bench.cells import Cell
-from pipelines.bench.papers import LABELS, MNIST_VALID, MODERN_SEMI_PAPER, MODERN_SEMI_STD, SEMI_PAPER
+from pipelines.bench.papers import LABELS, MNIST_POOL, MNIST_VALID, MODERN_SEMI_PAPER, MODERN_SEMI_STD, SEMI_PAPER
 from pipelines.bench.profiles import Profile, describe
 from pipelines.bench.suites import semi_supervised
 from pipelines.bench.suites.classify import classify
@@ -46,6 +47,19 @@ BATCH_NORM = ("vat_bn", "vat_bn_pretrained")
 #: MNIST script: 0.3, against 2.1 for supervised MNIST; the config's default is 2.0): in pixel
 #: units of [0, 1] images, a digit's norm being ~9
 VAT_EPSILON = 0.3
+#: the authors' training of their network (their semi-supervised MNIST script): Adam at lr 0.002
+#: on batches of 100 labeled and 250 unlabeled images, the rate times 0.9 every 500 updates
+#: (100 such epochs, 50000 updates): here the same decay per update, eta_t = 0.002 * 0.9^(t / 500),
+#: applied once per pool epoch of ceil(pool / 250) updates
+AUTHORS_BATCHES, AUTHORS_LR, AUTHORS_DECAY, AUTHORS_DECAY_UPDATES = (100, 250), 0.002, 0.9, 500
+
+
+def authors_schedule(pool: int) -> dict:
+    """The finetune settings of the authors' schedule for an epoch over ``pool`` images."""
+    labeled, unlabeled = AUTHORS_BATCHES
+    updates = -(-pool // unlabeled)
+    return {"batch_size": labeled, "unlabeled_batch": unlabeled, "lr": AUTHORS_LR,
+            "lr_decay": AUTHORS_DECAY ** (updates / AUTHORS_DECAY_UPDATES)}
 
 run_cell = classify
 
@@ -59,6 +73,7 @@ def cells(p: Profile) -> list[Cell]:
             c.task["finetune"]["vat_epsilon"] = VAT_EPSILON
         if c.keys["method"] in BATCH_NORM:
             c.task["finetune"]["vat_batch_norm"] = True
+            c.task["finetune"].update(authors_schedule(p.pool or MNIST_POOL))
     return out
 
 
