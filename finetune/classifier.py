@@ -73,7 +73,8 @@ class Classifier(Module):
     encoder : an ``UnrolledEncoder`` (trained in place, not copied).
     n_classes : number of classes (>= 2); labels are integers in ``[0, n_classes)``.
     lr, optimizer, momentum, weight_decay : the optimizer (``"adam"`` or ``"sgd"``; momentum for SGD).
-    lr_decay : the learning rate's factor per epoch (``pretrain.module.Module``); 1: constant.
+    lr_decay, lr_anneal_start : the learning rate's factor per epoch and the fraction of the
+        epochs after which it anneals linearly to zero (``pretrain.module.Module``).
     reconstruction : alpha of Eq. (3) (>= 0); > 0 needs ``decoder``.
     decoder : the ``UnrolledDecoder`` unrolled together with ``encoder`` (``unroll_autoencoder``).
     freeze_hidden : keep every hidden layer of ``encoder`` as given and train the head only
@@ -86,13 +87,13 @@ class Classifier(Module):
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, lr: float = 0.01,
                  optimizer: str = "adam", momentum: float = 0.0, weight_decay: float = 0.0,
-                 lr_decay: float = 1.0, reconstruction: float = 0.0,
+                 lr_decay: float = 1.0, lr_anneal_start: float | None = None, reconstruction: float = 0.0,
                  decoder: UnrolledDecoder | None = None, freeze_hidden: bool = False, seed: int = 0):
         if not isinstance(encoder, UnrolledEncoder):
             raise ValueError(f"encoder must be an UnrolledEncoder (finetune.unroll), got "
                              f"{type(encoder).__name__}")
         super().__init__(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                         lr_decay=lr_decay)
+                         lr_decay=lr_decay, lr_anneal_start=lr_anneal_start)
         check_positive("reconstruction", reconstruction, allow_zero=True)
         if reconstruction > 0:
             if decoder is None:

@@ -103,18 +103,20 @@ class Ladder(Classifier):
     denoise : lambda_0..lambda_L of Eq. (8), K + 2 weights (>= 0; the input's first);
         None: ``paper_lambdas``.
     batch_norm : Eq. (3) in every layer (True, the paper) or the identity (False).
-    lr, optimizer, momentum, weight_decay, lr_decay, seed : as for ``Classifier``; ``seed`` also seeds
-        the decoder's V(l).
+    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, seed : as for ``Classifier``;
+        ``seed`` also seeds the decoder's V(l).
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, noise: float = 0.3,
                  denoise: Sequence[float] | None = None, batch_norm: bool = True,
                  lr: float = 0.01, optimizer: str = "adam", momentum: float = 0.0,
-                 weight_decay: float = 0.0, lr_decay: float = 1.0, seed: int = 0):
+                 weight_decay: float = 0.0, lr_decay: float = 1.0, lr_anneal_start: float | None = None,
+                 seed: int = 0):
         check_positive("noise", noise, allow_zero=True)
         check_bool("batch_norm", batch_norm)
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
-                         weight_decay=weight_decay, lr_decay=lr_decay, seed=seed)
+                         weight_decay=weight_decay, lr_decay=lr_decay, lr_anneal_start=lr_anneal_start,
+                         seed=seed)
         self.net = BatchNormMLP(encoder, n_classes, batch_norm=batch_norm, seed=seed)  # the same head
         sizes = self.net.sizes
         n_cost = len(sizes)

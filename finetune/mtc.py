@@ -56,17 +56,19 @@ class MTC(Classifier):
     ----------
     encoder, n_classes : as for ``Classifier``.
     beta : weight of the tangent penalty (>= 0).
-    lr, optimizer, momentum, weight_decay, lr_decay, reconstruction, decoder, seed : as for
+    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, reconstruction, decoder, seed : as for
         ``Classifier``.
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, beta: float = 0.1,
                  lr: float = 0.01, optimizer: str = "adam", momentum: float = 0.0,
-                 weight_decay: float = 0.0, lr_decay: float = 1.0, reconstruction: float = 0.0,
+                 weight_decay: float = 0.0, lr_decay: float = 1.0,
+                 lr_anneal_start: float | None = None, reconstruction: float = 0.0,
                  decoder: UnrolledDecoder | None = None, seed: int = 0):
         check_positive("beta", beta, allow_zero=True)
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
-                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction,
+                         weight_decay=weight_decay, lr_decay=lr_decay, lr_anneal_start=lr_anneal_start,
+                         reconstruction=reconstruction,
                          decoder=decoder, seed=seed)
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 

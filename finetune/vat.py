@@ -124,14 +124,15 @@ class VAT(Classifier):
     entropy : gamma, weight of the entropy term, Eq. (7) (>= 0); 0: plain VAT.
     batch_norm : the network is a ``BatchNormMLP`` (the encoder's layers and the head,
         batch-normalised); False: the ``Classifier``'s ``MLP``. Not with ``reconstruction``.
-    lr, optimizer, momentum, weight_decay, lr_decay, reconstruction, decoder, seed : as for
+    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, reconstruction, decoder, seed : as for
         ``Classifier``.
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, alpha: float = 1.0,
                  epsilon: float = 2.0, xi: float = 1e-6, n_power: int = 1, entropy: float = 0.0,
                  batch_norm: bool = False, lr: float = 0.01, optimizer: str = "adam",
-                 momentum: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 1.0, reconstruction: float = 0.0,
+                 momentum: float = 0.0, weight_decay: float = 0.0, lr_decay: float = 1.0,
+                 lr_anneal_start: float | None = None, reconstruction: float = 0.0,
                  decoder: UnrolledDecoder | None = None, seed: int = 0):
         check_positive("alpha", alpha, allow_zero=True)
         check_positive("epsilon", epsilon)
@@ -142,7 +143,8 @@ class VAT(Classifier):
             raise ValueError(f"batch_norm=True with reconstruction={reconstruction!r}: the "
                              f"batch-normalised network has no code to decode; set one of them off")
         super().__init__(encoder, n_classes, lr=lr, optimizer=optimizer, momentum=momentum,
-                         weight_decay=weight_decay, lr_decay=lr_decay, reconstruction=reconstruction,
+                         weight_decay=weight_decay, lr_decay=lr_decay, lr_anneal_start=lr_anneal_start,
+                         reconstruction=reconstruction,
                          decoder=decoder, seed=seed)
         if batch_norm:
             self.net = BatchNormMLP(encoder, n_classes, seed=seed)  # the same head

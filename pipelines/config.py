@@ -81,6 +81,8 @@ class FinetuneConfig(Section):
     optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     lr_decay: float = Field(1.0, gt=0, le=1)  # the learning rate's factor per epoch; 1: constant
+    lr_anneal_start: float | None = Field(None, ge=0, lt=1)  # fraction of the epochs after which the
+                                              # rate anneals linearly to 0 at the last; None: never
     patience: int = Field(20, ge=1)           # early stopping on val/error
     reconstruction: float = Field(0.0, ge=0)  # alpha of the reconstruction term: mlp_rec's (0: its
                                               # default), added to mtc, mtc_all, vat when > 0
@@ -111,7 +113,8 @@ class FinetuneConfig(Section):
     #: so that the stage results and bench folders named before them are found again
     DIGEST_WHEN_CHANGED: ClassVar[tuple[str, ...]] = (
         "vat_alpha", "vat_epsilon", "vat_xi", "vat_power_iterations", "vat_entropy", "vat_batch_norm",
-        "ladder_noise", "ladder_denoise", "supervised_epochs", "epoch_over", "lr_decay")
+        "ladder_noise", "ladder_denoise", "supervised_epochs", "epoch_over", "lr_decay",
+        "lr_anneal_start")
 
     @field_validator("ladder_denoise")
     @classmethod

@@ -66,7 +66,7 @@ def scales_gradient(scale: torch.Tensor) -> bool:
 
 
 def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: float,
-                    lr_decay: float = 1.0) -> None:
+                    lr_decay: float = 1.0, lr_anneal_start: float | None = None) -> None:
     """Raise the ValueError naming the first bad optimizer setting, if any."""
     check_positive("lr", lr)
     check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -74,6 +74,27 @@ def check_optimizer(lr: float, optimizer: str, momentum: float, weight_decay: fl
     check_positive("weight_decay", weight_decay, allow_zero=True)
     check_positive("lr_decay", lr_decay)
     check_probability("lr_decay", lr_decay)
+    if lr_anneal_start is not None and not 0.0 <= lr_anneal_start < 1.0:
+        raise ValueError(f"lr_anneal_start must be a fraction of the epochs in [0, 1) (or None: no "
+                         f"annealing), got {lr_anneal_start!r}")
+
+
+class LrFactor:
+    """The learning rate's factor at epoch t (from 0) of E: ``lr_decay ** t`` times, from epoch
+    ``s = round(start * E)`` on, the linear anneal to zero at E, ``min(1, (E - t) / (E - s))``:
+    epoch s trains at the full rate, the last at ``1 / (E - s)`` of it (Rasmus et al. 2015 anneal
+    over the last third: ``start`` 2/3). A class, not a lambda, so that ``LambdaLR`` saves it in
+    checkpoints."""
+
+    def __init__(self, lr_decay: float, start: float | None, epochs: int):
+        self.lr_decay, self.epochs = lr_decay, epochs
+        self.anneal_from = None if start is None else min(round(start * epochs), epochs - 1)
+
+    def __call__(self, t: int) -> float:
+        factor = self.lr_decay ** t
+        if self.anneal_from is not None and t > self.anneal_from:
+            factor *= max(0.0, (self.epochs - t) / (self.epochs - self.anneal_from))
+        return factor
 
 
 def fused_kernel(params) -> bool | None:
@@ -122,6 +143,8 @@ class Module(L.LightningModule):
     lr_decay : the learning rate's factor per epoch, in (0, 1]: epoch t trains at
         ``lr * lr_decay ** t`` (``torch.optim.lr_scheduler.ExponentialLR``, stepped by Lightning
         after each training epoch and saved in its checkpoints); 1: constant.
+    lr_anneal_start : None, or the fraction of the Trainer's ``max_epochs`` E after which the rate
+        also decays linearly to zero at E (:class:`LrFactor`, a ``LambdaLR``); needs a finite E.
     """
 
     #: the terms ``log_terms`` logs (None: all of them) and those shown in the progress bar
@@ -137,11 +160,11 @@ class Module(L.LightningModule):
     updates_per_step: int = 1
 
     def __init__(self, *, lr: float, optimizer: str, momentum: float, weight_decay: float,
-                 lr_decay: float = 1.0):
+                 lr_decay: float = 1.0, lr_anneal_start: float | None = None):
         super().__init__()
-        check_optimizer(lr, optimizer, momentum, weight_decay, lr_decay)
+        check_optimizer(lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start)
         self._opt = dict(lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                         lr_decay=lr_decay)
+                         lr_decay=lr_decay, lr_anneal_start=lr_anneal_start)
         #: per stage, the sync-free guard's record [s*, the loss at s*, the epoch] (s* and the
         #: loss on the device)
         self._nonfinite: dict[str, list[torch.Tensor]] = {}
@@ -290,7 +313,14 @@ class Module(L.LightningModule):
         else:
             opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                                   fused=fused_kernel(params))
-        if o["lr_decay"] == 1.0:
+        if o["lr_anneal_start"] is not None:
+            epochs = self.trainer.max_epochs
+            if epochs is None or epochs < 1:
+                raise ValueError(f"lr_anneal_start={o['lr_anneal_start']} anneals the rate to zero at the "
+                                 f"Trainer's last epoch: give the Trainer max_epochs >= 1 (got {epochs})")
+            decay = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(o["lr_decay"], o["lr_anneal_start"], epochs))
+        elif o["lr_decay"] != 1.0:
+            decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o["lr_decay"])
+        else:
             return opt
-        decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o["lr_decay"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}

@@ -133,7 +133,9 @@ def test_bad_hyperparameters_raise_naming_the_value(stack):
                           (dict(reconstruction=0.5), "reconstruction=0.5 needs a decoder"),
                           (dict(seed=1.5), "seed must be an integer, got 1.5"),
                           (dict(lr_decay=0.0), "lr_decay must be > 0, got 0.0"),
-                          (dict(lr_decay=1.5), "lr_decay")]:
+                          (dict(lr_decay=1.5), "lr_decay"),
+                          (dict(lr_anneal_start=1.0), r"lr_anneal_start must be a fraction of the epochs in \[0, 1\)"),
+                          (dict(lr_anneal_start=-0.1), "lr_anneal_start must be a fraction")]:
         with pytest.raises(ValueError, match=match):
             Classifier(encoder, 10, **kwargs)
     with pytest.raises(ValueError, match="n_classes must be an integer >= 2, got 1"):
@@ -179,3 +181,42 @@ def test_lr_decay_trains_epoch_t_at_lr_times_decay_to_the_t_and_resumes_its_sche
     assert first.rates + rest.rates == pytest.approx(whole.rates, rel=1e-12)
     constant = Classifier(UnrolledEncoder(stack), 10, lr=0.01, seed=0).configure_optimizers()
     assert isinstance(constant, torch.optim.Optimizer)  # lr_decay = 1: no schedule at all
+
+
+class _StopAfter(L.Callback):
+    """Stops the fit after ``n`` training epochs, as a kill between epochs would."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = trainer.current_epoch + 1 >= self.n
+
+
+def test_lr_anneal_start_decays_linearly_to_zero_over_the_last_epochs_and_resumes(digits, stack, tmp_path):
+    """``lr_anneal_start`` s of E epochs: epoch t < round(sE) at lr (times lr_decay^t), then
+    lr (E - t) / (E - round(sE)), the Ladder paper's anneal; as Lightning runs it, and resumed
+    from a checkpoint mid-anneal; a Trainer without a last epoch is refused by name."""
+    loader = lambda: DataLoader(TensorDataset(digits["x_l"], digits["y_l"]), batch_size=50, shuffle=True)
+    make = lambda decay=1.0: Classifier(UnrolledEncoder(stack), 10, lr=0.01, lr_decay=decay,
+                                        lr_anneal_start=0.5, seed=0)
+    fit = lambda module, epochs, cbs, **kw: L.Trainer(
+        max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", deterministic=True, enable_checkpointing=any(
+            isinstance(c, L.callbacks.ModelCheckpoint) for c in cbs), callbacks=cbs).fit(module, loader(), **kw)
+    whole = _Rates()
+    fit(make(), 6, [whole])  # E = 6, the anneal from epoch 3: factors 1, 1, 1, 1, 2/3, 1/3
+    assert whole.rates == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.01 * 2 / 3, 0.01 / 3], rel=1e-12)
+    both = _Rates()
+    fit(make(decay=0.5), 6, [both])  # times the exponential decay, epoch by epoch
+    assert both.rates == pytest.approx([r * 0.5 ** t for t, r in enumerate(whole.rates)], rel=1e-12)
+    short = _Rates()
+    fit(make(), 5, [short])  # 5 epochs anneal over their own last ones, from round(2.5) = 2
+    assert short.rates == pytest.approx([0.01, 0.01, 0.01, 0.01 * 2 / 3, 0.01 / 3], rel=1e-12)
+    first, rest = _Rates(), _Rates()
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(make(), 6, [first, ckpt, _StopAfter(5)])  # killed in the anneal, resumed: it goes on
+    fit(make(), 6, [rest], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert first.rates + rest.rates == pytest.approx(whole.rates, rel=1e-12)
+    with pytest.raises(ValueError, match="give the Trainer max_epochs >= 1"):
+        fit(make(), -1, [])

@@ -69,6 +69,8 @@ def test_each_method_logs_its_own_terms(result):
                                            ("finetune.ladder_noise=-0.1", "finetune.ladder_noise"),
                                            ("finetune.lr_decay=0", "finetune.lr_decay"),
                                            ("finetune.lr_decay=1.1", "finetune.lr_decay"),
+                                           ("finetune.lr_anneal_start=1", "finetune.lr_anneal_start"),
+                                           ("finetune.lr_anneal_start=-0.5", "finetune.lr_anneal_start"),
                                            ("finetune.ladder_denoise=[1000, -1]", "finetune.ladder_denoise")])
 def test_bad_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -84,7 +86,11 @@ def test_new_settings_at_their_defaults_leave_the_digest_as_it_was():
     assert cfg.digest() == before
     cfg.finetune.lr_decay = 0.9
     assert cfg.digest() != before
-    cfg.finetune.lr_decay = 1.0
+    cfg.finetune.lr_decay, cfg.finetune.lr_anneal_start = 1.0, None
+    assert cfg.digest() == before
+    cfg.finetune.lr_anneal_start = 0.5
+    assert cfg.digest() != before
+    cfg.finetune.lr_anneal_start = None
     cfg.finetune.vat_epsilon = 1.0
     assert cfg.digest() != before
     cfg.finetune.vat_epsilon, cfg.finetune.ladder_denoise = 2.0, [1.0, 1.0, 0.1, 0.1]
@@ -161,3 +167,12 @@ def test_a_stack_is_trained_unless_every_listed_method_starts_fresh(methods, bas
     cfg = load_config("quickstart", [f"finetune.methods={methods}", f"baselines.methods={baselines}",
                                      f"baselines.inputs={inputs}"])
     assert cfg.trains_stack is reads
+
+
+def test_shipped_ladder_config_anneals_over_the_papers_last_50_of_150_epochs():
+    """``mnist_ladder``: the rate is constant to epoch 100, then falls by 1/50 of it each epoch."""
+    from pretrain.module import LrFactor
+    ft = load_config("mnist_ladder").finetune
+    factor = LrFactor(ft.lr_decay, ft.lr_anneal_start, ft.epochs)
+    assert ft.epochs == 150 and factor.anneal_from == 100
+    assert [factor(t) for t in (0, 100, 101, 125, 149)] == pytest.approx([1, 1, 49 / 50, 25 / 50, 1 / 50])

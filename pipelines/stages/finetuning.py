@@ -197,6 +197,7 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
         encoder, decoder = UnrolledEncoder(stack), None
 
     common = dict(lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay, lr_decay=ft.lr_decay,
+                  lr_anneal_start=ft.lr_anneal_start,
                   reconstruction=alpha if decoder is not None else 0.0,
                   decoder=decoder, seed=cfg.seed)
     train_extra, unlabeled = (), None
@@ -220,7 +221,7 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     elif method.startswith("ladder"):
         module = Ladder(encoder, n_classes, noise=ft.ladder_noise, denoise=ft.ladder_denoise, lr=ft.lr,
                         optimizer=ft.optimizer, weight_decay=ft.weight_decay, lr_decay=ft.lr_decay,
-                        seed=cfg.seed)
+                        lr_anneal_start=ft.lr_anneal_start, seed=cfg.seed)
         unlabeled = (_as_tensor(split.X_pool),)
     else:  # mlp, mlp_rec, mlp_frozen, mlp_greedy_supervised (its last step)
         module = Classifier(encoder, n_classes, freeze_hidden=method == "mlp_frozen", **common)
@@ -279,6 +280,8 @@ def fit_classifier(cfg, split, *, stack, method: str, uri: str, experiment_id: s
     params = {"epoch": keep.best_epoch}
     if ft.lr_decay != 1.0:
         params["lr_decay"] = ft.lr_decay
+    if ft.lr_anneal_start is not None:
+        params["lr_anneal_start"] = ft.lr_anneal_start
     if greedy:
         params["layer_epochs"] = "/".join(map(str, layer_epochs))
     if common["reconstruction"] > 0:

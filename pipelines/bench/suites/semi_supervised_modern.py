@@ -10,7 +10,8 @@ batch-normalised, ReLU units; Miyato et al.'s MNIST code, at the stack's width),
 weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weights, both trained
 on the authors' schedule (``authors_schedule``: their batches, rate and its decay). VAT and
 the Ladder use the whole pool as unlabeled data, and an epoch of theirs is one pass over it
-(``finetune.epoch_over: pool``), as their papers count epochs. A suite of its own, so that the
+(``finetune.epoch_over: pool``), as their papers count epochs; the Ladder columns train on its
+paper's schedule (``ladder_schedule``: batches, rate, its linear anneal over the last third). A suite of its own, so that the
 semi-supervised suite's results folders keep their names.
 """
 from __future__ import annotations
@@ -54,6 +55,23 @@ VAT_EPSILON = 0.3
 AUTHORS_BATCHES, AUTHORS_LR, AUTHORS_DECAY, AUTHORS_DECAY_UPDATES = (100, 250), 0.002, 0.9, 500
 
 
+#: the Ladder's training in its paper (Rasmus et al. 2015, and their code's MNIST run): Adam at
+#: 0.002 on batches of 100 labeled and 100 unlabeled images for 150 pool epochs, the rate
+#: annealed linearly to zero over the last 50
+LADDER_BATCHES, LADDER_LR, LADDER_EPOCHS, LADDER_ANNEAL_START = (100, 100), 0.002, 150, 2 / 3
+LADDER_COLUMNS = ("ladder", "ladder_pretrained")
+
+
+def ladder_schedule(epochs: int) -> dict:
+    """The finetune settings of the Ladder paper's schedule, its 150 epochs capped at a profile's
+    ``epochs``. The patience is the whole schedule, so that the anneal is trained to its end;
+    the epoch kept is still the best on validation."""
+    labeled, unlabeled = LADDER_BATCHES
+    n = min(LADDER_EPOCHS, epochs)
+    return {"batch_size": labeled, "unlabeled_batch": unlabeled, "lr": LADDER_LR, "epochs": n,
+            "patience": n, "lr_anneal_start": LADDER_ANNEAL_START}
+
+
 def authors_schedule(pool: int) -> dict:
     """The finetune settings of the authors' schedule for an epoch over ``pool`` images."""
     labeled, unlabeled = AUTHORS_BATCHES
@@ -74,6 +92,8 @@ def cells(p: Profile) -> list[Cell]:
         if c.keys["method"] in BATCH_NORM:
             c.task["finetune"]["vat_batch_norm"] = True
             c.task["finetune"].update(authors_schedule(p.pool or MNIST_POOL))
+        if c.keys["method"] in LADDER_COLUMNS:
+            c.task["finetune"].update(ladder_schedule(p.finetune_epochs))
     return out
 
 
@@ -105,7 +125,10 @@ def markdown(summaries, results, p: Profile) -> str:
              "batch-normalised on the stack's weights (normalisation matched to its codes on the pool). "
              "The Ladder's and VAT's papers stand beside all of their columns; whether pretraining helps "
              "is *_pretrained against the column without. The Ladder's and VAT's epochs pass once over the pool, the labeled batches "
-             "cycled beside it (finetune.epoch_over: pool), as their papers count epochs.",
+             "cycled beside it (finetune.epoch_over: pool), as their papers count epochs. The Ladder columns "
+             "train on its paper's schedule: batches of 100 + 100, Adam at 0.002 for at most 150 epochs (the "
+             "profile's epochs where fewer), annealed linearly to 0 over the last third, no early stop; "
+             "vat_bn on its authors' (batches of 100 + 250, 0.002 times 0.9 every 500 updates).",
              f"Published (permutation-invariant MNIST): {published}; their networks are larger "
              "(Ladder: 784-1000-500-250-250-250-10) and trained longer than a profile's.",
              "One stack (seed 0) is shared by every label count and seed; seeds draw the labels, the same "
