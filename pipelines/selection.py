@@ -34,7 +34,7 @@ from pipelines.bench.context import EXPERIMENT, Context, bench_config
 from pipelines.bench.hardware import hardware
 from pipelines.bench.profiles import Profile, get_profile
 from pipelines.bench.results import FILE as CELLS, SCHEMAS, SUPERSEDED, ResultsFile, results_dir
-from pipelines.bench.runner import with_selection
+from pipelines.bench.readme import with_selection
 from pipelines.bench.selected import FILE, SelectionFile, as_finetune, group_id
 from pipelines.bench.suites import SUITES
 from pipelines.bench.suites.classify import classify

@@ -129,7 +129,7 @@ def test_results_file_written_then_resumed_on_a_new_machine(suite, tmp_path):
     pretrained = (folder / "pretraining.csv").read_text()
 
     # the committed table is generated from the file alone
-    _, _, book = readme.open_results(folder)
+    _, _, book = readme.open_results(folder, PROFILE)
     assert (folder / "table.md").read_text() == readme.results_table(NAME, "tiny", book)
     assert "#### Time:" in (folder / "table.md").read_text() and "Hardware: cpu: " in (folder / "table.md").read_text()
 
@@ -210,7 +210,8 @@ def test_rows_of_other_settings_are_refused_with_the_fix(tmp_path):
     this code: the run stops before computing, naming the digest and the commit that wrote it."""
     text = _good_text(replace(PROFILE, finetune_epochs=3))
     path, open_ = _book(tmp_path, text)
-    with pytest.raises(ValueError, match=r"line 2 .* computed with other settings.*run the commit that wrote them \(abc\)"):
+    with pytest.raises(ValueError, match=r"line 2 .* computed with other settings.*pipelines\.bench\.readme "
+                                         r"--supersede.*run the commit that wrote them \(abc\)"):
         open_()
     path, open_ = _book(tmp_path, _good_text())
     assert len(open_().rows) == len(_cells(PROFILE))  # the same settings: every row read
@@ -342,18 +343,19 @@ def test_readme_sections_are_what_the_committed_files_generate():
     edited by hand fails here."""
     assert readme.update(ROOT / "README.md", ROOT / "results", check=True) == []
     text = (ROOT / "README.md").read_text()
-    assert set(re.findall(r"<!-- results:([\w.-]+) -->", text)) <= set(readme.tables(ROOT / "results"))
+    generated, stale = readme.tables(ROOT / "results")
+    assert set(re.findall(r"<!-- results:([\w.-]+) -->", text)) <= set(generated) and stale == {}
 
 
 def test_readme_update_rewrites_marked_sections_only(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(ROOT / "results", results)
-    name = sorted(readme.tables(results))[0]
+    name = sorted(readme.tables(results)[0])[0]
     doc = tmp_path / "README.md"
     doc.write_text(f"intro\n\n<!-- results:{name} -->\n| typed | 1.00 |\n<!-- /results -->\n\noutro\n")
     assert readme.update(doc, results, check=True) == [f"README.md: {name}"]
     assert readme.update(doc, results) == [f"README.md: {name}"]
-    assert doc.read_text() == f"intro\n\n<!-- results:{name} -->\n{readme.tables(results)[name]}<!-- /results -->\n\noutro\n"
+    assert doc.read_text() == f"intro\n\n<!-- results:{name} -->\n{readme.tables(results)[0][name]}<!-- /results -->\n\noutro\n"
     assert readme.update(doc, results, check=True) == []
     doc.write_text("<!-- results:variations-full -->\nx\n<!-- /results -->\n")
     with pytest.raises(ValueError, match="variations-full have no results file .* remove the markers"):
@@ -363,6 +365,48 @@ def test_readme_update_rewrites_marked_sections_only(tmp_path):
     (results / "nothing-quick" / "cells.csv").write_text("method\n")
     with pytest.raises(ValueError, match="'nothing-quick' names no suite with committed results"):
         readme.update(doc, results)
+
+
+def test_rows_of_other_settings_are_left_out_of_the_tables_until_superseded(suite, tmp_path):
+    """A row whose cell this code computes otherwise (its settings digest is not the code's) is
+    not tabled, and ``--check`` fails naming the file and the fix; ``--supersede`` moves that row,
+    byte for byte, to ``superseded.csv``, after which the file opens for a suite run and the
+    check passes; ``--check`` with ``--supersede`` is refused, nothing moved."""
+    results = tmp_path / "results"
+    folder = results / f"{NAME}-tiny"
+    folder.mkdir(parents=True)
+    lines = _good_text(PROFILES["tiny"]).splitlines(keepends=True)
+    digest = lines[2].split(",")[-2]
+    old = lines[2].replace(digest, "0ddd16e57000")  # L50-cae-s0, computed by an earlier code
+    (folder / "cells.csv").write_text("".join([*lines[:2], old, *lines[3:]]))
+    doc = tmp_path / "README.md"
+    doc.write_text(f"<!-- results:{NAME}-tiny -->\n<!-- /results -->\n")
+    tables, stale = readme.tables(results)
+    assert stale == {f"{NAME}-tiny": 1}
+    assert tables[f"{NAME}-tiny"].startswith(f"**Partial: {len(lines) - 2} of {len(lines) - 1} cells finished.**")
+    assert main_output(["--readme", str(doc), "--results", str(results), "--check"]) == (1, [
+        f"{NAME}-tiny", f"README.md: {NAME}-tiny",
+        f"{NAME}-tiny/cells.csv: 1 rows of other settings than this code's, left out of its table "
+        "(--supersede moves them to superseded.csv)"])
+    with pytest.raises(ValueError, match="give one of them"):
+        readme.update(doc, results, check=True, supersede=True)
+    assert not (folder / "superseded.csv").exists()
+    readme.update(doc, results, supersede=True)
+    assert (folder / "superseded.csv").read_text() == lines[0] + old
+    assert (folder / "cells.csv").read_text() == "".join([*lines[:2], *lines[3:]])
+    assert readme.update(doc, results, check=True) == [] and readme.tables(results)[1] == {}
+    cells = _cells(PROFILES["tiny"])
+    book = br.ResultsFile(folder / "cells.csv", SCHEMA, cells, bs.SUITES[NAME].cell_digests(PROFILES["tiny"], cells))
+    assert len(book.rows) == len(lines) - 2 and not book.has(cells[1])
+
+
+def main_output(argv: list[str]) -> tuple[int, list[str]]:
+    """``python -m pipelines.bench.readme`` in-process: its exit status and listed items."""
+    out = io.StringIO()
+    from contextlib import redirect_stdout
+    with redirect_stdout(out):
+        rc = readme.main(argv)
+    return rc, [line.strip() for line in out.getvalue().splitlines()[1:]]
 
 
 def test_a_run_keeps_the_readme_section_of_its_table_in_step(suite, tmp_path):

@@ -14,6 +14,11 @@ results folder (``<results>/../README.md``) marks the suite's section, that sect
 (:func:`update_section`). ``python -m pipelines.bench.readme`` rewrites every marked section (and every ``table.md``) from
 the files; ``--check`` only says which differ (exit status 1), as the tests do, so that a number
 edited by hand fails.
+
+A table holds only the rows this code would compute again: a row whose settings digest is not
+the code's (the code changed what its cell computes) is left out, ``--check`` fails while the
+file holds it, and ``--supersede`` moves such rows to ``superseded.csv`` beside the file, where
+they are kept, not tabled; the next suite run computes those cells.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ import re
 import sys
 from pathlib import Path
 
+from pipelines.bench.cells import Cell
+from pipelines.bench.context import bench_config
 from pipelines.bench.pretraining_file import FILE as PRETRAINING, PretrainingFile
-from pipelines.bench.profiles import get_profile
+from pipelines.bench.profiles import Profile, get_profile
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile
 from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
@@ -64,27 +71,50 @@ def results_table(suite: str, profile: str, book: ResultsFile) -> str:
             + recorded_markdown(results, spec.kind_key, stacks))
 
 
-def open_results(directory: Path) -> tuple[str, str, ResultsFile]:
-    """The suite, profile and results file of a folder ``<suite>-<profile>``, read for tables (the
-    settings digests are checked by a suite run, not here)."""
-    suite, profile = split_name(directory.name)
-    cells = SUITES[suite].cells(get_profile(profile))
-    return suite, profile, ResultsFile(directory / FILE, SCHEMAS[suite], cells)
+def with_selection(suite: str, prof: Profile, cells: list[Cell], folder: Path) -> list[Cell]:
+    """``cells`` with the values of ``folder``'s ``selected.csv`` in their tasks (a file of
+    values selected under other settings is refused)."""
+    spec = SUITES[suite]
+    return SelectionFile(folder / SELECTED, SCHEMAS[suite]).apply(
+        cells, spec.cell_digests(prof, cells),
+        lambda c: bench_config(prof, c.task["data"], c.task["stack"], c.seed).finetune.model_dump())
 
 
-def tables(results: str | Path) -> dict[str, str]:
-    """Per results folder name (``semi-supervised-quick``), its table generated from its file."""
-    out = {}
+def open_results(directory: Path, profile: Profile | None = None) -> tuple[str, str, ResultsFile]:
+    """The suite, profile and results file of a folder ``<suite>-<profile>``, read for tables:
+    its rows checked against this code's settings digests (those of the folder's selected
+    values, under ``profile``, by default the one the folder names), a row of other settings
+    kept in the file, listed by ``stale`` and not tabled."""
+    suite, name = split_name(directory.name)
+    spec, prof = SUITES[suite], profile or get_profile(name)
+    cells = with_selection(suite, prof, spec.cells(prof), directory)
+    return suite, name, ResultsFile(directory / FILE, SCHEMAS[suite], cells, spec.cell_digests(prof, cells),
+                                       refuse_stale=False)
+
+
+def tables(results: str | Path, *, supersede: bool = False) -> tuple[dict[str, str], dict[str, int]]:
+    """Per results folder name (``semi-supervised-quick``), its table generated from its file,
+    and per folder whose file holds rows of other settings, how many (with ``supersede``: how
+    many were moved to ``superseded.csv``)."""
+    out, stale = {}, {}
     for path in sorted(Path(results).glob(f"*/{FILE}")):
         suite, profile, book = open_results(path.parent)
+        if n := (book.supersede_stale() if supersede else len(book.stale())):
+            stale[path.parent.name] = n
         out[path.parent.name] = results_table(suite, profile, book)
-    return out
+    return out, stale
 
 
-def update(readme: str | Path, results: str | Path, *, check: bool = False) -> list[str]:
+def update(readme: str | Path, results: str | Path, *, check: bool = False,
+           supersede: bool = False) -> list[str]:
     """Rewrite the marked sections of ``readme`` and each ``table.md`` under ``results`` from the
-    results files; with ``check``, write nothing. Returns what differed (or would have)."""
-    readme, generated = Path(readme), tables(results)
+    results files; with ``check``, write nothing; with ``supersede``, first move the rows of
+    other settings to ``superseded.csv``. Returns what differed (or would have), and the files
+    that hold rows of other settings."""
+    if check and supersede:
+        raise ValueError("--check writes nothing and --supersede moves rows: give one of them")
+    readme = Path(readme)
+    generated, stale = tables(results, supersede=supersede)
     text = readme.read_text()
     unknown = [m["name"] for m in MARKER.finditer(text) if m["name"] not in generated]
     if unknown:
@@ -94,6 +124,10 @@ def update(readme: str | Path, results: str | Path, *, check: bool = False) -> l
                if not _same(Path(results) / name / TABLE, table)]
     changed += [f"{readme.name}: {m['name']}" for m in MARKER.finditer(text)
                 if m["body"] != generated[m["name"]]]
+    changed += [f"{name}/{FILE}: {n} rows of other settings " +
+                ("moved to superseded.csv" if supersede else
+                 "than this code's, left out of its table (--supersede moves them to superseded.csv)")
+                for name, n in stale.items()]
     if not check:
         for name, table in generated.items():
             atomic_write_text(Path(results) / name / TABLE, table)
@@ -126,15 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readme", default="README.md", help="the Markdown file with marked sections")
     ap.add_argument("--results", default="results", help="the folder of <suite>-<profile>/cells.csv")
-    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a table differs")
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 when a table differs or a file holds rows of other settings")
+    ap.add_argument("--supersede", action="store_true",
+                    help="move the rows computed with other settings than this code's to superseded.csv")
     args = ap.parse_args(argv)
     try:
-        changed = update(args.readme, args.results, check=args.check)
+        changed = update(args.readme, args.results, check=args.check, supersede=args.supersede)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    verb = "differ from their results files" if args.check else "rewritten"
-    print(f"{len(changed)} tables {verb}" + "".join(f"\n  {c}" for c in changed))
+    verb = "tables or files differ from the results files" if args.check else "tables or files rewritten"
+    print(f"{len(changed)} {verb}" + "".join(f"\n  {c}" for c in changed))
     return 1 if args.check and changed else 0
 
 

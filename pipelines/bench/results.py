@@ -16,7 +16,9 @@ number) is refused with one error naming the file and the fix, before anything i
 When values are selected for a group of cells (``pipelines.selection``), the group's rows
 computed with other settings move to ``superseded.csv`` beside it (:meth:`ResultsFile.supersede`;
 the same header, one row per cell, seed and settings): the next suite run computes the group
-with the selected values, and what was computed before is kept, not tabled.
+with the selected values, and what was computed before is kept, not tabled. When the code
+changes what a cell computes, its rows move there the same way
+(:meth:`ResultsFile.supersede_stale`, ``python -m pipelines.bench.readme --supersede``).
 """
 from __future__ import annotations
 
@@ -78,13 +80,14 @@ class ResultsFile:
     ``cells``: this run's cells; ``digests``: per cell id, the digest of its settings, which each
     row must match (None: read for tables only, nothing checked against the code nor written).
     Rows of seeds beyond this run's are kept as they are (a run with more seeds reads them).
-    A row of other settings is refused when the file is opened; one that another run wrote since
-    (its own settings: values selected after this run started) is kept as it is when this run
-    merges its rows, and is no result of this run (``has`` and ``load`` do not see it).
+    A row of other settings is refused when the file is opened (``refuse_stale``; False: it is
+    read, listed by ``stale`` and not loaded, as the tables read the file); one that another run
+    wrote since (its own settings: values selected after this run started) is kept as it is when
+    this run merges its rows, and is no result of this run (``has`` and ``load`` do not see it).
     """
 
     def __init__(self, path: str | Path, schema: Schema, cells: list[Cell],
-                 digests: dict[str, str] | None = None):
+                 digests: dict[str, str] | None = None, *, refuse_stale: bool = True):
         self.path, self.schema = Path(path), schema
         self._order = list(dict.fromkeys(self._key(c.keys) for c in cells))
         self._digest = None if digests is None else {self._key(c.keys): digests[c.id] for c in cells}
@@ -92,7 +95,13 @@ class ResultsFile:
                              named_by=[*schema.keys, "seed"],
                              foreign_fix="Move the file away (or pass --results with another folder) "
                                          "to compute the suite afresh there.")
-        self.rows = self._file.read()
+        self.rows = self._file.read(None if refuse_stale else partial(self._check_row, settings=False))
+
+    def stale(self) -> list[tuple]:
+        """The (keys..., seed) of the rows computed with other settings than this code's digests."""
+        if self._digest is None:
+            return []
+        return [k for k, row in self.rows.items() if row["settings"] != self._digest[k[:-1]]]
 
     def _key(self, keys: dict, seed: int | None = None) -> tuple:
         k = tuple(str(keys[name]) for name in self.schema.keys.values())
@@ -119,7 +128,8 @@ class ResultsFile:
         if settings and self._digest is not None and row["settings"] != self._digest[keys]:
             raise refuse(f"line {line} ({described}) was computed with other settings (digest "
                          f"{row['settings']}; this code gives {self._digest[keys]})",
-                         "Delete the lines of other settings (or the file) to compute them with "
+                         "Move the rows of other settings to superseded.csv (nothing is deleted) "
+                         "with `python -m pipelines.bench.readme --supersede` to compute them with "
                          f"this code, or run the commit that wrote them ({row['commit'][:12]}).")
         return (*keys, seed)
 
@@ -170,7 +180,16 @@ class ResultsFile:
         digest is not ``settings`` to ``superseded.csv``, written first, so that a row is in
         one file or both, never in none. Returns how many moved."""
         target = self._key(group)
-        stale = lambda key, row: key[:-1] == target and row["settings"] != settings
+        return self._move(lambda key, row: key[:-1] == target and row["settings"] != settings)
+
+    def supersede_stale(self) -> int:
+        """Move every row computed with other settings than this code's digests to
+        ``superseded.csv``, as :meth:`supersede` does; returns how many moved."""
+        if self._digest is None:
+            raise ValueError(f"{self.path} was opened for reading: give the cells' digests to supersede rows")
+        return self._move(lambda key, row: row["settings"] != self._digest[key[:-1]])
+
+    def _move(self, stale: Callable[[tuple, dict], bool]) -> int:
         check = partial(self._check_row, settings=False)
         moving = {(*k, r["settings"]): r for k, r in self._file.read(check).items() if stale(k, r)}
         if moving:

@@ -29,13 +29,12 @@ import torch
 
 from pipelines import flop_count, tracking
 from pipelines.bench.cells import Cell, CellStore, run_cells, select_cells, settings_digest
-from pipelines.bench.context import EXPERIMENT, Context, bench_config
+from pipelines.bench.context import EXPERIMENT, Context
 from pipelines.bench.hardware import hardware
 from pipelines.bench.pretraining_file import FILE as PRETRAINING, PretrainingFile
 from pipelines.bench.profiles import Profile, get_profile
-from pipelines.bench.readme import results_table, update_section
+from pipelines.bench.readme import results_table, update_section, with_selection
 from pipelines.bench.results import FILE, SCHEMAS, TABLE, ResultsFile, ResultStore, results_dir
-from pipelines.bench.selected import FILE as SELECTED, SelectionFile
 from pipelines.bench.suites import SUITES
 from pipelines.bench.summary import Summary, summarize
 from pipelines.bench.timing.matmul import bench_device
@@ -197,15 +196,6 @@ def run_bench(suite: str, *, profile: str | Profile = "quick", seeds: int | None
             tracking.log_file(figure_path, "results")
     return BenchResult(suite, prof.name, directory, results, summaries, markdown, table_csv,
                        figure_path, parent.info.run_id, uri, None if book is None else book.path.parent)
-
-
-def with_selection(suite: str, prof: Profile, cells: list[Cell], folder: Path) -> list[Cell]:
-    """``cells`` with the values of ``folder``'s ``selected.csv`` in their tasks (a file of
-    values selected under other settings is refused)."""
-    spec = SUITES[suite]
-    return SelectionFile(folder / SELECTED, SCHEMAS[suite]).apply(
-        cells, spec.cell_digests(prof, cells),
-        lambda c: bench_config(prof, c.task["data"], c.task["stack"], c.seed).finetune.model_dump())
 
 
 def _metric_key(text: str) -> str:
