@@ -56,8 +56,8 @@ class MTC(Classifier):
     ----------
     encoder, n_classes : as for ``Classifier``.
     beta : weight of the tangent penalty (>= 0).
-    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, reconstruction, decoder, seed : as for
-        ``Classifier``.
+    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, reconstruction, decoder,
+    seed : as for ``Classifier``.
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, beta: float = 0.1,

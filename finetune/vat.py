@@ -124,8 +124,8 @@ class VAT(Classifier):
     entropy : gamma, weight of the entropy term, Eq. (7) (>= 0); 0: plain VAT.
     batch_norm : the network is a ``BatchNormMLP`` (the encoder's layers and the head,
         batch-normalised); False: the ``Classifier``'s ``MLP``. Not with ``reconstruction``.
-    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, reconstruction, decoder, seed : as for
-        ``Classifier``.
+    lr, optimizer, momentum, weight_decay, lr_decay, lr_anneal_start, reconstruction, decoder,
+    seed : as for ``Classifier``.
     """
 
     def __init__(self, encoder: UnrolledEncoder, n_classes: int, *, alpha: float = 1.0,

@@ -86,7 +86,7 @@ class LrFactor:
     over the last third: ``start`` 2/3). A class, not a lambda, so that ``LambdaLR`` saves it in
     checkpoints."""
 
-    def __init__(self, lr_decay: float, start: float | None, epochs: int):
+    def __init__(self, lr_decay: float, start: float | None, epochs: int | None):
         self.lr_decay, self.epochs = lr_decay, epochs
         self.anneal_from = None if start is None else min(round(start * epochs), epochs - 1)
 
@@ -141,10 +141,11 @@ class Module(L.LightningModule):
     momentum : SGD momentum in [0, 1] (ignored by Adam).
     weight_decay : L2 weight decay added by the optimizer (>= 0).
     lr_decay : the learning rate's factor per epoch, in (0, 1]: epoch t trains at
-        ``lr * lr_decay ** t`` (``torch.optim.lr_scheduler.ExponentialLR``, stepped by Lightning
-        after each training epoch and saved in its checkpoints); 1: constant.
+        ``lr * lr_decay ** t``; 1: constant.
     lr_anneal_start : None, or the fraction of the Trainer's ``max_epochs`` E after which the rate
-        also decays linearly to zero at E (:class:`LrFactor`, a ``LambdaLR``); needs a finite E.
+        also decays linearly to zero at E; needs a finite E.
+    Both are one schedule, :class:`LrFactor` in a ``LambdaLR`` that Lightning steps after each
+    training epoch and saves in its checkpoints.
     """
 
     #: the terms ``log_terms`` logs (None: all of them) and those shown in the progress bar
@@ -313,14 +314,11 @@ class Module(L.LightningModule):
         else:
             opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                                   fused=fused_kernel(params))
-        if o["lr_anneal_start"] is not None:
-            epochs = self.trainer.max_epochs
-            if epochs is None or epochs < 1:
-                raise ValueError(f"lr_anneal_start={o['lr_anneal_start']} anneals the rate to zero at the "
-                                 f"Trainer's last epoch: give the Trainer max_epochs >= 1 (got {epochs})")
-            decay = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(o["lr_decay"], o["lr_anneal_start"], epochs))
-        elif o["lr_decay"] != 1.0:
-            decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o["lr_decay"])
-        else:
+        if o["lr_decay"] == 1.0 and o["lr_anneal_start"] is None:
             return opt
+        epochs = self.trainer.max_epochs
+        if o["lr_anneal_start"] is not None and (epochs is None or epochs < 1):
+            raise ValueError(f"lr_anneal_start={o['lr_anneal_start']} anneals the rate to zero at the "
+                             f"Trainer's last epoch: give the Trainer max_epochs >= 1 (got {epochs})")
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(o["lr_decay"], o["lr_anneal_start"], epochs))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}

@@ -9,6 +9,7 @@ import csv
 import io
 import re
 import shutil
+from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
@@ -357,10 +358,10 @@ def test_readme_update_rewrites_marked_sections_only(tmp_path):
     assert readme.update(doc, results) == [f"README.md: {name}"]
     assert doc.read_text() == f"intro\n\n<!-- results:{name} -->\n{readme.tables(results)[0][name]}<!-- /results -->\n\noutro\n"
     assert readme.update(doc, results, check=True) == []
-    doc.write_text("<!-- results:variations-full -->\nx\n<!-- /results -->\n")
-    with pytest.raises(ValueError, match="variations-full have no results file .* remove the markers"):
+    doc.write_text("<!-- results:deep-autoencoder-quick -->\nx\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="deep-autoencoder-quick have no results file .* remove the markers"):
         readme.update(doc, results)
-    assert doc.read_text() == "<!-- results:variations-full -->\nx\n<!-- /results -->\n"
+    assert doc.read_text() == "<!-- results:deep-autoencoder-quick -->\nx\n<!-- /results -->\n"
     (results / "nothing-quick").mkdir()
     (results / "nothing-quick" / "cells.csv").write_text("method\n")
     with pytest.raises(ValueError, match="'nothing-quick' names no suite with committed results"):
@@ -403,7 +404,6 @@ def test_rows_of_other_settings_are_left_out_of_the_tables_until_superseded(suit
 def main_output(argv: list[str]) -> tuple[int, list[str]]:
     """``python -m pipelines.bench.readme`` in-process: its exit status and listed items."""
     out = io.StringIO()
-    from contextlib import redirect_stdout
     with redirect_stdout(out):
         rc = readme.main(argv)
     return rc, [line.strip() for line in out.getvalue().splitlines()[1:]]

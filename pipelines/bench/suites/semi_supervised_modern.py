@@ -11,8 +11,8 @@ weights, ``vat_bn_pretrained`` the batch-normalised network on the stack's weigh
 on the authors' schedule (``authors_schedule``: their batches, rate and its decay). VAT and
 the Ladder use the whole pool as unlabeled data, and an epoch of theirs is one pass over it
 (``finetune.epoch_over: pool``), as their papers count epochs; the Ladder columns train on its
-paper's schedule (``ladder_schedule``: batches, rate, its linear anneal over the last third). A suite of its own, so that the
-semi-supervised suite's results folders keep their names.
+paper's schedule (``ladder_schedule``: batches, rate, its linear anneal over the last third). A
+suite of its own, so that the semi-supervised suite's results folders keep their names.
 """
 from __future__ import annotations
 
