@@ -79,7 +79,7 @@ def test_reconstruction_term_is_logged_has_gradient_and_keeps_reconstructions(di
         if alpha:
             logged = t.callback_metrics
             assert logged["train/rec"] > 0
-            assert logged["train/loss"] == pytest.approx(logged["train/ce"] + logged["train/rec"], rel=1e-5)
+            assert logged["train/loss"].item() == pytest.approx((logged["train/ce"] + logged["train/rec"]).item(), rel=1e-5)
             model.zero_grad()
             model.loss_terms((digits["x_l"][:32], digits["y_l"][:32]), stage="train")["loss"].backward()
             assert decoder.layers[0].c.grad.abs().sum() > 0  # only the rec term reaches the decoder bias
