@@ -8,9 +8,10 @@ l, m_0 = n_visible), a batch of N rows and an optional noise level sigma_n:
     (2) z(l) = BN(W(l) h(l-1) + b(l)) + n(l),   h(l) = phi_l(gamma(l) (z(l) + beta(l)))
                                                  phi_l the layer's unit; the top keeps its logits
     (3) BN(a) = (a - mu_B) / sigma_B,   mu_B, sigma_B^2 = mean, (biased) variance over the batch
-              per unit, sigma_B = sqrt(sigma_B^2 + eps)
+              per unit, sigma_B = sqrt(sigma_B^2 + eps); a batch made of groups (``groups``: a
+              labeled and an unlabeled batch) normalises each group by its own mu_B, sigma_B
     (4) in eval: mu_B, sigma_B^2 replaced by running averages, each pass that ``track``s moving
-        them a fraction ``BN_MOMENTUM`` toward its batch's statistics
+        them a fraction ``BN_MOMENTUM`` toward the statistics of all its rows
 
 The Ladder network runs (2) twice, corrupted and clean, and reads z(l), mu_B, sigma_B of both
 (``finetune.ladder``); VAT runs it clean, its perturbed passes normalised by their own batch but
@@ -18,6 +19,11 @@ not tracked, so that the running averages learn only the clean data (``finetune.
 ``match_mlp`` sets gamma(l), beta(l) and the running averages from data, so that a network on a
 pretrained stack starts from the stack's codes (gamma = 1, beta = 0 would rescale every
 pre-activation).
+
+Groups matter where only some rows carry a cost: normalised together, a fixed set of labeled
+rows would share its statistics with the unlabeled rows beside it, and the network could move
+the unlabeled rows' pre-activations to shift those statistics in the labeled rows' favour, a
+function of the batch that the clean network, on test images, does not compute.
 
 With ``batch_norm=False`` BN is the identity, beta and gamma are absent: the ``MLP``.
 
@@ -27,6 +33,8 @@ Ioffe & Szegedy, Batch normalization: accelerating deep network training by redu
 covariate shift, ICML 2015.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -50,6 +58,19 @@ def batch_normalize(z: torch.Tensor, eps: float = BN_EPS) -> tuple[torch.Tensor,
     centred = z - mu  # (N, m)
     sigma = torch.sqrt(centred.square().mean(dim=0) + eps)  # (m,)
     return centred / sigma, mu, sigma  # Eq. (3)
+
+
+def batch_normalize_groups(z: torch.Tensor, groups: Sequence[int] | None = None,
+                           eps: float = BN_EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. (3) over each block of consecutive rows whose sizes are ``groups`` (None: one block):
+    (N, m) -> (BN(z) (N, m), mu_B, sigma_B), the statistics (m,) for one block, else (N, m),
+    each row its block's."""
+    if groups is None or len(groups) == 1:
+        return batch_normalize(z, eps)
+    parts = [batch_normalize(block, eps) for block in z.split(list(groups))]
+    return (torch.cat([p[0] for p in parts]),  # (N, m)
+            torch.cat([p[1].expand(n, -1) for p, n in zip(parts, groups)]),  # (N, m)
+            torch.cat([p[2].expand(n, -1) for p, n in zip(parts, groups)]))  # (N, m)
 
 
 class BatchNormMLP(MLP):
@@ -79,31 +100,42 @@ class BatchNormMLP(MLP):
     def _linears(self) -> list[tuple[nn.Linear, str]]:
         return [*zip(self.encoder.layers, self.encoder.units), (self.head, "softmax")]
 
-    def _normalize(self, l: int, z_pre: torch.Tensor, *, track: bool):
-        """Eq. (3) in layer l: batch statistics in training (``track``: and update the running
-        averages with them, Eq. 4), running averages in eval; the identity without batch norm."""
+    def _normalize(self, l: int, z_pre: torch.Tensor, *, track: bool, groups=None):
+        """Eq. (3) in layer l: batch statistics in training, per group of rows with ``groups``
+        (then mu and sigma are (N, m), each row its group's), and with ``track`` the running
+        averages move toward the statistics of all the rows (Eq. 4); running averages in eval;
+        the identity without batch norm."""
         if not self.batch_norm:
             return z_pre, 0.0, 1.0
         mean, var = getattr(self, f"running_mean_{l}"), getattr(self, f"running_var_{l}")
         if not self.training:
             sigma = torch.sqrt(var + BN_EPS)
             return (z_pre - mean) / sigma, mean, sigma
-        z, mu, sigma = batch_normalize(z_pre)  # Eq. (3)
+        z, mu, sigma = batch_normalize_groups(z_pre, groups)  # Eq. (3)
         if track:
             with torch.no_grad():
-                mean.lerp_(mu.detach(), BN_MOMENTUM)  # Eq. (4)
-                var.lerp_(sigma.detach() ** 2 - BN_EPS, BN_MOMENTUM)
+                if mu.dim() == 1:  # one group: its statistics are all the rows'
+                    all_mu, all_var = mu, sigma ** 2 - BN_EPS
+                else:
+                    all_mu = z_pre.mean(dim=0)
+                    all_var = (z_pre - all_mu).square().mean(dim=0)
+                mean.lerp_(all_mu.detach(), BN_MOMENTUM)  # Eq. (4)
+                var.lerp_(all_var.detach(), BN_MOMENTUM)
         return z, mu, sigma
 
-    def encode(self, x: torch.Tensor, noise: float = 0.0, *, track: bool = False) -> dict[str, list | torch.Tensor]:
+    def encode(self, x: torch.Tensor, noise: float = 0.0, *, track: bool = False,
+               groups: Sequence[int] | None = None) -> dict[str, list | torch.Tensor]:
         """Eqs. (1)-(2): per layer l = 0..L the normalised (noisy) z(l), mu(l), sigma(l), and
         the top's pre-softmax ``logits`` (N, n_classes); ``track``: the running averages of
-        Eq. (4) learn this pass's batch statistics."""
+        Eq. (4) learn this pass's statistics; ``groups``: the sizes of consecutive blocks of
+        rows (summing to N) that Eq. (3) normalises each on its own."""
+        if groups is not None and sum(groups) != len(x):
+            raise ValueError(f"groups {list(groups)} must sum to the batch's {len(x)} rows")
         noisy = (lambda t: t + noise * torch.randn_like(t)) if noise > 0 else (lambda t: t)
         h = noisy(x)  # Eq. (1)
         zs, mus, sigmas = [h], [0.0], [1.0]
         for l, (lin, unit) in enumerate(self._linears(), 1):
-            z, mu, sigma = self._normalize(l, lin(h), track=track)  # (N, m_l)
+            z, mu, sigma = self._normalize(l, lin(h), track=track, groups=groups)  # (N, m_l)
             z = noisy(z)  # Eq. (2)
             a = self.gamma[l - 1] * (z + self.beta[l - 1]) if self.batch_norm else z
             zs.append(z), mus.append(mu), sigmas.append(sigma)

@@ -8,14 +8,17 @@ weights W(l), b(l), beta(l), gamma(l):
     (1) z~(0) = h~(0) = x + n(0),   n(l) ~ N(0, sigma_n^2 I)                 the corrupted encoder
     (2) z~(l) = BN(W(l) h~(l-1) + b(l)) + n(l),  h~(l) = phi_l(gamma(l) (z~(l) + beta(l)))
                                                    l = 1..L; phi_l the layer's unit, phi_L = softmax
-    (3) BN(z) = (z - mu_B) / sigma_B,  mu_B, sigma_B^2 = mean, (biased) variance over the batch
-              per unit, sigma_B = sqrt(sigma_B^2 + eps)
+    (3) BN(z) = (z - mu_B) / sigma_B,  mu_B, sigma_B^2 = mean, (biased) variance per unit
+              over the labeled batch for its rows and over the unlabeled batch for its rows,
+              sigma_B = sqrt(sigma_B^2 + eps)
     (4) z(l), h(l), mu(l), sigma(l): (1)-(3) with n = 0                        the clean encoder
     (5) u(L) = BN(h~(L)),   u(l) = BN(V(l+1) z^(l+1)),  l = L-1..0          the decoder, top first
+              (BN over each batch on its own, as in (3))
     (6) z^(l) = g(z~(l), u(l)) = (z~(l) - mu(u)) v(u) + mu(u)                the vanilla combinator
         mu(u) = a1 sigm(a2 u + a3) + a4 u + a5,   v(u) = a6 sigm(a7 u + a8) + a9 u + a10
     (7) z^_BN(l) = (z^(l) - mu(l)) / sigma(l),  l >= 1;   z^_BN(0) = z^(0)
     (8) C_d(l) = lambda_l / (N m_l) sum_n ||z(l)_n - z^_BN(l)_n||^2         over all N rows
+              (mu(l), sigma(l) in (7): the clean statistics of the row's own batch)
     (9) C_c = -1/B sum_n log P~(y_n | x_n),   P~ = h~(L) on the labeled rows
     (10) loss = C_c + sum_l C_d(l)
     (11) prediction: argmax of the clean encoder's h(L) (mu, sigma: running averages)
@@ -26,7 +29,12 @@ is on the corrupted output, the noise acting as a regulariser; the denoising cos
 labels and cover the labeled and unlabeled rows. The clean encoder gives the targets z(l) and
 the statistics (7) normalises the decoder's guesses with; in evaluation it uses running
 averages of mu(l), sigma(l)^2 (``finetune.batch_norm``, whose ``BatchNormMLP`` runs Eqs.
-(1)-(4)), updated by the clean pass of each training batch. The encoder's first K layers are the
+(1)-(4)), updated by the clean pass of each training batch over all its rows. The labeled and
+the unlabeled batch are normalised each on its own, as in the authors' code: normalised
+together, the same few labeled images in every batch would share their statistics with the
+unlabeled rows, whose pre-activations the network then moves to suit the labeled rows' cost,
+and the clean network on test images loses what it learned (on 100 MNIST labels, 10000-image
+pool, no denoising: 81 % validation error normalised together, 25 % each on its own). The encoder's first K layers are the
 unrolled stack's (pretrained or fresh); ``BatchNormMLP.match_mlp`` sets beta(l), gamma(l) and the
 running averages from the data, so that a pretrained Ladder starts from the stack's codes (BN
 with gamma = 1, beta = 0 would not).
@@ -58,7 +66,7 @@ from torch import nn
 
 from pretrain.checks import check_bool, check_positive
 
-from .batch_norm import BatchNormMLP, batch_normalize
+from .batch_norm import BatchNormMLP, batch_normalize_groups
 from .classifier import Classifier, split_batch
 from .unroll import UnrolledEncoder
 
@@ -135,20 +143,25 @@ class Ladder(Classifier):
         self.a = nn.ParameterList([nn.Parameter(_combinator_init(m).to(W)) for m in sizes])
         self.save_hyperparameters(ignore=["encoder", "decoder"])
 
-    def encode(self, x: torch.Tensor, noise: float, *, track: bool = False) -> dict[str, list | torch.Tensor]:
+    def encode(self, x: torch.Tensor, noise: float, *, track: bool = False,
+               groups: Sequence[int] | None = None) -> dict[str, list | torch.Tensor]:
         """``BatchNormMLP.encode``."""
-        return self.net.encode(x, noise, track=track)
+        return self.net.encode(x, noise, track=track, groups=groups)
 
     # -- the decoder ------------------------------------------------------------------------
-    def decode(self, corrupted: dict, h_top: torch.Tensor) -> list[torch.Tensor | None]:
-        """Eqs. (5)-(6), top first: z^(l) for l = 0..L (None below the lowest lambda_l > 0)."""
-        bn = batch_normalize if self.hparams.batch_norm else (lambda t: (t, 0.0, 1.0))
+    def decode(self, corrupted: dict, h_top: torch.Tensor,
+               groups: Sequence[int] | None = None) -> list[torch.Tensor | None]:
+        """Eqs. (5)-(6), top first: z^(l) for l = 0..L (None below the lowest lambda_l > 0);
+        ``groups`` as for ``encode``."""
+        def bn(t: torch.Tensor) -> torch.Tensor:  # BN of Eq. (5), per group
+            return batch_normalize_groups(t, groups)[0] if self.hparams.batch_norm else t
+
         lowest = min(l for l, lam in enumerate(self.lambdas) if lam > 0)
         z_hat: list[torch.Tensor | None] = [None] * len(self.sizes)
-        u = bn(h_top)[0]  # Eq. (5): u(L)
+        u = bn(h_top)  # Eq. (5): u(L)
         for l in range(len(self.sizes) - 1, lowest - 1, -1):
             if l < len(self.sizes) - 1:
-                u = bn(z_hat[l + 1] @ self.V[l].T)[0]  # Eq. (5): (N, m_l)
+                u = bn(z_hat[l + 1] @ self.V[l].T)  # Eq. (5): (N, m_l)
             z_hat[l] = combinator(corrupted["z"][l], u, self.a[l])  # Eq. (6)
         return z_hat
 
@@ -168,15 +181,16 @@ class Ladder(Classifier):
                 self._check_unlabeled(x_u)
                 xs.append(x_u)
             x_all = torch.cat(xs)  # (N, n_visible), N = B + B_u
-            corrupted = self.encode(x_all, self.hparams.noise)
+            groups = [len(x_g) for x_g in xs]  # Eq. (3): each batch normalised on its own
+            corrupted = self.encode(x_all, self.hparams.noise, groups=groups)
             logits = corrupted["logits"][:len(x)]  # (B, n_classes): P~ of Eq. (9)
             terms = {"ce": F.cross_entropy(logits, y)}  # Eq. (9)
             denoising = any(lam > 0 for lam in self.lambdas)
             if self.hparams.batch_norm or denoising:
                 with torch.set_grad_enabled(denoising and torch.is_grad_enabled()):
-                    clean = self.encode(x_all, 0.0, track=True)  # Eq. (4), and the running averages
+                    clean = self.encode(x_all, 0.0, track=True, groups=groups)  # Eq. (4), and the running averages
             if denoising:
-                z_hat = self.decode(corrupted, torch.softmax(corrupted["logits"], dim=1))
+                z_hat = self.decode(corrupted, torch.softmax(corrupted["logits"], dim=1), groups)
                 for l, lam in enumerate(self.lambdas):
                     if lam > 0:  # Eq. (8)
                         terms[f"denoise_{l}"] = lam * denoising_cost(clean["z"][l], z_hat[l],

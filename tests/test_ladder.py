@@ -80,7 +80,8 @@ def test_without_noise_batch_norm_and_denoising_it_is_the_mlp_term_for_term(batc
 def test_costs_of_a_tiny_ladder_by_hand(batch):
     """Noise 0, batch norm on: layer 0's combinator as the identity makes C_d(0) exactly 0
     (z^(0) = z~(0) = x); the top's as the identity gives z^(L) = z(L), so Eq. (7) leaves
-    C_d(L) = mean (z - (z - mu) / sigma)^2 over the clean pre-activations' statistics."""
+    C_d(L) = mean (z - (z - mu) / sigma)^2, each row with its own batch's clean statistics
+    (the 8 labeled rows normalised on their own, the 5 unlabeled on theirs)."""
     x, y, x_u = batch
     ladder = Ladder(encoder(), 3, noise=0.0, denoise=[2.0, 0.0, 0.0, 3.0], seed=2)
     with torch.no_grad():
@@ -91,22 +92,42 @@ def test_costs_of_a_tiny_ladder_by_hand(batch):
     assert set(terms) == {"ce", "denoise_0", "denoise_3", "loss", "error"}
     assert float(terms["denoise_0"].detach()) == 0.0
     # the clean pass by hand: sigmoid layers on BN'd pre-activations (gamma 1, beta 0), then the head
-    h = torch.cat([x, x_u])
-    for lin in ladder.encoder.layers:
-        pre = lin(h)
-        mu, var = pre.mean(0), pre.var(0, unbiased=False)
-        h = torch.sigmoid((pre - mu) / torch.sqrt(var + 1e-5))
-    pre = ladder.net.head(h)  # (13, 3)
-    mu, sigma = pre.mean(0), torch.sqrt(pre.var(0, unbiased=False) + 1e-5)
-    z = (pre - mu) / sigma
-    expected = 3.0 * ((z - (z - mu) / sigma) ** 2).mean()
+    def by_hand(h):  # the clean pass of one batch, normalised on its own statistics
+        for lin in ladder.encoder.layers:
+            pre = lin(h)
+            mu, var = pre.mean(0), pre.var(0, unbiased=False)
+            h = torch.sigmoid((pre - mu) / torch.sqrt(var + 1e-5))
+        pre = ladder.net.head(h)
+        mu, sigma = pre.mean(0), torch.sqrt(pre.var(0, unbiased=False) + 1e-5)
+        z = (pre - mu) / sigma
+        return pre, z, ((z - (z - mu) / sigma) ** 2).sum()
+
+    pre_l, z_l, sq_l = by_hand(x)  # (8, 3)
+    pre_u, _, sq_u = by_hand(x_u)  # (5, 3)
+    expected = 3.0 * (sq_l + sq_u) / (13 * 3)
     assert float(terms["denoise_3"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    assert float(terms["ce"].detach()) == pytest.approx(float(F.cross_entropy(z[:8], y).detach()), rel=1e-6)
+    assert float(terms["ce"].detach()) == pytest.approx(float(F.cross_entropy(z_l, y).detach()), rel=1e-6)
     assert torch.allclose(terms["loss"], terms["ce"] + terms["denoise_0"] + terms["denoise_3"])
-    # the clean pass moved the running averages 10% of the way to the batch statistics
-    assert torch.allclose(ladder.net.running_mean_3, 0.1 * mu.detach(), atol=1e-6)
-    var = pre.var(0, unbiased=False).detach()
-    assert torch.allclose(ladder.net.running_var_3, 0.9 + 0.1 * var, atol=1e-5)
+    # the clean pass moved the running averages 10% of the way to the statistics of all 13 rows
+    pre = torch.cat([pre_l, pre_u]).detach()
+    assert torch.allclose(ladder.net.running_mean_3, 0.1 * pre.mean(0), atol=1e-6)
+    assert torch.allclose(ladder.net.running_var_3, 0.9 + 0.1 * pre.var(0, unbiased=False), atol=1e-5)
+
+
+def test_the_labeled_rows_output_does_not_depend_on_the_unlabeled_rows(batch):
+    """Normalised together, the labeled rows' cost would depend on the unlabeled rows beside
+    them, and the network could move those to suit the labeled rows; each batch on its own, the
+    cross-entropy and its gradient are the same whatever unlabeled rows come with it."""
+    x, y, x_u = batch
+    ladder = Ladder(encoder(), 3, noise=0.0, denoise=[0.0, 0.0, 0.0, 0.0], seed=2)
+    ce = [ladder.loss_terms({"labeled": (x, y), "unlabeled": (u,)}, stage="train")["ce"]
+          for u in (x_u, 1.0 - x_u, torch.rand(11, 6, generator=torch.Generator().manual_seed(3)))]
+    grads = [torch.autograd.grad(c, ladder.encoder.layers[0].weight) for c in ce]
+    alone = ladder.loss_terms((x, y), stage="train")["ce"]
+    for c, g in zip(ce, grads):
+        assert float(c) == pytest.approx(float(alone), rel=1e-6)
+        assert torch.allclose(g[0], grads[0][0], rtol=1e-5, atol=1e-7)
+    assert grads[0][0].abs().sum() > 0
 
 
 def test_noise_and_the_decoder_train_every_part(batch):
@@ -162,3 +183,10 @@ def test_matching_the_mlp_starts_the_ladder_from_the_stacks_function(batch):
     h_eval = ladder.net.encode(x, 0.0)
     top = torch.sigmoid(ladder.net.gamma[K - 1] * (h_eval["z"][K] + ladder.net.beta[K - 1]))
     assert torch.allclose(top, base.encoder(x), atol=1e-5)  # eval: the running averages just set
+
+
+def test_groups_that_do_not_cover_the_batch_are_refused(batch):
+    x, y, x_u = batch
+    ladder = Ladder(encoder(), 3, seed=2)
+    with pytest.raises(ValueError, match=r"groups \[8, 4\] must sum to the batch's 13 rows"):
+        ladder.encode(torch.cat([x, x_u]), 0.0, groups=[8, 4])
