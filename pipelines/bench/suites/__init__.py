@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from pipelines.config import revisions
 from pipelines.bench.cells import Cell, settings_digest
 from pipelines.bench.context import Context, bench_config
 from pipelines.bench.profiles import Profile
@@ -55,8 +56,11 @@ class Suite:
             stack = (c.task["data"], c.task["stack"]) if c.task.get("stack") else None
             if stack is not None and stack not in configs:
                 configs[stack] = bench_config(p, *stack, 0).digest("data", "pretrain", "finetune", "trainer")
-            out[c.id] = settings_digest({"suite": self.name, "profile": prof, "task": c.task,
-                                         "config": configs.get(stack)})
+            settings = {"suite": self.name, "profile": prof, "task": c.task, "config": configs.get(stack)}
+            revised = revisions([c.task["method"]]) if "method" in c.task else {}
+            if revised:  # a method revised since its rows were written: they are stale
+                settings["revisions"] = revised
+            out[c.id] = settings_digest(settings)
         return out
 
     def settings(self, p: Profile) -> dict:
