@@ -204,6 +204,10 @@ def test_modern_suite_shares_the_semi_supervised_draws_and_cites_its_papers():
             assert c.task["finetune"] == {"epoch_over": "pool", "batch_size": 100, "unlabeled_batch": 100,
                                           "lr": 0.002, "epochs": 150, "patience": 150,
                                           "lr_anneal_start": 2 / 3}, c.id
+            fresh = c.keys["method"] != "ladder_pretrained"
+            assert c.task["method"] == ("ladder_no_pretraining" if fresh else "ladder"), c.id
+            relu = c.keys["method"] == "ladder_relu"  # the authors' units, of the stack's width
+            assert {d.get("hidden_unit") for d in stack_layers(full, c.task["stack"])} == ({"relu"} if relu else {None})
         elif c.keys["method"].startswith("vat_bn"):  # and the authors' batch-normalised network
             # trained as the authors train it: batches 100 + 250, lr 0.002 times 0.9 every 500 updates
             assert c.task["finetune"] == {"epoch_over": "pool", "vat_epsilon": 0.3, "vat_batch_norm": True,
@@ -224,7 +228,7 @@ def test_modern_suite_shares_the_semi_supervised_draws_and_cites_its_papers():
     # a profile of fewer epochs than the paper's 150 runs its own, annealed over their last third
     assert (quick["paper-L100-ladder-s0"]["epochs"], quick["paper-L100-ladder-s0"]["patience"]) == (60, 60)
     key = lambda m, L=100: {"validation": "paper", "labels": L, "method": m}
-    assert modern.paper(key("ladder")) == modern.paper(key("ladder_pretrained")) == 1.06
+    assert modern.paper(key("ladder")) == modern.paper(key("ladder_pretrained")) == modern.paper(key("ladder_relu")) == 1.06
     assert modern.paper(key("vat")) == modern.paper(key("vat_pretrained")) == modern.paper(key("vat_bn")) == 1.36
     assert modern.paper(key("vat", 600)) is None and modern.paper(key("mtc_all")) == 12.03
     assert papers.MODERN_SEMI_STD["Ladder"][100] == 0.37
