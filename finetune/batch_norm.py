@@ -100,7 +100,8 @@ class BatchNormMLP(MLP):
     def _linears(self) -> list[tuple[nn.Linear, str]]:
         return [*zip(self.encoder.layers, self.encoder.units), (self.head, "softmax")]
 
-    def _normalize(self, l: int, z_pre: torch.Tensor, *, track: bool, groups=None):
+    def _normalize(self, l: int, z_pre: torch.Tensor, *, track: bool,
+                   groups: Sequence[int] | None = None):
         """Eq. (3) in layer l: batch statistics in training, per group of rows with ``groups``
         (then mu and sigma are (N, m), each row its group's), and with ``track`` the running
         averages move toward the statistics of all the rows (Eq. 4); running averages in eval;

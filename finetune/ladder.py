@@ -34,8 +34,8 @@ the unlabeled batch are normalised each on its own, as in the authors' code: nor
 together, the same few labeled images in every batch would share their statistics with the
 unlabeled rows, whose pre-activations the network then moves to suit the labeled rows' cost,
 and the clean network on test images loses what it learned (on 100 MNIST labels, 10000-image
-pool, no denoising: 81 % validation error normalised together, 25 % each on its own). The encoder's first K layers are the
-unrolled stack's (pretrained or fresh); ``BatchNormMLP.match_mlp`` sets beta(l), gamma(l) and the
+pool, no denoising: 81 % validation error normalised together, 25 % each on its own). The
+encoder's first K layers are the unrolled stack's (pretrained or fresh); ``BatchNormMLP.match_mlp`` sets beta(l), gamma(l) and the
 running averages from the data, so that a pretrained Ladder starts from the stack's codes (BN
 with gamma = 1, beta = 0 would not).
 
@@ -188,7 +188,8 @@ class Ladder(Classifier):
             denoising = any(lam > 0 for lam in self.lambdas)
             if self.hparams.batch_norm or denoising:
                 with torch.set_grad_enabled(denoising and torch.is_grad_enabled()):
-                    clean = self.encode(x_all, 0.0, track=True, groups=groups)  # Eq. (4), and the running averages
+                    # Eq. (4), and the running averages
+                    clean = self.encode(x_all, 0.0, track=True, groups=groups)
             if denoising:
                 z_hat = self.decode(corrupted, torch.softmax(corrupted["logits"], dim=1), groups)
                 for l, lam in enumerate(self.lambdas):
